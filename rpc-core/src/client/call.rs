@@ -1,0 +1,239 @@
+//! [`Call`]: one remote call, made in any of the four call modes.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::Client;
+use crate::error::RpcError;
+use crate::protocol::{encode_request, EncodeError, Frame, RequestTarget, Status};
+
+/// One remote call, built by a generated client stub and made in one of four modes:
+///
+/// | mode | how | returns |
+/// |---|---|---|
+/// | future | `call.await` | the result, asynchronously |
+/// | sync | [`call.blocking()`](Call::blocking) | the result, blocking this (non-async) thread |
+/// | callback | [`call.callback(f)`](Call::callback) | at once; `f` runs later with the result |
+/// | oneway | [`call.oneway()`](Call::oneway), then any of the above | `()` once the request is written |
+///
+/// `A` is the argument tuple, `T` the result type, `E` the service's error type
+/// ([`NoError`](crate::NoError) for methods that cannot fail). Nothing is sent until the call is
+/// awaited, blocked on, or given a callback.
+///
+/// ```no_run
+/// # use rpc_core::{service, Client};
+/// # #[service] trait Greeter { async fn greet(&self, name: String) -> String; }
+/// # async fn run(client: Client) -> Result<(), rpc_core::RpcError> {
+/// let greeter = GreeterClient::new(client);
+/// let text = greeter.greet("Ada".into()).timeout(std::time::Duration::from_secs(1)).await?;
+/// greeter.greet("Bob".into()).callback(|result| println!("{result:?}"));
+/// # Ok(()) }
+/// ```
+#[must_use = "a call does nothing until it is awaited, blocked on, or given a callback"]
+pub struct Call<A, T, E = crate::error::NoError> {
+    /// Carries the call.
+    client: Client,
+    /// Target service.
+    service: &'static str,
+    /// Target method.
+    method: &'static str,
+    /// The argument tuple, encoded when the call is made.
+    args: A,
+    /// Overrides the client's default timeout.
+    timeout: Option<Duration>,
+    /// Send with the oneway flag; no response is expected.
+    oneway: bool,
+    /// User attachments sent in the metadata.
+    attachments: Vec<(String, Vec<u8>)>,
+    /// The result and error types.
+    _result: PhantomData<fn() -> (T, E)>,
+}
+
+impl<A, T, E> fmt::Debug for Call<A, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("service", &self.service)
+            .field("method", &self.method)
+            .field("timeout", &self.timeout)
+            .field("oneway", &self.oneway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, T, E> Call<A, T, E>
+where
+    A: Serialize + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    /// A call of `service.method` with the argument tuple `args`. Used by generated
+    /// stubs.
+    pub fn new(client: Client, service: &'static str, method: &'static str, args: A) -> Self {
+        Call {
+            client,
+            service,
+            method,
+            args,
+            timeout: None,
+            oneway: false,
+            attachments: Vec::new(),
+            _result: PhantomData,
+        }
+    }
+
+    /// Sets this call's timeout, overriding the client's default. The server is told
+    /// too and abandons the call once it passes.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a user attachment (sent in the request metadata).
+    pub fn attachment(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.attachments.push((key.into(), value.into()));
+        self
+    }
+
+    /// Makes this a oneway call: the request is sent with the oneway flag, the server
+    /// sends no response, and the call completes with `()` as soon as the request is
+    /// written to the socket. Then await it, block on it, or give it a callback.
+    pub fn oneway(self) -> Call<A, (), crate::error::NoError> {
+        Call {
+            client: self.client,
+            service: self.service,
+            method: self.method,
+            args: self.args,
+            timeout: self.timeout,
+            oneway: true,
+            attachments: self.attachments,
+            _result: PhantomData,
+        }
+    }
+
+    /// Sync mode: makes the call and blocks the current thread until it completes.
+    ///
+    /// # Errors
+    ///
+    /// Any [`RpcError`]; [`RpcError::BlockingInAsyncContext`] when called from inside
+    /// an async runtime (blocking there could deadlock; `.await` instead).
+    pub fn blocking(self) -> Result<T, RpcError<E>> {
+        let client = self.client.clone();
+        client.block_on(self.run())
+    }
+
+    /// Callback mode: starts the call and returns at once. `callback` runs exactly once,
+    /// on the client's runtime, with the result; if the runtime shuts down first it
+    /// runs with [`RpcError::ClientClosed`].
+    pub fn callback<F>(self, callback: F)
+    where
+        F: FnOnce(Result<T, RpcError<E>>) + Send + 'static,
+    {
+        let runtime = self.client.runtime().clone();
+        let mut guard = CallbackGuard {
+            callback: Some(callback),
+            _result: PhantomData,
+        };
+        runtime.spawn(async move {
+            let result = self.run().await;
+            if let Some(callback) = guard.callback.take() {
+                callback(result);
+            }
+        });
+    }
+
+    /// Makes the call; what `.await` runs.
+    async fn run(self) -> Result<T, RpcError<E>> {
+        let timeout = self.timeout.unwrap_or(self.client.config().timeout);
+        let max_frame_len = self.client.config().max_frame_len;
+        let oneway = self.oneway;
+        let args = self.args;
+        let attachments = self.attachments;
+        let (service, method) = (self.service, self.method);
+        let encode = move |buf: &mut bytes::BytesMut, id: u64| {
+            let target = RequestTarget {
+                service,
+                method,
+                timeout: Some(timeout),
+                trace: None,
+                auth_token: None,
+                attachments: &attachments,
+            };
+            encode_request(buf, id, oneway, &target, &args, max_frame_len).map_err(|e| match e {
+                EncodeError::Protocol(p) => RpcError::Protocol(p),
+                other => RpcError::Serialization(other.to_string()),
+            })
+        };
+        if oneway {
+            self.client
+                .send_oneway(encode, timeout)
+                .await
+                .map_err(RpcError::widen)?;
+            // `T` is `()` for oneway calls; decode it from nil.
+            return rmp_serde::from_slice(&[0xc0])
+                .map_err(|e| RpcError::Serialization(e.to_string()));
+        }
+        let frame = self
+            .client
+            .call_frame(encode, timeout)
+            .await
+            .map_err(RpcError::widen)?;
+        decode_reply(&frame)
+    }
+}
+
+/// Turns a response frame into the call's result.
+fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(frame: &Frame) -> Result<T, RpcError<E>> {
+    match Status::from_code(frame.header.status) {
+        Status::Ok => rmp_serde::from_slice(&frame.body)
+            .map_err(|e| RpcError::Serialization(format!("cannot decode the result: {e}"))),
+        Status::ApplicationError => match rmp_serde::from_slice(&frame.body) {
+            Ok(e) => Err(RpcError::Application(e)),
+            Err(e) => Err(RpcError::Serialization(format!(
+                "cannot decode the service's error: {e}"
+            ))),
+        },
+        status => {
+            let message: String = rmp_serde::from_slice(&frame.body)
+                .unwrap_or_else(|_| "(no readable message)".to_owned());
+            Err(RpcError::from_status(status, message).widen())
+        }
+    }
+}
+
+impl<A, T, E> IntoFuture for Call<A, T, E>
+where
+    A: Serialize + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    type Output = Result<T, RpcError<E>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    /// Future mode: the call is made when the future is first polled; dropping the
+    /// future abandons the call.
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// Runs the callback with `ClientClosed` if the task is dropped before it ran.
+struct CallbackGuard<T, E, F: FnOnce(Result<T, RpcError<E>>)> {
+    /// The callback, until it has run.
+    callback: Option<F>,
+    /// The result types.
+    _result: PhantomData<fn(T, E)>,
+}
+
+impl<T, E, F: FnOnce(Result<T, RpcError<E>>)> Drop for CallbackGuard<T, E, F> {
+    fn drop(&mut self) {
+        if let Some(callback) = self.callback.take() {
+            callback(Err(RpcError::ClientClosed));
+        }
+    }
+}

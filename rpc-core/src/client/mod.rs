@@ -1,0 +1,445 @@
+//! The client: multiplexed connections to one server address, with timeouts,
+//! heartbeats and reconnection.
+//!
+//! A [`Client`] is cheap to clone; clones share connections. Generated stubs
+//! (`XxxClient::new(client)`) make calls through it in any of the four call modes; see
+//! [`Call`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), rpc_core::RpcError> {
+//! use std::time::Duration;
+//! let client = rpc_core::Client::builder()
+//!     .timeout(Duration::from_secs(2))
+//!     .connections(2)
+//!     .connect("127.0.0.1:7000")
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod call;
+mod connection;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+pub use call::Call;
+
+use crate::error::RpcError;
+use crate::protocol::{Frame, DEFAULT_MAX_FRAME_LEN};
+use crate::runtime::OwnedRuntime;
+use connection::{ConnSettings, Connection, Outgoing};
+
+/// Client settings. Build with [`ClientBuilder`] or start from `ClientConfig::default()`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Timeout of a call that sets none itself; also sent to the server as the call's
+    /// deadline. Default: 5 s.
+    pub timeout: Duration,
+    /// How long connecting may take. Default: 3 s.
+    pub connect_timeout: Duration,
+    /// Connections kept to the server; calls are spread over them round-robin.
+    /// Default: 1 (one connection multiplexes any number of calls).
+    pub connections: usize,
+    /// Send a heartbeat when nothing has been heard from the server for this long.
+    /// Default: 10 s.
+    pub heartbeat_interval: Duration,
+    /// Close the connection, failing its calls, when nothing (not even a heartbeat
+    /// reply) has been heard for this long. Default: 30 s.
+    pub idle_timeout: Duration,
+    /// Largest frame sent or accepted, header included. Default: 8 MiB.
+    pub max_frame_len: usize,
+    /// Wait after the first failed connection attempt; doubles per failure.
+    /// Calls made while waiting fail at once. Default: 100 ms.
+    pub reconnect_backoff: Duration,
+    /// Upper bound of the reconnect wait. Default: 5 s.
+    pub max_reconnect_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            connections: 1,
+            heartbeat_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            reconnect_backoff: Duration::from_millis(100),
+            max_reconnect_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientBuilder {
+    /// Settings so far.
+    config: ClientConfig,
+}
+
+impl ClientBuilder {
+    /// Replaces all settings.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the default call timeout.
+    ///
+    /// ```
+    /// let b = rpc_core::Client::builder().timeout(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// Sets the connect timeout.
+    ///
+    /// ```
+    /// let b = rpc_core::Client::builder().connect_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the number of connections to keep to the server.
+    ///
+    /// ```
+    /// let b = rpc_core::Client::builder().connections(4);
+    /// ```
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.config.connections = connections.max(1);
+        self
+    }
+
+    /// Sets the heartbeat interval and the idle timeout after which a silent
+    /// connection is closed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = rpc_core::Client::builder().heartbeat(Duration::from_secs(2), Duration::from_secs(6));
+    /// ```
+    pub fn heartbeat(mut self, interval: Duration, idle_timeout: Duration) -> Self {
+        self.config.heartbeat_interval = interval.max(Duration::from_millis(1));
+        self.config.idle_timeout = idle_timeout.max(self.config.heartbeat_interval);
+        self
+    }
+
+    /// Sets the maximum frame length.
+    ///
+    /// ```
+    /// let b = rpc_core::Client::builder().max_frame_len(1 << 20);
+    /// ```
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.config.max_frame_len = len;
+        self
+    }
+
+    /// Sets the first and the largest reconnect backoff.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = rpc_core::Client::builder()
+    ///     .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(2));
+    /// ```
+    pub fn reconnect_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.config.reconnect_backoff = initial;
+        self.config.max_reconnect_backoff = max.max(initial);
+        self
+    }
+
+    /// Connects from async code. Connection tasks run on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the address does not resolve or the first connection fails.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub async fn connect(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Client, RpcError> {
+        let addr = resolve(tokio::net::lookup_host(addr).await)?;
+        let client = Client::new(addr, self.config, Handle::current(), None);
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// Connects from plain (non-async) code. The client starts and owns a small runtime
+    /// of its own, so sync calls work from `fn main` without any runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the address does not resolve, the runtime cannot start, or the first
+    /// connection fails.
+    pub fn connect_blocking(self, addr: impl std::net::ToSocketAddrs) -> Result<Client, RpcError> {
+        let addr = resolve(addr.to_socket_addrs())?;
+        let runtime = OwnedRuntime::start("rpc-client", 1).map_err(|e| RpcError::Connect {
+            addr,
+            source: Arc::new(e),
+        })?;
+        let client = Client::new(addr, self.config, runtime.handle().clone(), Some(runtime));
+        client.block_on(client.connection())?;
+        Ok(client)
+    }
+}
+
+fn resolve<I: Iterator<Item = SocketAddr>>(addrs: io::Result<I>) -> Result<SocketAddr, RpcError> {
+    let unresolved = |e: io::Error| RpcError::Connect {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source: Arc::new(e),
+    };
+    addrs
+        .map_err(unresolved)?
+        .next()
+        .ok_or_else(|| unresolved(io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing")))
+}
+
+/// A connection to one server, multiplexing any number of concurrent calls.
+#[derive(Clone)]
+pub struct Client {
+    /// Shared by all clones.
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    /// The server.
+    addr: SocketAddr,
+    /// Settings.
+    config: ClientConfig,
+    /// The connection pool.
+    slots: Box<[Slot]>,
+    /// Round-robin position over `slots`.
+    next_slot: AtomicUsize,
+    /// Request ids are unique per client.
+    next_id: AtomicU64,
+    /// The runtime connection tasks and callbacks run on.
+    runtime: Handle,
+    /// Present when the client owns its runtime (built with `connect_blocking`).
+    _owned: Option<OwnedRuntime>,
+}
+
+/// One pooled connection and its reconnect state.
+#[derive(Default)]
+struct Slot {
+    /// The live connection, if any.
+    conn: Mutex<Option<Connection>>,
+    /// Serializes connection attempts and holds the backoff.
+    connecting: tokio::sync::Mutex<Backoff>,
+}
+
+/// Reconnect backoff of a slot.
+#[derive(Default)]
+struct Backoff {
+    /// Consecutive failed attempts.
+    failures: u32,
+    /// No attempt before this instant.
+    not_before: Option<Instant>,
+    /// The last attempt's error, returned to calls made during the backoff.
+    last_error: Option<Arc<io::Error>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A builder with default settings.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// Connects with default settings from async code; see [`ClientBuilder::connect`].
+    ///
+    /// # Errors
+    ///
+    /// If the address does not resolve or the connection fails.
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<Client, RpcError> {
+        ClientBuilder::default().connect(addr).await
+    }
+
+    /// Connects with default settings from plain code; see
+    /// [`ClientBuilder::connect_blocking`].
+    ///
+    /// # Errors
+    ///
+    /// If the address does not resolve or the connection fails.
+    pub fn connect_blocking(addr: impl std::net::ToSocketAddrs) -> Result<Client, RpcError> {
+        ClientBuilder::default().connect_blocking(addr)
+    }
+
+    fn new(addr: SocketAddr, config: ClientConfig, runtime: Handle, owned: Option<OwnedRuntime>) -> Client {
+        let slots = (0..config.connections.max(1)).map(|_| Slot::default()).collect();
+        Client {
+            inner: Arc::new(ClientInner {
+                addr,
+                config,
+                slots,
+                next_slot: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+                runtime,
+                _owned: owned,
+            }),
+        }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The runtime this client's connections and callbacks run on.
+    pub(crate) fn runtime(&self) -> &Handle {
+        &self.inner.runtime
+    }
+
+    /// Runs `fut` to completion on this thread, with the client's runtime entered so
+    /// timers work.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::BlockingInAsyncContext`] when called from inside a tokio runtime.
+    pub(crate) fn block_on<T, E>(&self, fut: impl std::future::Future<Output = Result<T, RpcError<E>>>) -> Result<T, RpcError<E>> {
+        if Handle::try_current().is_ok() {
+            return Err(RpcError::BlockingInAsyncContext);
+        }
+        let _entered = self.inner.runtime.enter();
+        futures_executor::block_on(fut)
+    }
+
+    /// A usable connection from the pool, connecting if needed.
+    async fn connection(&self) -> Result<Connection, RpcError> {
+        let inner = &self.inner;
+        let index = inner.next_slot.fetch_add(1, Ordering::Relaxed) % inner.slots.len();
+        let slot = &inner.slots[index];
+        if let Some(conn) = slot.current() {
+            return Ok(conn);
+        }
+        let mut backoff = slot.connecting.lock().await;
+        if let Some(conn) = slot.current() {
+            return Ok(conn);
+        }
+        if let Some(not_before) = backoff.not_before {
+            if Instant::now() < not_before {
+                return Err(RpcError::Connect {
+                    addr: inner.addr,
+                    source: backoff.last_error.clone().unwrap_or_else(|| {
+                        Arc::new(io::Error::other("reconnect backoff"))
+                    }),
+                });
+            }
+        }
+        let addr = inner.addr;
+        let settings = ConnSettings {
+            max_frame_len: inner.config.max_frame_len,
+            heartbeat_interval: inner.config.heartbeat_interval,
+            idle_timeout: inner.config.idle_timeout,
+        };
+        let connect_timeout = inner.config.connect_timeout;
+        // Connect on the client's runtime so the socket registers with its reactor.
+        let attempt = inner.runtime.spawn(async move {
+            let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {connect_timeout:?}")))??;
+            stream.set_nodelay(true)?;
+            Ok::<_, io::Error>(Connection::spawn(stream, addr, settings))
+        });
+        let result = match attempt.await {
+            Ok(result) => result,
+            Err(e) => Err(io::Error::other(format!("connect task failed: {e}"))),
+        };
+        match result {
+            Ok(conn) => {
+                *backoff = Backoff::default();
+                *slot.conn.lock().expect("slot lock") = Some(conn.clone());
+                tracing::debug!(%addr, "connected");
+                Ok(conn)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                let wait = inner
+                    .config
+                    .reconnect_backoff
+                    .saturating_mul(1 << backoff.failures.min(16))
+                    .min(inner.config.max_reconnect_backoff);
+                backoff.failures += 1;
+                backoff.not_before = Some(Instant::now() + wait);
+                backoff.last_error = Some(Arc::clone(&e));
+                tracing::debug!(%addr, error = %e, ?wait, "connect failed; backing off");
+                Err(RpcError::Connect { addr, source: e })
+            }
+        }
+    }
+
+    /// Sends an encoded request and waits for its response frame.
+    pub(crate) async fn call_frame(
+        &self,
+        encode: impl FnOnce(&mut BytesMut, u64) -> Result<(), RpcError>,
+        timeout: Duration,
+    ) -> Result<Frame, RpcError> {
+        let conn = self.connection().await?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut buf = BytesMut::with_capacity(128);
+        encode(&mut buf, id)?;
+        let (tx, rx) = oneshot::channel();
+        conn.send(Outgoing::Call {
+            id,
+            frame: buf.freeze(),
+            reply: tx,
+        })?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(conn.lost()),
+            Err(_) => Err(RpcError::Timeout(timeout)),
+        }
+    }
+
+    /// Sends an encoded oneway request and waits until it is written.
+    pub(crate) async fn send_oneway(
+        &self,
+        encode: impl FnOnce(&mut BytesMut, u64) -> Result<(), RpcError>,
+        timeout: Duration,
+    ) -> Result<(), RpcError> {
+        let conn = self.connection().await?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut buf = BytesMut::with_capacity(128);
+        encode(&mut buf, id)?;
+        let frame: Bytes = buf.freeze();
+        let (tx, rx) = oneshot::channel();
+        conn.send(Outgoing::Oneway { frame, written: tx })?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(conn.lost()),
+            Err(_) => Err(RpcError::Timeout(timeout)),
+        }
+    }
+}
+
+impl Slot {
+    /// The slot's connection if it can take new calls.
+    fn current(&self) -> Option<Connection> {
+        let guard = self.conn.lock().expect("slot lock");
+        guard.as_ref().filter(|c| c.is_usable()).cloned()
+    }
+}

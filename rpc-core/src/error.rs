@@ -1,0 +1,173 @@
+//! [`RpcError`]: the one error type callers see.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::{ProtocolError, Status};
+
+/// The application error type of methods that cannot fail: it has no values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NoError {}
+
+impl std::fmt::Display for NoError {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
+}
+
+impl std::error::Error for NoError {}
+
+/// Why a call failed.
+///
+/// `E` is the service's own error type for methods declared as returning
+/// `Result<T, E>`; such an error arrives typed as [`RpcError::Application`], apart from
+/// every transport failure. Methods that cannot fail use the default [`NoError`].
+///
+/// ```
+/// use rpc_core::RpcError;
+///
+/// fn retryable<E>(err: &RpcError<E>) -> bool {
+///     matches!(
+///         err,
+///         RpcError::ConnectionLost(_) | RpcError::Connect { .. } | RpcError::ShuttingDown
+///     )
+/// }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError<E = NoError> {
+    /// The service answered with its own error.
+    #[error("application error: {0}")]
+    Application(E),
+    /// No response arrived within the call's timeout.
+    #[error("call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server gave up on the call because its deadline passed there.
+    #[error("deadline exceeded on the server: {0}")]
+    DeadlineExceeded(String),
+    /// No provider is available for the service.
+    #[error("no provider available for service `{service}`")]
+    NoProvider {
+        /// The service that has no provider.
+        service: String,
+    },
+    /// Connecting to the server failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address that could not be reached.
+        addr: SocketAddr,
+        /// Why (shared so the error can be cloned to every waiting caller).
+        source: Arc<io::Error>,
+    },
+    /// The connection broke (closed by the peer, reset, or silent past the idle
+    /// timeout) before the response arrived. The call may or may not have run.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The server is shutting down and did not take the call; it is safe to retry
+    /// elsewhere.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The server hosts no such service.
+    #[error("service not found: {0}")]
+    ServiceNotFound(String),
+    /// The service has no such method.
+    #[error("method not found: {0}")]
+    MethodNotFound(String),
+    /// The server could not understand the request (for example, arguments that do not
+    /// match the method's parameter types).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The server refused the call because it is at a limit.
+    #[error("server overloaded: {0}")]
+    Overloaded(String),
+    /// The server refused the call's credentials.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The server failed while running the call (the handler panicked, or its result
+    /// could not be encoded).
+    #[error("internal server error: {0}")]
+    Internal(String),
+    /// The arguments could not be encoded, or the response could not be decoded into
+    /// the expected type.
+    #[error("serialization error: {0}")]
+    Serialization(String),
+    /// The peer broke the wire protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// A sync call (`blocking()`) was made from inside an async runtime, where blocking
+    /// would stall or deadlock the runtime. Use `.await` there instead.
+    #[error(
+        "blocking call made from inside an async runtime; `.await` the call instead \
+         (or call from a thread without a runtime, e.g. std::thread::spawn)"
+    )]
+    BlockingInAsyncContext,
+    /// The client has been closed.
+    #[error("client is closed")]
+    ClientClosed,
+}
+
+impl RpcError {
+    /// Turns a transport-level error into the error of a call whose service error type
+    /// is `E`.
+    pub fn widen<E>(self) -> RpcError<E> {
+        match self {
+            RpcError::Application(never) => match never {},
+            RpcError::Timeout(d) => RpcError::Timeout(d),
+            RpcError::DeadlineExceeded(m) => RpcError::DeadlineExceeded(m),
+            RpcError::NoProvider { service } => RpcError::NoProvider { service },
+            RpcError::Connect { addr, source } => RpcError::Connect { addr, source },
+            RpcError::ConnectionLost(m) => RpcError::ConnectionLost(m),
+            RpcError::ShuttingDown => RpcError::ShuttingDown,
+            RpcError::ServiceNotFound(m) => RpcError::ServiceNotFound(m),
+            RpcError::MethodNotFound(m) => RpcError::MethodNotFound(m),
+            RpcError::BadRequest(m) => RpcError::BadRequest(m),
+            RpcError::Overloaded(m) => RpcError::Overloaded(m),
+            RpcError::Unauthenticated(m) => RpcError::Unauthenticated(m),
+            RpcError::Internal(m) => RpcError::Internal(m),
+            RpcError::Serialization(m) => RpcError::Serialization(m),
+            RpcError::Protocol(p) => RpcError::Protocol(p),
+            RpcError::BlockingInAsyncContext => RpcError::BlockingInAsyncContext,
+            RpcError::ClientClosed => RpcError::ClientClosed,
+        }
+    }
+
+    /// The error for a non-OK, non-application status with the server's message.
+    pub(crate) fn from_status(status: Status, message: String) -> RpcError {
+        match status {
+            Status::ServiceNotFound => RpcError::ServiceNotFound(message),
+            Status::MethodNotFound => RpcError::MethodNotFound(message),
+            Status::BadRequest => RpcError::BadRequest(message),
+            Status::Overloaded => RpcError::Overloaded(message),
+            Status::Timeout => RpcError::DeadlineExceeded(message),
+            Status::Unauthenticated => RpcError::Unauthenticated(message),
+            Status::ShuttingDown => RpcError::ShuttingDown,
+            Status::InternalError => RpcError::Internal(message),
+            other => RpcError::Internal(format!("{other}: {message}")),
+        }
+    }
+}
+
+impl<E> RpcError<E> {
+    /// The service's own error, if this is one.
+    pub fn application(&self) -> Option<&E> {
+        match self {
+            RpcError::Application(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the call certainly did not run on the server, so retrying it elsewhere
+    /// cannot execute it twice.
+    pub fn is_safe_to_retry(&self) -> bool {
+        matches!(
+            self,
+            RpcError::Connect { .. }
+                | RpcError::ShuttingDown
+                | RpcError::NoProvider { .. }
+                | RpcError::ServiceNotFound(_)
+                | RpcError::Overloaded(_)
+        )
+    }
+}

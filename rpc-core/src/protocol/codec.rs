@@ -1,0 +1,187 @@
+//! [`FrameCodec`]: the frame parser wrapped as a tokio-util `Decoder`/`Encoder`.
+
+use std::io;
+
+use bytes::BytesMut;
+use thiserror::Error;
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::frame::{Frame, Header, ProtocolError, DEFAULT_MAX_FRAME_LEN, HEADER_LEN};
+
+/// Decodes and encodes [`Frame`]s, enforcing a maximum frame length in both directions.
+///
+/// Follows the `Decoder` contract: `Ok(None)` means more bytes are needed, `Err` means
+/// the stream is corrupt and the connection must end. The declared length is checked
+/// against the maximum before any memory is reserved, so a peer cannot make us allocate
+/// more than `max_frame_len` bytes with a lying header.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    /// Largest frame accepted or produced, header included.
+    max_frame_len: usize,
+    /// Header of the frame whose body is still arriving, so it is parsed once.
+    pending: Option<Header>,
+}
+
+impl FrameCodec {
+    /// A codec with the given maximum frame length.
+    pub fn new(max_frame_len: usize) -> Self {
+        FrameCodec {
+            max_frame_len,
+            pending: None,
+        }
+    }
+
+    /// The maximum frame length.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new(DEFAULT_MAX_FRAME_LEN)
+    }
+}
+
+/// Error of [`FrameCodec`]: the bytes were not a valid frame, or I/O failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The peer sent something that is not a valid frame.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// Reading or writing the socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let header = match self.pending {
+            Some(header) => header,
+            None => match Header::parse(src, self.max_frame_len)? {
+                Some(header) => header,
+                None => return Ok(None),
+            },
+        };
+        // Bounded by max_frame_len, which Header::parse checked.
+        let total = header.frame_len() as usize;
+        if src.len() < total {
+            self.pending = Some(header);
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        self.pending = None;
+        let mut frame = src.split_to(total).freeze();
+        let _ = frame.split_to(HEADER_LEN);
+        let metadata = frame.split_to(header.metadata_len as usize);
+        Ok(Some(Frame {
+            header,
+            metadata,
+            body: frame,
+        }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(ProtocolError::Truncated(src.len()).into()),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        frame.encode(dst, self.max_frame_len)?;
+        Ok(())
+    }
+}
+
+impl Encoder<&Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        frame.encode(dst, self.max_frame_len)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::Flags;
+
+    fn sample() -> Frame {
+        Frame::new(
+            Flags::empty(),
+            0,
+            42,
+            Bytes::from_static(b"\x01\x00\x01S"),
+            Bytes::from_static(b"\x91\x01"),
+        )
+    }
+
+    #[test]
+    fn decodes_byte_by_byte() {
+        let mut codec = FrameCodec::default();
+        let mut wire = BytesMut::new();
+        codec.encode(sample(), &mut wire).unwrap();
+        let mut src = BytesMut::new();
+        let mut out = None;
+        for (i, b) in wire.iter().enumerate() {
+            src.extend_from_slice(&[*b]);
+            if let Some(frame) = codec.decode(&mut src).unwrap() {
+                assert_eq!(i, wire.len() - 1);
+                out = Some(frame);
+            }
+        }
+        assert_eq!(out, Some(sample()));
+        assert!(src.is_empty());
+    }
+
+    #[test]
+    fn decodes_several_frames_from_one_buffer() {
+        let mut codec = FrameCodec::default();
+        let mut src = BytesMut::new();
+        for _ in 0..3 {
+            codec.encode(sample(), &mut src).unwrap();
+        }
+        for _ in 0..3 {
+            assert_eq!(codec.decode(&mut src).unwrap(), Some(sample()));
+        }
+        assert_eq!(codec.decode(&mut src).unwrap(), None);
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error_at_eof() {
+        let mut codec = FrameCodec::default();
+        let mut src = BytesMut::new();
+        codec.encode(sample(), &mut src).unwrap();
+        src.truncate(src.len() - 1);
+        assert!(matches!(
+            codec.decode_eof(&mut src),
+            Err(CodecError::Protocol(ProtocolError::Truncated(_)))
+        ));
+    }
+
+    #[test]
+    fn oversized_header_reserves_nothing() {
+        let mut codec = FrameCodec::new(1024);
+        let mut header = [0u8; HEADER_LEN];
+        let mut h = sample().header;
+        h.body_len = 1 << 30;
+        h.write_to(&mut header);
+        let mut src = BytesMut::from(&header[..]);
+        let before = src.capacity();
+        assert!(codec.decode(&mut src).is_err());
+        assert_eq!(src.capacity(), before);
+    }
+}

@@ -1,0 +1,311 @@
+//! The metadata section: a sequence of tag-length-value entries.
+//!
+//! Each entry is `tag: u8`, `length: u16` (big-endian), then `length` bytes of value.
+//! Receivers skip tags they do not know, so new tags can be added without a version
+//! bump. Requests must carry [`tag::SERVICE`] and [`tag::METHOD`]; responses and
+//! heartbeats usually carry nothing.
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+
+use super::ProtocolError;
+
+/// The metadata tags defined by protocol version 1.
+pub mod tag {
+    /// Service name, UTF-8. Required in requests.
+    pub const SERVICE: u8 = 0x01;
+    /// Method name, UTF-8. Required in requests.
+    pub const METHOD: u8 = 0x02;
+    /// How long the caller will wait for the response, `u32` big-endian milliseconds.
+    /// The server gives up on the call (status `Timeout`) once it has passed.
+    pub const TIMEOUT: u8 = 0x03;
+    /// Trace id, 16 bytes.
+    pub const TRACE_ID: u8 = 0x04;
+    /// Span id of the caller's span, 8 bytes.
+    pub const SPAN_ID: u8 = 0x05;
+    /// Authentication token, opaque bytes.
+    pub const AUTH_TOKEN: u8 = 0x06;
+    /// A user attachment: `key_len: u8`, `key` (UTF-8), then the value (the rest).
+    pub const ATTACHMENT: u8 = 0x07;
+}
+
+/// Trace context carried with a call (the Dapper model: one trace id for the whole
+/// request tree, one span id per hop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    /// Identifies the whole trace.
+    pub trace_id: [u8; 16],
+    /// Identifies the caller's span.
+    pub span_id: [u8; 8],
+}
+
+/// Appends metadata entries to a buffer.
+#[derive(Debug)]
+pub struct MetadataWriter<'a> {
+    /// The frame buffer being written; entries are appended at its end.
+    dst: &'a mut BytesMut,
+}
+
+impl<'a> MetadataWriter<'a> {
+    /// A writer appending to `dst`.
+    pub fn new(dst: &'a mut BytesMut) -> Self {
+        MetadataWriter { dst }
+    }
+
+    /// Appends one entry.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Metadata`] if `value` is longer than 65 535 bytes.
+    pub fn entry(&mut self, tag: u8, value: &[u8]) -> Result<(), ProtocolError> {
+        let len = u16::try_from(value.len()).map_err(|_| {
+            ProtocolError::Metadata(format!(
+                "entry {tag:#04x} is {} bytes, the limit is 65535",
+                value.len()
+            ))
+        })?;
+        self.dst.reserve(3 + value.len());
+        self.dst.put_u8(tag);
+        self.dst.put_u16(len);
+        self.dst.put_slice(value);
+        Ok(())
+    }
+
+    /// Appends the service and method names.
+    ///
+    /// # Errors
+    ///
+    /// If either name is longer than 65 535 bytes.
+    pub fn target(&mut self, service: &str, method: &str) -> Result<(), ProtocolError> {
+        self.entry(tag::SERVICE, service.as_bytes())?;
+        self.entry(tag::METHOD, method.as_bytes())
+    }
+
+    /// Appends the caller's timeout, saturating at `u32::MAX` milliseconds.
+    pub fn timeout(&mut self, timeout: Duration) {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        self.dst.reserve(7);
+        self.dst.put_u8(tag::TIMEOUT);
+        self.dst.put_u16(4);
+        self.dst.put_u32(ms);
+    }
+
+    /// Appends the trace context.
+    pub fn trace(&mut self, trace: &TraceContext) {
+        self.dst.reserve(3 + 16 + 3 + 8);
+        self.dst.put_u8(tag::TRACE_ID);
+        self.dst.put_u16(16);
+        self.dst.put_slice(&trace.trace_id);
+        self.dst.put_u8(tag::SPAN_ID);
+        self.dst.put_u16(8);
+        self.dst.put_slice(&trace.span_id);
+    }
+
+    /// Appends a user attachment.
+    ///
+    /// # Errors
+    ///
+    /// If the key is longer than 255 bytes or key and value together exceed the entry
+    /// limit.
+    pub fn attachment(&mut self, key: &str, value: &[u8]) -> Result<(), ProtocolError> {
+        let key_len = u8::try_from(key.len()).map_err(|_| {
+            ProtocolError::Metadata(format!("attachment key is {} bytes, the limit is 255", key.len()))
+        })?;
+        let total = 1 + key.len() + value.len();
+        let len = u16::try_from(total).map_err(|_| {
+            ProtocolError::Metadata(format!("attachment `{key}` is {total} bytes, the limit is 65535"))
+        })?;
+        self.dst.reserve(3 + total);
+        self.dst.put_u8(tag::ATTACHMENT);
+        self.dst.put_u16(len);
+        self.dst.put_u8(key_len);
+        self.dst.put_slice(key.as_bytes());
+        self.dst.put_slice(value);
+        Ok(())
+    }
+}
+
+/// Iterates over the raw `(tag, value)` entries of a metadata section.
+#[derive(Debug, Clone)]
+pub struct Entries<'a> {
+    /// What is left to parse.
+    rest: &'a [u8],
+}
+
+impl<'a> Entries<'a> {
+    /// Entries of `section`.
+    pub fn new(section: &'a [u8]) -> Self {
+        Entries { rest: section }
+    }
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(u8, &'a [u8]), ProtocolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        if self.rest.len() < 3 {
+            self.rest = &[];
+            return Some(Err(ProtocolError::Metadata("truncated entry header".into())));
+        }
+        let tag = self.rest[0];
+        let len = usize::from(u16::from_be_bytes([self.rest[1], self.rest[2]]));
+        if self.rest.len() < 3 + len {
+            self.rest = &[];
+            return Some(Err(ProtocolError::Metadata(format!(
+                "entry {tag:#04x} declares {len} bytes but the section ends first"
+            ))));
+        }
+        let value = &self.rest[3..3 + len];
+        self.rest = &self.rest[3 + len..];
+        Some(Ok((tag, value)))
+    }
+}
+
+/// The metadata of a request, borrowed from the frame.
+#[derive(Debug, Clone)]
+pub struct RequestMeta<'a> {
+    /// Target service name.
+    pub service: &'a str,
+    /// Target method name.
+    pub method: &'a str,
+    /// How long the caller waits, if it said.
+    pub timeout: Option<Duration>,
+    /// Trace context, if the caller sent one.
+    pub trace: Option<TraceContext>,
+    /// Authentication token, if any.
+    pub auth_token: Option<&'a [u8]>,
+    /// The whole section, for iterating over attachments.
+    section: &'a [u8],
+}
+
+impl<'a> RequestMeta<'a> {
+    /// Parses a request's metadata section without copying.
+    ///
+    /// # Errors
+    ///
+    /// Truncated entries, names that are not UTF-8, fixed-size values of the wrong
+    /// size, or a missing service or method.
+    pub fn parse(section: &'a [u8]) -> Result<Self, ProtocolError> {
+        let mut service = None;
+        let mut method = None;
+        let mut timeout = None;
+        let mut trace_id = None;
+        let mut span_id = None;
+        let mut auth_token = None;
+        for entry in Entries::new(section) {
+            let (tag, value) = entry?;
+            match tag {
+                tag::SERVICE => service = Some(utf8(value, "service")?),
+                tag::METHOD => method = Some(utf8(value, "method")?),
+                tag::TIMEOUT => {
+                    let ms: [u8; 4] = value
+                        .try_into()
+                        .map_err(|_| ProtocolError::Metadata("timeout is not 4 bytes".into()))?;
+                    let ms = u32::from_be_bytes(ms);
+                    if ms > 0 {
+                        timeout = Some(Duration::from_millis(u64::from(ms)));
+                    }
+                }
+                tag::TRACE_ID => {
+                    trace_id = Some(<[u8; 16]>::try_from(value).map_err(|_| {
+                        ProtocolError::Metadata("trace id is not 16 bytes".into())
+                    })?);
+                }
+                tag::SPAN_ID => {
+                    span_id = Some(<[u8; 8]>::try_from(value).map_err(|_| {
+                        ProtocolError::Metadata("span id is not 8 bytes".into())
+                    })?);
+                }
+                tag::AUTH_TOKEN => auth_token = Some(value),
+                tag::ATTACHMENT => {
+                    parse_attachment(value)?;
+                }
+                _ => {}
+            }
+        }
+        let trace = match (trace_id, span_id) {
+            (Some(trace_id), Some(span_id)) => Some(TraceContext { trace_id, span_id }),
+            _ => None,
+        };
+        Ok(RequestMeta {
+            service: service.ok_or_else(|| ProtocolError::Metadata("no service name".into()))?,
+            method: method.ok_or_else(|| ProtocolError::Metadata("no method name".into()))?,
+            timeout,
+            trace,
+            auth_token,
+            section,
+        })
+    }
+
+    /// The user attachments, in the order they were sent.
+    pub fn attachments(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        Entries::new(self.section).filter_map(|entry| match entry {
+            Ok((tag::ATTACHMENT, value)) => parse_attachment(value).ok(),
+            _ => None,
+        })
+    }
+}
+
+fn utf8<'a>(value: &'a [u8], what: &str) -> Result<&'a str, ProtocolError> {
+    std::str::from_utf8(value).map_err(|_| ProtocolError::Metadata(format!("{what} name is not UTF-8")))
+}
+
+fn parse_attachment(value: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
+    let (&key_len, rest) = value
+        .split_first()
+        .ok_or_else(|| ProtocolError::Metadata("empty attachment entry".into()))?;
+    let key_len = usize::from(key_len);
+    if rest.len() < key_len {
+        return Err(ProtocolError::Metadata("attachment key runs past its entry".into()));
+    }
+    let key = std::str::from_utf8(&rest[..key_len])
+        .map_err(|_| ProtocolError::Metadata("attachment key is not UTF-8".into()))?;
+    Ok((key, &rest[key_len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_meta_round_trips() {
+        let mut buf = BytesMut::new();
+        let mut w = MetadataWriter::new(&mut buf);
+        w.target("Greeter", "greet").unwrap();
+        w.timeout(Duration::from_millis(1500));
+        let trace = TraceContext {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+        };
+        w.trace(&trace);
+        w.entry(tag::AUTH_TOKEN, b"secret").unwrap();
+        w.attachment("tenant", b"acme").unwrap();
+        w.entry(0x7f, b"from the future").unwrap();
+        let meta = RequestMeta::parse(&buf).unwrap();
+        assert_eq!(meta.service, "Greeter");
+        assert_eq!(meta.method, "greet");
+        assert_eq!(meta.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(meta.trace, Some(trace));
+        assert_eq!(meta.auth_token, Some(&b"secret"[..]));
+        assert_eq!(meta.attachments().collect::<Vec<_>>(), vec![("tenant", &b"acme"[..])]);
+    }
+
+    #[test]
+    fn missing_method_is_an_error() {
+        let mut buf = BytesMut::new();
+        MetadataWriter::new(&mut buf)
+            .entry(tag::SERVICE, b"Greeter")
+            .unwrap();
+        assert!(RequestMeta::parse(&buf).is_err());
+    }
+
+    #[test]
+    fn truncated_entry_is_an_error() {
+        assert!(RequestMeta::parse(&[tag::SERVICE, 0, 10, b'a']).is_err());
+        assert!(RequestMeta::parse(&[tag::SERVICE, 0]).is_err());
+    }
+}

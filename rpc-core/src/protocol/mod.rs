@@ -1,0 +1,26 @@
+//! The wire protocol: frames, their codec, metadata and status codes.
+//!
+//! `docs/PROTOCOL.md` is the normative description; this module is its implementation.
+//!
+//! - [`frame`](self::Frame): the fixed header and the I/O-free parser;
+//! - [`FrameCodec`]: the parser as a tokio-util codec with a frame-size cap;
+//! - [`metadata`]: the tag-length-value metadata section;
+//! - [`Status`] and [`Event`]: response status and event codes;
+//! - message building: whole frames written in place, bodies as MessagePack.
+
+mod codec;
+mod frame;
+mod message;
+pub mod metadata;
+mod status;
+
+pub use codec::{CodecError, FrameCodec};
+pub use frame::{
+    Flags, Frame, Header, ProtocolError, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAGIC,
+    SERIALIZATION_MSGPACK, VERSION,
+};
+pub use message::{
+    encode_event, encode_heartbeat, encode_raw_response, encode_request, encode_response,
+    EncodeError, RequestTarget,
+};
+pub use status::{Event, Status};

@@ -1,0 +1,338 @@
+//! The server: hosts services on one port, boss/worker I/O, graceful shutdown.
+//!
+//! ```no_run
+//! # use rpc_core::{service, Server};
+//! #[service]
+//! trait Echo {
+//!     async fn echo(&self, text: String) -> String;
+//! }
+//!
+//! struct EchoImpl;
+//! impl Echo for EchoImpl {
+//!     async fn echo(&self, text: String) -> String {
+//!         text
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let server = Server::builder()
+//!     .workers(2)
+//!     .add_service(EchoServer::new(EchoImpl))
+//!     .bind("127.0.0.1:7000")
+//!     .await?;
+//! server
+//!     .serve_with_shutdown(async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await
+//! # }
+//! ```
+
+mod service;
+
+use std::collections::HashMap;
+use std::future::{self, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use service::{DispatchError, Reply, ReplyFuture, Service};
+
+use crate::protocol::DEFAULT_MAX_FRAME_LEN;
+use crate::runtime::OwnedRuntime;
+use crate::transport::worker::WorkerGroup;
+use crate::transport::{boss, ServerShared};
+
+/// Where handlers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Execution {
+    /// On the worker reactor that owns the connection, with no thread hop. Fastest;
+    /// right for handlers that never block and finish quickly.
+    Worker,
+    /// On a separate multi-threaded business pool with this many threads, so slow or
+    /// CPU-heavy handlers never stall I/O.
+    Pool {
+        /// Threads in the pool.
+        threads: usize,
+    },
+}
+
+/// Server settings. Build with [`ServerBuilder`] or start from `ServerConfig::default()`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Worker reactors. Default: the number of CPUs.
+    pub workers: usize,
+    /// Where handlers run. Default: [`Execution::Worker`].
+    pub execution: Execution,
+    /// Largest frame accepted or sent, header included. Default: 8 MiB.
+    pub max_frame_len: usize,
+    /// Calls one connection may have running at once; past it the server stops
+    /// reading from that connection until some finish. Default: 4096.
+    pub max_in_flight_per_connection: usize,
+    /// Open connections at most; more are closed as they are accepted. Default: 65 536.
+    pub max_connections: usize,
+    /// A connection that sends nothing (not even heartbeats) for this long while no
+    /// call of it is running is closed. Default: 90 s.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long running calls get to finish before connections are
+    /// closed regardless. Default: 10 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: std::thread::available_parallelism().map_or(2, usize::from),
+            execution: Execution::Worker,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_in_flight_per_connection: 4096,
+            max_connections: 65_536,
+            idle_timeout: Duration::from_secs(90),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds a [`Server`]: settings, then services, then [`bind`](Self::bind).
+#[derive(Default)]
+pub struct ServerBuilder {
+    /// Settings so far.
+    config: ServerConfig,
+    /// Services so far, by name.
+    services: HashMap<String, Arc<dyn Service>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// Replaces all settings.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the number of worker reactors.
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().workers(4);
+    /// ```
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers.max(1);
+        self
+    }
+
+    /// Runs handlers on a business pool of `threads` threads instead of the workers.
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().business_pool(8);
+    /// ```
+    pub fn business_pool(mut self, threads: usize) -> Self {
+        self.config.execution = Execution::Pool {
+            threads: threads.max(1),
+        };
+        self
+    }
+
+    /// Sets the maximum frame length.
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().max_frame_len(1 << 20);
+    /// ```
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.config.max_frame_len = len;
+        self
+    }
+
+    /// Sets how long running calls get to finish on shutdown.
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().drain_timeout(std::time::Duration::from_secs(30));
+    /// ```
+    pub fn drain_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a silent connection is kept.
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().idle_timeout(std::time::Duration::from_secs(60));
+    /// ```
+    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.idle_timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Hosts a service. A later service with the same name replaces an earlier one.
+    pub fn add_service(mut self, service: impl Service) -> Self {
+        self.services
+            .insert(service.name().to_owned(), Arc::new(service));
+        self
+    }
+
+    /// Binds the listening socket. Use port 0 for an ephemeral port and read it back
+    /// with [`Server::local_addr`].
+    ///
+    /// # Errors
+    ///
+    /// If the address does not resolve or cannot be bound.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Server {
+            listener,
+            config: self.config,
+            services: self.services,
+        })
+    }
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+pub struct Server {
+    /// The listening socket.
+    listener: TcpListener,
+    /// Settings.
+    config: ServerConfig,
+    /// Hosted services by name.
+    services: HashMap<String, Arc<dyn Service>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.listener.local_addr().ok())
+            .field("config", &self.config)
+            .field("services", &self.services.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Server {
+    /// A builder with default settings and no services.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// The address the server listens on.
+    ///
+    /// # Errors
+    ///
+    /// If the socket's address cannot be read.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the process ends.
+    ///
+    /// # Errors
+    ///
+    /// If the workers or business pool cannot be started.
+    pub async fn serve(self) -> io::Result<()> {
+        self.serve_with_shutdown(future::pending()).await
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully: tells connected
+    /// clients (a GOAWAY event frame) so they send new calls elsewhere, stops
+    /// accepting, lets running calls finish within the drain timeout, and closes.
+    /// Returns once every connection is closed and every worker has stopped.
+    ///
+    /// # Errors
+    ///
+    /// If the workers or business pool cannot be started.
+    pub async fn serve_with_shutdown(self, signal: impl Future<Output = ()>) -> io::Result<()> {
+        self.run(signal, CancellationToken::new()).await
+    }
+
+    /// Starts serving on the current tokio runtime and returns a handle to stop it.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn spawn(self) -> ServerHandle {
+        let addr = self.listener.local_addr().ok();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(self.run(future::pending(), token.clone()));
+        ServerHandle { addr, token, task }
+    }
+
+    async fn run(self, signal: impl Future<Output = ()>, shutdown: CancellationToken) -> io::Result<()> {
+        let pool = match self.config.execution {
+            Execution::Worker => None,
+            Execution::Pool { threads } => Some(OwnedRuntime::start("rpc-business", threads)?),
+        };
+        let mut names: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let service_names = names.join(", ");
+        let shared = Arc::new(ServerShared {
+            service_names,
+            services: self.services,
+            pool: pool.as_ref().map(|p| p.handle().clone()),
+            shutdown,
+            connections: AtomicUsize::new(0),
+            config: self.config,
+        });
+        let workers = WorkerGroup::start(shared.config.workers, &shared)?;
+        tracing::info!(
+            addr = ?self.listener.local_addr().ok(),
+            workers = shared.config.workers,
+            services = %shared.service_names,
+            "server started"
+        );
+        let result = boss::run(self.listener, shared, workers, signal).await;
+        drop(pool);
+        result
+    }
+}
+
+/// A server running in the background; see [`Server::spawn`].
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// The address it listens on.
+    addr: Option<SocketAddr>,
+    /// Cancelling it starts the graceful shutdown.
+    token: CancellationToken,
+    /// The serving task.
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    ///
+    /// # Panics
+    ///
+    /// If the listening socket's address could not be read when the server started.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr.expect("listener has an address")
+    }
+
+    /// Starts the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Shuts down gracefully and waits until the server has stopped.
+    ///
+    /// # Errors
+    ///
+    /// What the server returned, or an error if its task panicked.
+    pub async fn shutdown(self) -> io::Result<()> {
+        self.token.cancel();
+        self.task
+            .await
+            .map_err(|e| io::Error::other(format!("server task failed: {e}")))?
+    }
+}

@@ -1,0 +1,60 @@
+//! The boss: accepts connections and hands them to the workers.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::worker::WorkerGroup;
+use super::ServerShared;
+
+/// Accepts connections until `signal` completes, then starts the graceful shutdown:
+/// stops accepting, tells every connection to drain, and waits for all of them.
+pub(crate) async fn run(
+    listener: TcpListener,
+    shared: Arc<ServerShared>,
+    mut workers: WorkerGroup,
+    signal: impl Future<Output = ()>,
+) -> io::Result<()> {
+    tokio::pin!(signal);
+    let mut backoff = Duration::from_millis(10);
+    let max_connections = shared.config.max_connections;
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            () = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(10);
+                    if shared.connections.load(Ordering::Acquire) >= max_connections {
+                        tracing::warn!(%peer, max_connections, "refusing connection: at the connection limit");
+                        continue;
+                    }
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                    }
+                    shared.connections.fetch_add(1, Ordering::AcqRel);
+                    if let Err(e) = workers.dispatch(stream, peer) {
+                        shared.connections.fetch_sub(1, Ordering::AcqRel);
+                        tracing::error!(%peer, error = %e, "cannot hand connection to a worker");
+                    }
+                }
+                Err(e) => {
+                    // Typically EMFILE/ENFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("server shutting down: draining connections");
+    shared.shutdown.cancel();
+    workers.join().await;
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! One server-side connection: reading, decoding, dispatching, encoding and writing,
+//! all on the worker reactor that owns it.
+//!
+//! The loop keeps one read buffer and one write buffer. Every frame that a read brings
+//! in is decoded and dispatched at once; a handler that finishes on its first poll has
+//! its response encoded straight into the write buffer, and the rest run concurrently
+//! in a `FuturesUnordered` (or on the business pool) and are encoded as they finish,
+//! in any order. The write buffer is flushed whenever the socket can take it, so
+//! responses that finish together leave in one syscall.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_util::codec::Decoder;
+
+use crate::protocol::metadata::RequestMeta;
+use crate::protocol::{
+    encode_event, encode_heartbeat, encode_raw_response, encode_response, Event, Flags, Frame,
+    FrameCodec, Status, SERIALIZATION_MSGPACK,
+};
+use crate::server::{ReplyFuture, Reply};
+
+use super::ServerShared;
+
+/// Reads are made into at least this much free buffer space.
+const READ_CHUNK: usize = 64 * 1024;
+/// Stop reading new requests while this many response bytes wait to be written.
+const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// A call whose handler is running on this worker.
+struct InFlight {
+    /// Request id to answer.
+    id: u64,
+    /// No response is written for oneway calls.
+    oneway: bool,
+    /// The handler.
+    fut: ReplyFuture,
+    /// The caller's deadline, armed once the handler did not finish at once.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The caller's timeout, reported when the deadline passes.
+    timeout: Option<Duration>,
+}
+
+impl Future for InFlight {
+    type Output = (u64, bool, Reply);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)));
+        let reply = match polled {
+            Ok(Poll::Ready(reply)) => reply,
+            Ok(Poll::Pending) => {
+                if let Some(deadline) = this.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    deadline_passed(this.timeout)
+                } else {
+                    return Poll::Pending;
+                }
+            }
+            Err(panic) => panicked(&*panic),
+        };
+        Poll::Ready((this.id, this.oneway, reply))
+    }
+}
+
+fn deadline_passed(timeout: Option<Duration>) -> Reply {
+    let ms = timeout.map_or(0, |t| t.as_millis());
+    Reply::error(
+        Status::Timeout,
+        &format!("the caller's deadline of {ms} ms passed before the handler finished"),
+    )
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Reply {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    tracing::error!(%message, "handler panicked");
+    Reply::error(Status::InternalError, &format!("handler panicked: {message}"))
+}
+
+/// Per-connection state that frame handling touches.
+struct Conn<'a> {
+    /// Server-wide services and settings.
+    shared: &'a ServerShared,
+    /// The peer, for log messages.
+    peer: SocketAddr,
+    /// Encoded frames waiting to be written.
+    wbuf: BytesMut,
+    /// Handlers running on this worker.
+    inflight: FuturesUnordered<InFlight>,
+    /// Handlers running on the business pool report here.
+    pool_tx: mpsc::UnboundedSender<(u64, bool, Reply)>,
+    /// How many handlers are running on the business pool.
+    pool_pending: usize,
+}
+
+/// Serves one connection until the peer closes it, it breaks the protocol, it goes
+/// silent past the idle timeout, or the server shuts down and the drain ends.
+pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<ServerShared>) {
+    let _guard = ConnectionCount::new(&shared);
+    let max_frame_len = shared.config.max_frame_len;
+    let idle_timeout = shared.config.idle_timeout;
+    let max_in_flight = shared.config.max_in_flight_per_connection;
+    let (mut rd, mut wr) = stream.split();
+    let mut codec = FrameCodec::new(max_frame_len);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        shared: &shared,
+        peer,
+        wbuf: BytesMut::with_capacity(READ_CHUNK),
+        inflight: FuturesUnordered::new(),
+        pool_tx,
+        pool_pending: 0,
+    };
+    let mut draining = false;
+    let mut read_closed = false;
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(drain_deadline);
+    let mut idle_check = tokio::time::interval(idle_timeout / 2);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_read = Instant::now();
+    tracing::debug!(%peer, "connection accepted");
+
+    loop {
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let in_flight = conn.inflight.len() + conn.pool_pending;
+        let can_read = !read_closed && conn.wbuf.len() < WRITE_HIGH_WATER && in_flight < max_in_flight;
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled(), if !draining => {
+                draining = true;
+                encode_event(&mut conn.wbuf, Event::GoAway);
+                drain_deadline.as_mut().reset(Instant::now() + shared.config.drain_timeout);
+                tracing::debug!(%peer, in_flight, "draining connection");
+            }
+            () = &mut drain_deadline, if draining => {
+                tracing::warn!(%peer, in_flight, "drain timeout passed; closing connection with calls still running");
+                break;
+            }
+            Some((id, oneway, reply)) = conn.inflight.next(), if !conn.inflight.is_empty() => {
+                conn.write_reply(id, oneway, &reply);
+            }
+            Some((id, oneway, reply)) = pool_rx.recv(), if conn.pool_pending > 0 => {
+                conn.pool_pending -= 1;
+                conn.write_reply(id, oneway, &reply);
+            }
+            res = wr.write_buf(&mut conn.wbuf), if !conn.wbuf.is_empty() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "write failed; closing connection");
+                    break;
+                }
+            }
+            res = rd.read_buf(&mut rbuf), if can_read => match res {
+                Ok(0) => {
+                    read_closed = true;
+                    if !rbuf.is_empty() {
+                        tracing::warn!(%peer, buffered = rbuf.len(), "peer closed the connection in the middle of a frame");
+                    }
+                }
+                Ok(_) => {
+                    last_read = Instant::now();
+                    loop {
+                        match codec.decode(&mut rbuf) {
+                            Ok(Some(frame)) => {
+                                if let Err(reason) = conn.on_frame(frame) {
+                                    tracing::warn!(%peer, %reason, "closing connection: unexpected frame");
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "closing connection: malformed input");
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "read failed; closing connection");
+                    break;
+                }
+            },
+            _ = idle_check.tick() => {
+                if !read_closed && last_read.elapsed() >= idle_timeout && in_flight == 0 {
+                    tracing::info!(%peer, ?idle_timeout, "closing idle connection");
+                    break;
+                }
+            }
+        }
+        if read_closed && conn.inflight.is_empty() && conn.pool_pending == 0 && conn.wbuf.is_empty() {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+impl Conn<'_> {
+    /// Handles one decoded frame.
+    ///
+    /// # Errors
+    ///
+    /// A frame a server must never receive (a response other than a heartbeat); the
+    /// connection is closed.
+    fn on_frame(&mut self, frame: Frame) -> Result<(), &'static str> {
+        let header = frame.header;
+        let flags = header.flags;
+        if flags.contains(Flags::HEARTBEAT) {
+            if !flags.contains(Flags::RESPONSE) {
+                encode_heartbeat(&mut self.wbuf, header.request_id, true);
+            }
+            return Ok(());
+        }
+        if flags.contains(Flags::EVENT) {
+            tracing::debug!(peer = %self.peer, event = header.status, "ignoring event from client");
+            return Ok(());
+        }
+        if flags.contains(Flags::RESPONSE) {
+            return Err("a client sent a response frame");
+        }
+        let id = header.request_id;
+        let oneway = flags.contains(Flags::ONEWAY);
+        if header.serialization != SERIALIZATION_MSGPACK {
+            let message = format!("unsupported serialization id {}", header.serialization);
+            self.write_reply(id, oneway, &Reply::error(Status::BadRequest, &message));
+            return Ok(());
+        }
+        let meta = match RequestMeta::parse(&frame.metadata) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.write_reply(id, oneway, &Reply::error(Status::BadRequest, &e.to_string()));
+                return Ok(());
+            }
+        };
+        let Some(service) = self.shared.services.get(meta.service) else {
+            let message = format!(
+                "no service `{}` here; this server hosts: {}",
+                meta.service,
+                self.shared.service_names
+            );
+            self.write_reply(id, oneway, &Reply::error(Status::ServiceNotFound, &message));
+            return Ok(());
+        };
+        let fut = match service.call(meta.method, &frame.body) {
+            Ok(fut) => fut,
+            Err(e) => {
+                self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
+                return Ok(());
+            }
+        };
+        let timeout = meta.timeout;
+        match &self.shared.pool {
+            None => {
+                let mut call = InFlight {
+                    id,
+                    oneway,
+                    fut,
+                    deadline: None,
+                    timeout,
+                };
+                match (&mut call).now_or_never() {
+                    Some((id, oneway, reply)) => self.write_reply(id, oneway, &reply),
+                    None => {
+                        call.deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
+                        self.inflight.push(call);
+                    }
+                }
+            }
+            Some(pool) => {
+                self.pool_pending += 1;
+                let tx = self.pool_tx.clone();
+                pool.spawn(async move {
+                    let guarded = AssertUnwindSafe(fut).catch_unwind();
+                    let reply = match timeout {
+                        Some(t) => match tokio::time::timeout(t, guarded).await {
+                            Ok(r) => r.unwrap_or_else(|panic| panicked(&*panic)),
+                            Err(_) => deadline_passed(timeout),
+                        },
+                        None => guarded.await.unwrap_or_else(|panic| panicked(&*panic)),
+                    };
+                    let _ = tx.send((id, oneway, reply));
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the response to call `id` into the write buffer.
+    fn write_reply(&mut self, id: u64, oneway: bool, reply: &Reply) {
+        if oneway {
+            return;
+        }
+        let max = self.shared.config.max_frame_len;
+        if let Err(e) = encode_raw_response(&mut self.wbuf, id, reply.status.code(), &reply.body, max) {
+            tracing::error!(peer = %self.peer, error = %e, "cannot send response");
+            let message = format!("the response could not be sent: {e}");
+            encode_response(&mut self.wbuf, id, Status::InternalError.code(), &message, max)
+                .expect("a short error message always fits in a frame");
+        }
+    }
+}
+
+/// Keeps the server's count of open connections.
+struct ConnectionCount<'a>(&'a ServerShared);
+
+impl<'a> ConnectionCount<'a> {
+    fn new(shared: &'a ServerShared) -> Self {
+        ConnectionCount(shared)
+    }
+}
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}

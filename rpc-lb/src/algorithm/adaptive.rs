@@ -1,0 +1,88 @@
+//! `adaptive`: power of two random choices over peak-EWMA load.
+
+use rand::Rng;
+
+use super::{with_rng, Algorithm};
+use crate::config::Config;
+use crate::context::PickContext;
+use crate::set::{Entry, Snapshot, View};
+
+/// How many times to draw a pair before falling back to an exact scan.
+const DRAWS: usize = 4;
+
+/// Load of a provider with calls in flight but no latency sample yet
+/// (nanoseconds, ~17 minutes): it is tried when idle, but not piled onto
+/// before its first reply says how fast it is. Finagle does the same.
+const UNKNOWN_COST: f64 = 1e12;
+
+/// Power of two random choices (Mitzenmacher), scored as in Finagle's
+/// peak-EWMA balancer and in the spirit of brpc's locality-aware and Dubbo's
+/// adaptive balancers.
+///
+/// Two distinct available providers are drawn at random and the one with the
+/// lower `latency_estimate * (in_flight + 1) / weight` wins. The latency
+/// estimate is a peak EWMA ([`ProviderStats`](crate::ProviderStats)): one
+/// slow reply raises it at once, so a provider that slows down stops winning
+/// comparisons on the very next picks; with no samples it decays, so a
+/// shunned provider is probed again after a few decay periods. Comparing two
+/// random candidates instead of scanning all keeps a pick O(1) and avoids the
+/// herd effect of every client sending to the single least-loaded provider.
+#[derive(Debug, Default)]
+pub(crate) struct Adaptive;
+
+impl Algorithm for Adaptive {
+    type State = ();
+
+    fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
+
+    fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {
+        let n = view.len();
+        match n {
+            0 => return None,
+            1 => return view.is_available(0).then_some(0),
+            _ => {}
+        }
+        let pair = with_rng(|rng| {
+            (0..DRAWS).find_map(|_| {
+                let (a, b) = distinct_pair(rng, n);
+                (view.is_available(a) && view.is_available(b)).then_some((a, b))
+            })
+        });
+        let (a, b) = match pair {
+            Some(pair) => pair,
+            None => {
+                let available = view.count_available();
+                match available {
+                    0 => return None,
+                    1 => return view.nth_available(0),
+                    _ => {
+                        let (a, b) = with_rng(|rng| distinct_pair(rng, available));
+                        (view.nth_available(a)?, view.nth_available(b)?)
+                    }
+                }
+            }
+        };
+        Some(if load(view, b) < load(view, a) { b } else { a })
+    }
+}
+
+/// Two distinct indices below `n` (`n >= 2`), uniformly.
+fn distinct_pair(rng: &mut impl Rng, n: usize) -> (usize, usize) {
+    let a = rng.gen_range(0..n);
+    let mut b = rng.gen_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    (a, b)
+}
+
+/// `latency_estimate * (in_flight + 1) / weight`.
+fn load(view: &View<'_, ()>, i: usize) -> f64 {
+    let stats = &view.entry(i).stats;
+    let in_flight = stats.in_flight();
+    let cost = match stats.cost_at(view.now()) {
+        cost if cost == 0.0 && in_flight > 0 => UNKNOWN_COST,
+        cost => cost,
+    };
+    cost * (in_flight as f64 + 1.0) / f64::from(view.weight(i))
+}

@@ -1,0 +1,90 @@
+//! [`Picked`]: the provider chosen for one call, and its in-flight guard.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::stats::ProviderStats;
+
+/// The provider chosen for one call.
+///
+/// Holding it counts the call as in flight to that provider (least-connection
+/// and adaptive balance on that count); dropping it ends the call. Keep it
+/// alive until the reply arrives (or the call fails), then report how it went
+/// with [`record_success`](Self::record_success) or
+/// [`record_failure`](Self::record_failure) so the adaptive strategy can steer
+/// around slow providers.
+///
+/// ```
+/// use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
+/// use std::time::{Duration, Instant};
+///
+/// let lb = LoadBalancer::new("demo.Echo", Strategy::LeastConnection);
+/// lb.update([Provider::new("127.0.0.1:20880".parse().unwrap())]);
+///
+/// let picked = lb.pick(&PickContext::new())?;
+/// assert_eq!(picked.stats().in_flight(), 1);
+/// let started = Instant::now();
+/// // ... send the request to picked.addr() and await the reply ...
+/// picked.record_success(started.elapsed());
+/// let stats = picked.stats().clone();
+/// drop(picked);
+/// assert_eq!(stats.in_flight(), 0);
+/// # Ok::<(), rpc_lb::LbError>(())
+/// ```
+#[must_use = "dropping a Picked ends the call at once; keep it until the reply arrives"]
+pub struct Picked {
+    /// Copied out of the set so the caller needs no lock to read it.
+    addr: SocketAddr,
+    /// Shared with the balancer: the guard decrements its in-flight count on
+    /// drop, and recordings land where the next picks read them.
+    stats: Arc<ProviderStats>,
+}
+
+impl Picked {
+    /// Counts a new call in flight to the provider at `addr`.
+    pub(crate) fn new(addr: SocketAddr, stats: &Arc<ProviderStats>) -> Self {
+        stats.acquire();
+        Self {
+            addr,
+            stats: Arc::clone(stats),
+        }
+    }
+
+    /// The chosen provider's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The chosen provider's live statistics.
+    pub fn stats(&self) -> &Arc<ProviderStats> {
+        &self.stats
+    }
+
+    /// Records that the call succeeded after `latency`.
+    pub fn record_success(&self, latency: Duration) {
+        self.stats.record_success(latency);
+    }
+
+    /// Records that the call failed after `latency` (see
+    /// [`ProviderStats::record_failure`]).
+    pub fn record_failure(&self, latency: Duration) {
+        self.stats.record_failure(latency);
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        self.stats.release();
+    }
+}
+
+impl fmt::Debug for Picked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Picked")
+            .field("addr", &self.addr)
+            .field("in_flight", &self.stats.in_flight())
+            .finish()
+    }
+}

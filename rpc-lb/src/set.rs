@@ -1,0 +1,268 @@
+//! The live provider set: an immutable snapshot per update, swapped
+//! atomically, and the per-pick [`View`] through which algorithms see it.
+//!
+//! Picks never take a lock here: they load the current snapshot through
+//! `arc-swap` and read per-provider atomics. Updates build a whole new
+//! snapshot (carrying over the state of providers that stay) and swap it in;
+//! picks already running finish on the old one. Health and draining marks are
+//! atomics in each provider's shared [`ProviderStats`], so marking a provider
+//! needs no rebuild and is seen by the very next pick.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::algorithm::Algorithm;
+use crate::config::Config;
+use crate::context::PickContext;
+use crate::picked::Picked;
+use crate::provider::{warmed_weight, Provider};
+use crate::stats::ProviderStats;
+
+/// One provider in a snapshot.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// What discovery said in the update that built this snapshot.
+    pub(crate) spec: Provider,
+    /// Run-time state, shared by every snapshot the address is part of.
+    pub(crate) stats: Arc<ProviderStats>,
+    /// `weight > 0 && healthy && !draining` per the spec, computed once per
+    /// update so a pick checks one bool before any atomic.
+    listed: bool,
+}
+
+/// An immutable provider list plus the algorithm's state derived from it.
+#[derive(Debug)]
+pub(crate) struct Snapshot<S> {
+    pub(crate) entries: Box<[Entry]>,
+    /// What the algorithm precomputed for exactly these entries (the hash
+    /// ring, cumulative weights, smooth round-robin positions).
+    pub(crate) state: S,
+    /// The latest instant at which some entry is still warming up, if any.
+    warm_until: Option<Instant>,
+    /// Cleared by the first pick that reads the clock past `warm_until`, so
+    /// that afterwards weighted picks read no clock at all.
+    warming: AtomicBool,
+}
+
+impl<S> Snapshot<S> {
+    fn new(entries: Box<[Entry]>, state: S, warm_up: Duration) -> Self {
+        let warm_until = entries
+            .iter()
+            .filter_map(|e| e.spec.started_at)
+            .max()
+            .and_then(|start| start.checked_add(warm_up));
+        Self {
+            entries,
+            state,
+            warm_until,
+            warming: AtomicBool::new(warm_until.is_some()),
+        }
+    }
+}
+
+/// A snapshot as seen by one pick: availability and effective weights at one
+/// instant, read from the clock at most once.
+pub(crate) struct View<'a, S> {
+    snapshot: &'a Snapshot<S>,
+    warm_up: Duration,
+    /// The pick's time: from the context, or read lazily on first need.
+    now: Cell<Option<Instant>>,
+    /// Whether `now` came from the context; an injected time must not clear
+    /// the snapshot's `warming` flag, which is about real time.
+    injected: bool,
+}
+
+impl<'a, S> View<'a, S> {
+    pub(crate) fn new(snapshot: &'a Snapshot<S>, ctx: &PickContext, warm_up: Duration) -> Self {
+        Self {
+            snapshot,
+            warm_up,
+            now: Cell::new(ctx.now),
+            injected: ctx.now.is_some(),
+        }
+    }
+
+    /// The number of entries (available or not).
+    pub(crate) fn len(&self) -> usize {
+        self.snapshot.entries.len()
+    }
+
+    pub(crate) fn entry(&self, i: usize) -> &'a Entry {
+        &self.snapshot.entries[i]
+    }
+
+    /// The algorithm's state for this snapshot.
+    pub(crate) fn state(&self) -> &'a S {
+        &self.snapshot.state
+    }
+
+    /// The pick's time.
+    pub(crate) fn now(&self) -> Instant {
+        match self.now.get() {
+            Some(now) => now,
+            None => {
+                let now = Instant::now();
+                self.now.set(Some(now));
+                now
+            }
+        }
+    }
+
+    /// Whether entry `i` may take a new call: listed by discovery (weight >
+    /// 0, healthy, not draining) and not marked down or draining by the
+    /// client.
+    pub(crate) fn is_available(&self, i: usize) -> bool {
+        let entry = &self.snapshot.entries[i];
+        entry.listed && !entry.stats.is_draining() && !entry.stats.is_marked_down(|| self.now())
+    }
+
+    /// Entry `i`'s weight after warm-up (at least 1 when the spec weight is
+    /// not 0).
+    pub(crate) fn weight(&self, i: usize) -> u32 {
+        let spec = &self.snapshot.entries[i].spec;
+        match spec.started_at {
+            Some(started_at) if self.is_warming() => {
+                warmed_weight(spec.weight, started_at, self.now(), self.warm_up)
+            }
+            _ => spec.weight,
+        }
+    }
+
+    fn is_warming(&self) -> bool {
+        let snapshot = self.snapshot;
+        if !snapshot.warming.load(Ordering::Relaxed) {
+            return false;
+        }
+        match snapshot.warm_until {
+            Some(until) if self.now() < until => true,
+            _ => {
+                if !self.injected {
+                    snapshot.warming.store(false, Ordering::Relaxed);
+                }
+                false
+            }
+        }
+    }
+
+    /// How many entries are available.
+    pub(crate) fn count_available(&self) -> usize {
+        (0..self.len()).filter(|&i| self.is_available(i)).count()
+    }
+
+    /// The index of the `n`th available entry (0-based), in entry order.
+    pub(crate) fn nth_available(&self, n: usize) -> Option<usize> {
+        (0..self.len()).filter(|&i| self.is_available(i)).nth(n)
+    }
+}
+
+/// The type-erased face of a [`Live`] set, so that
+/// [`LoadBalancer`](crate::LoadBalancer) is one concrete type whatever the
+/// strategy.
+pub(crate) trait ProviderSet: Send + Sync + fmt::Debug {
+    fn pick(&self, ctx: &PickContext) -> Option<Picked>;
+    fn update(&self, providers: Vec<Provider>);
+    fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>>;
+    fn providers(&self) -> Vec<Provider>;
+    fn config(&self) -> &Config;
+}
+
+/// A live provider set balanced by algorithm `A`.
+pub(crate) struct Live<A: Algorithm> {
+    algorithm: A,
+    current: ArcSwap<Snapshot<A::State>>,
+    config: Config,
+    /// Time zero for the providers' atomic timestamps.
+    epoch: Instant,
+    /// Serialises updates, so two racing updates cannot both carry over from
+    /// the same old snapshot and lose one another's providers.
+    writer: Mutex<()>,
+}
+
+impl<A: Algorithm> Live<A> {
+    pub(crate) fn new(algorithm: A, config: Config) -> Self {
+        let state = algorithm.prepare(&[], None, &config);
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::new(Box::new([]), state, config.warm_up)),
+            algorithm,
+            config,
+            epoch: Instant::now(),
+            writer: Mutex::new(()),
+        }
+    }
+}
+
+impl<A: Algorithm> ProviderSet for Live<A> {
+    fn pick(&self, ctx: &PickContext) -> Option<Picked> {
+        let snapshot = self.current.load();
+        let view = View::new(&snapshot, ctx, self.config.warm_up);
+        let i = self.algorithm.pick(&view, ctx)?;
+        let entry = &snapshot.entries[i];
+        Some(Picked::new(entry.spec.addr, &entry.stats))
+    }
+
+    fn update(&self, providers: Vec<Provider>) {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.current.load_full();
+        let old_stats: HashMap<SocketAddr, &Arc<ProviderStats>> =
+            old.entries.iter().map(|e| (e.spec.addr, &e.stats)).collect();
+
+        // The same address listed twice: the later spec wins, at the place of
+        // the first, so the set never holds one provider twice.
+        let mut position: HashMap<SocketAddr, usize> = HashMap::with_capacity(providers.len());
+        let mut entries: Vec<Entry> = Vec::with_capacity(providers.len());
+        for spec in providers {
+            let listed = spec.weight > 0 && spec.healthy && !spec.draining;
+            if let Some(&at) = position.get(&spec.addr) {
+                entries[at].spec = spec;
+                entries[at].listed = listed;
+                continue;
+            }
+            let stats = match old_stats.get(&spec.addr) {
+                Some(stats) => Arc::clone(stats),
+                None => Arc::new(ProviderStats::new(self.epoch, self.config.latency_decay)),
+            };
+            position.insert(spec.addr, entries.len());
+            entries.push(Entry {
+                spec,
+                stats,
+                listed,
+            });
+        }
+
+        let state = self.algorithm.prepare(&entries, Some(&old), &self.config);
+        let snapshot = Snapshot::new(entries.into_boxed_slice(), state, self.config.warm_up);
+        self.current.store(Arc::new(snapshot));
+    }
+
+    fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>> {
+        let snapshot = self.current.load();
+        let entry = snapshot.entries.iter().find(|e| e.spec.addr == addr)?;
+        Some(Arc::clone(&entry.stats))
+    }
+
+    fn providers(&self) -> Vec<Provider> {
+        let snapshot = self.current.load();
+        snapshot.entries.iter().map(|e| e.spec.clone()).collect()
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl<A: Algorithm> fmt::Debug for Live<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.current.load();
+        f.debug_struct("Live")
+            .field("algorithm", &self.algorithm)
+            .field("providers", &snapshot.entries.len())
+            .finish_non_exhaustive()
+    }
+}

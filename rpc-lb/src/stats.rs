@@ -1,0 +1,261 @@
+//! [`ProviderStats`]: what the client observed about one provider.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Live statistics about one provider: calls in flight and a peak-EWMA of
+/// latency.
+///
+/// The balancer keeps one per provider address for as long as the address is
+/// in the set (updates keep it) and hands out `Arc<ProviderStats>` through
+/// [`Picked::stats`](crate::Picked::stats) and
+/// [`LoadBalancer::stats`](crate::LoadBalancer::stats). The in-flight count
+/// is maintained by [`Picked`](crate::Picked)'s guard; latency is fed by the
+/// client through [`Picked::record_success`](crate::Picked::record_success) /
+/// [`record_failure`](crate::Picked::record_failure) (or the methods here).
+/// Everything is lock-free atomics, so recording never blocks a pick.
+///
+/// The same allocation also holds the client's health marks for the provider
+/// (set through [`LoadBalancer`](crate::LoadBalancer)), so checking whether a
+/// provider may be picked and reading its load touch one cache line.
+///
+/// The latency estimate is Finagle's *peak EWMA*: a sample above the current
+/// estimate replaces it at once (a provider that slows down is noticed on the
+/// first slow reply), a lower one is blended in with weight
+/// `1 - exp(-elapsed / decay)`, and the estimate decays toward zero while no
+/// samples arrive, so a provider that was shunned gets probed again.
+#[derive(Debug)]
+pub struct ProviderStats {
+    /// Calls picked for this provider whose [`Picked`](crate::Picked) guard
+    /// is still alive. Least-connection and adaptive read it on every pick.
+    in_flight: AtomicUsize,
+    /// The peak-EWMA latency estimate in nanoseconds, as `f64` bits; 0 until
+    /// the first sample.
+    cost: AtomicU64,
+    /// When `cost` was last updated, in nanoseconds since `epoch`, so the
+    /// decay can be computed without a lock around two fields.
+    stamp: AtomicU64,
+    /// Calls recorded as successful, for observability.
+    successes: AtomicU64,
+    /// Calls recorded as failed, for observability.
+    failures: AtomicU64,
+    /// The client's unhealthy mark: 0 when none, [`DOWN_INDEFINITELY`] until
+    /// cleared, otherwise the end of a backoff in nanoseconds since `epoch`.
+    down_until: AtomicU64,
+    /// The client's draining mark (`LoadBalancer::set_draining`).
+    draining: AtomicBool,
+    /// Time zero for `stamp` and `down_until`: an `Instant` does not fit in
+    /// an atomic.
+    epoch: Instant,
+    /// The EWMA time constant in nanoseconds ([`Config::latency_decay`](crate::Config::latency_decay)).
+    decay_nanos: f64,
+}
+
+impl ProviderStats {
+    pub(crate) fn new(epoch: Instant, decay: Duration) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            cost: AtomicU64::new(0f64.to_bits()),
+            stamp: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            epoch,
+            // At least 1 ns so the decay exponent is never a division by zero.
+            decay_nanos: (decay.as_nanos() as f64).max(1.0),
+        }
+    }
+
+    /// Calls currently in flight to this provider.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The current peak-EWMA latency estimate, or `None` before the first
+    /// recorded call.
+    pub fn latency(&self) -> Option<Duration> {
+        let cost = self.cost_at(Instant::now());
+        (cost > 0.0).then(|| Duration::from_nanos(cost as u64))
+    }
+
+    /// Calls recorded as successful so far.
+    pub fn successes(&self) -> u64 {
+        self.successes.load(Ordering::Relaxed)
+    }
+
+    /// Calls recorded as failed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Records a successful call that took `latency`.
+    pub fn record_success(&self, latency: Duration) {
+        self.successes.fetch_add(1, Ordering::Relaxed);
+        self.observe(Instant::now(), latency.as_nanos() as f64, false);
+    }
+
+    /// Records a failed call that took `latency`.
+    ///
+    /// A failure counts as a sample at least twice the current estimate, so a
+    /// provider that fails fast is not mistaken for a fast one, and repeated
+    /// failures push its estimate up exponentially.
+    pub fn record_failure(&self, latency: Duration) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.observe(Instant::now(), latency.as_nanos() as f64, true);
+    }
+
+    /// Marks the provider down until `until`, or indefinitely for `None`.
+    pub(crate) fn mark_down(&self, until: Option<Instant>) {
+        let until = match until {
+            // An instant at or before the epoch has already passed: no mark.
+            Some(until) => self.nanos(until).min(DOWN_INDEFINITELY - 1),
+            None => DOWN_INDEFINITELY,
+        };
+        self.down_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Clears the unhealthy mark.
+    pub(crate) fn mark_up(&self) {
+        self.down_until.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the client's unhealthy mark holds at the time `now` returns;
+    /// `now` is only called for a timed mark, so the common case reads no
+    /// clock.
+    pub(crate) fn is_marked_down(&self, now: impl FnOnce() -> Instant) -> bool {
+        match self.down_until.load(Ordering::Relaxed) {
+            0 => false,
+            DOWN_INDEFINITELY => true,
+            until => self.nanos(now()) < until,
+        }
+    }
+
+    pub(crate) fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn acquire(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The latency estimate at `now` in nanoseconds, decayed for the time
+    /// since the last sample; 0 before the first sample.
+    pub(crate) fn cost_at(&self, now: Instant) -> f64 {
+        let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        if cost == 0.0 {
+            return 0.0;
+        }
+        let elapsed = self.nanos(now).saturating_sub(self.stamp.load(Ordering::Relaxed));
+        cost * (-(elapsed as f64) / self.decay_nanos).exp()
+    }
+
+    fn observe(&self, now: Instant, rtt: f64, failed: bool) {
+        let now = self.nanos(now);
+        let elapsed = now.saturating_sub(self.stamp.swap(now, Ordering::Relaxed));
+        let keep = (-(elapsed as f64) / self.decay_nanos).exp();
+        // Racing recorders may interleave between the swap above and this
+        // update; the estimate is a heuristic and either order is fine, but
+        // the update itself must not be lost, hence the CAS loop.
+        let _ = self
+            .cost
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let cost = f64::from_bits(bits);
+                let sample = if failed { rtt.max(cost * 2.0) } else { rtt };
+                let next = if sample > cost {
+                    sample
+                } else {
+                    cost * keep + sample * (1.0 - keep)
+                };
+                Some(next.to_bits())
+            });
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX)
+    }
+}
+
+/// `down_until` value of a mark with no end.
+const DOWN_INDEFINITELY: u64 = u64::MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> ProviderStats {
+        ProviderStats::new(Instant::now(), Duration::from_secs(10))
+    }
+
+    #[test]
+    fn peak_replaces_immediately_and_lower_samples_blend() {
+        let s = stats();
+        assert_eq!(s.latency(), None);
+        let t0 = Instant::now();
+        s.observe(t0, 1_000_000.0, false);
+        assert_eq!(s.cost_at(t0), 1_000_000.0);
+        s.observe(t0, 50_000_000.0, false);
+        assert_eq!(s.cost_at(t0), 50_000_000.0, "a slower sample is taken at once");
+        // A faster sample 10 s (one time constant) later blends in by 1 - 1/e.
+        let t1 = t0 + Duration::from_secs(10);
+        s.observe(t1, 1_000_000.0, false);
+        let expected = 50e6 / std::f64::consts::E + 1e6 * (1.0 - 1.0 / std::f64::consts::E);
+        assert!((s.cost_at(t1) - expected).abs() < 1.0);
+    }
+
+    #[test]
+    fn estimate_decays_without_samples() {
+        let s = stats();
+        let t0 = Instant::now();
+        s.observe(t0, 1_000_000.0, false);
+        let later = s.cost_at(t0 + Duration::from_secs(20));
+        assert!(later < 1_000_000.0 * 0.14 && later > 0.0, "{later}");
+    }
+
+    #[test]
+    fn failures_double_the_estimate() {
+        let s = stats();
+        let t0 = Instant::now();
+        s.observe(t0, 1_000_000.0, false);
+        s.observe(t0, 10.0, true);
+        assert_eq!(s.cost_at(t0), 2_000_000.0);
+        s.record_failure(Duration::from_micros(1));
+        assert_eq!(s.failures(), 1);
+        assert!(s.latency().unwrap() > Duration::from_millis(3));
+    }
+
+    #[test]
+    fn timed_mark_expires() {
+        let s = stats();
+        let t0 = Instant::now();
+        assert!(!s.is_marked_down(|| unreachable!("no mark, no clock")));
+        s.mark_down(Some(t0 + Duration::from_secs(5)));
+        assert!(s.is_marked_down(|| t0 + Duration::from_secs(4)));
+        assert!(!s.is_marked_down(|| t0 + Duration::from_secs(5)));
+        s.mark_down(None);
+        assert!(s.is_marked_down(|| unreachable!("indefinite mark, no clock")));
+        s.mark_up();
+        assert!(!s.is_marked_down(|| unreachable!()));
+        // A deadline already in the past is no mark at all.
+        s.mark_down(Some(s.epoch));
+        assert!(!s.is_marked_down(|| unreachable!()));
+    }
+
+    #[test]
+    fn in_flight_counts() {
+        let s = stats();
+        s.acquire();
+        s.acquire();
+        s.release();
+        assert_eq!(s.in_flight(), 1);
+    }
+}

@@ -1,0 +1,66 @@
+//! Code generation: one generator per emitted item. Generated code names everything by
+//! absolute path (`::rpc_core::...`, `::core::...`) so it compiles in any scope.
+
+mod client;
+mod server;
+mod service_trait;
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use crate::parse::{MethodDef, ServiceDef};
+
+/// Everything `#[service]` emits for `def`.
+pub(crate) fn generate(def: &ServiceDef) -> TokenStream {
+    let service_trait = service_trait::generate(def);
+    let client = client::generate(def);
+    let server = server::generate(def);
+    quote! {
+        #service_trait
+        #client
+        #server
+    }
+}
+
+/// The argument tuple type of a method as sent on the wire: `(A, B,)`, or `[(); 0]`
+/// for no arguments (an empty MessagePack array, where `()` would encode as nil).
+fn args_type(method: &MethodDef) -> TokenStream {
+    if method.args.is_empty() {
+        return quote!([(); 0]);
+    }
+    let types = method.args.iter().map(|(_, ty)| ty);
+    quote!((#(#types,)*))
+}
+
+/// The argument tuple value built from the argument names.
+fn args_value(method: &MethodDef) -> TokenStream {
+    if method.args.is_empty() {
+        return quote!([]);
+    }
+    let names = method.args.iter().map(|(name, _)| name);
+    quote!((#(#names,)*))
+}
+
+/// The argument tuple pattern binding the argument names.
+fn args_pattern(method: &MethodDef) -> TokenStream {
+    if method.args.is_empty() {
+        return quote!([]);
+    }
+    let names = method.args.iter().map(|(name, _)| name);
+    quote!((#(#names,)*))
+}
+
+/// `FooClient` for trait `Foo`.
+fn client_ident(def: &ServiceDef) -> syn::Ident {
+    format_ident!("{}Client", def.ident)
+}
+
+/// `FooServer` for trait `Foo`.
+fn server_ident(def: &ServiceDef) -> syn::Ident {
+    format_ident!("{}Server", def.ident)
+}
+
+/// Only the doc-comment attributes of a list.
+fn docs(attrs: &[syn::Attribute]) -> impl Iterator<Item = &syn::Attribute> {
+    attrs.iter().filter(|a| a.path().is_ident("doc"))
+}
