@@ -197,6 +197,7 @@ impl ServerBuilder {
             listener,
             config: self.config,
             services: self.services,
+            connections: Arc::new(AtomicUsize::new(0)),
         })
     }
 }
@@ -209,6 +210,8 @@ pub struct Server {
     config: ServerConfig,
     /// Hosted services by name.
     services: HashMap<String, Arc<dyn Service>>,
+    /// Open connections, shared with the running server.
+    connections: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Server {
@@ -265,8 +268,14 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let addr = self.listener.local_addr().ok();
         let token = CancellationToken::new();
+        let connections = Arc::clone(&self.connections);
         let task = tokio::spawn(self.run(future::pending(), token.clone()));
-        ServerHandle { addr, token, task }
+        ServerHandle {
+            addr,
+            token,
+            connections,
+            task,
+        }
     }
 
     async fn run(self, signal: impl Future<Output = ()>, shutdown: CancellationToken) -> io::Result<()> {
@@ -282,7 +291,7 @@ impl Server {
             services: self.services,
             pool: pool.as_ref().map(|p| p.handle().clone()),
             shutdown,
-            connections: AtomicUsize::new(0),
+            connections: self.connections,
             config: self.config,
         });
         let workers = WorkerGroup::start(shared.config.workers, &shared)?;
@@ -305,6 +314,8 @@ pub struct ServerHandle {
     addr: Option<SocketAddr>,
     /// Cancelling it starts the graceful shutdown.
     token: CancellationToken,
+    /// Open connections.
+    connections: Arc<AtomicUsize>,
     /// The serving task.
     task: JoinHandle<io::Result<()>>,
 }
@@ -317,6 +328,11 @@ impl ServerHandle {
     /// If the listening socket's address could not be read when the server started.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr.expect("listener has an address")
+    }
+
+    /// How many client connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Starts the graceful shutdown without waiting for it.

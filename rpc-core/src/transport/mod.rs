@@ -33,5 +33,5 @@ pub(crate) struct ServerShared {
     /// Cancelled when graceful shutdown begins.
     pub(crate) shutdown: CancellationToken,
     /// Open connections, to enforce `max_connections`.
-    pub(crate) connections: AtomicUsize,
+    pub(crate) connections: Arc<AtomicUsize>,
 }
