@@ -29,7 +29,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
         quote! {
             #method_name => {
                 let #pattern: #args_ty = ::rpc_core::__private::decode_args(__rpc_method, __rpc_args)?;
-                let __rpc_service = ::std::sync::Arc::clone(&self.service);
+                let __rpc_service = <::std::sync::Arc<__RpcS> as ::core::clone::Clone>::clone(&self.service);
                 ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
                     let __rpc_result = <__RpcS as #trait_ident>::#name(&*__rpc_service, #(#names),*).await;
                     #reply
@@ -57,7 +57,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
 
         impl<__RpcS> ::core::clone::Clone for #server<__RpcS> {
             fn clone(&self) -> Self {
-                Self { service: ::std::sync::Arc::clone(&self.service) }
+                Self { service: <::std::sync::Arc<__RpcS> as ::core::clone::Clone>::clone(&self.service) }
             }
         }
 

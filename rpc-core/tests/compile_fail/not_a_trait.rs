@@ -1,0 +1,6 @@
+use rpc_core::service;
+
+#[service]
+struct Greeter;
+
+fn main() {}
