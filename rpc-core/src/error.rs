@@ -41,12 +41,10 @@ pub enum RpcError<E = NoError> {
     /// The service answered with its own error.
     #[error("application error: {0}")]
     Application(E),
-    /// No response arrived within the call's timeout.
+    /// No response arrived within the call's timeout (or the server, told the
+    /// deadline, gave up on the call when it passed).
     #[error("call timed out after {0:?}")]
     Timeout(Duration),
-    /// The server gave up on the call because its deadline passed there.
-    #[error("deadline exceeded on the server: {0}")]
-    DeadlineExceeded(String),
     /// No provider is available for the service.
     #[error("no provider available for service `{service}`")]
     NoProvider {
@@ -115,7 +113,6 @@ impl RpcError {
         match self {
             RpcError::Application(never) => match never {},
             RpcError::Timeout(d) => RpcError::Timeout(d),
-            RpcError::DeadlineExceeded(m) => RpcError::DeadlineExceeded(m),
             RpcError::NoProvider { service } => RpcError::NoProvider { service },
             RpcError::Connect { addr, source } => RpcError::Connect { addr, source },
             RpcError::ConnectionLost(m) => RpcError::ConnectionLost(m),
@@ -134,13 +131,13 @@ impl RpcError {
     }
 
     /// The error for a non-OK, non-application status with the server's message.
-    pub(crate) fn from_status(status: Status, message: String) -> RpcError {
+    pub(crate) fn from_status(status: Status, message: String, timeout: Duration) -> RpcError {
         match status {
+            Status::Timeout => RpcError::Timeout(timeout),
             Status::ServiceNotFound => RpcError::ServiceNotFound(message),
             Status::MethodNotFound => RpcError::MethodNotFound(message),
             Status::BadRequest => RpcError::BadRequest(message),
             Status::Overloaded => RpcError::Overloaded(message),
-            Status::Timeout => RpcError::DeadlineExceeded(message),
             Status::Unauthenticated => RpcError::Unauthenticated(message),
             Status::ShuttingDown => RpcError::ShuttingDown,
             Status::InternalError => RpcError::Internal(message),

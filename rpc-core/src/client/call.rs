@@ -183,12 +183,15 @@ where
             .call_frame(encode, timeout)
             .await
             .map_err(RpcError::widen)?;
-        decode_reply(&frame)
+        decode_reply(&frame, timeout)
     }
 }
 
 /// Turns a response frame into the call's result.
-fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(frame: &Frame) -> Result<T, RpcError<E>> {
+fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
+    frame: &Frame,
+    timeout: Duration,
+) -> Result<T, RpcError<E>> {
     match Status::from_code(frame.header.status) {
         Status::Ok => rmp_serde::from_slice(&frame.body)
             .map_err(|e| RpcError::Serialization(format!("cannot decode the result: {e}"))),
@@ -201,7 +204,7 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(frame: &Frame) -> Resu
         status => {
             let message: String = rmp_serde::from_slice(&frame.body)
                 .unwrap_or_else(|_| "(no readable message)".to_owned());
-            Err(RpcError::from_status(status, message).widen())
+            Err(RpcError::from_status(status, message, timeout).widen())
         }
     }
 }
