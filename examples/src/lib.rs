@@ -126,7 +126,10 @@ impl Inventory for InMemoryInventory {
 
     async fn get(&self, sku: String) -> Result<Item, InventoryError> {
         let items = self.items.lock().expect("inventory lock");
-        items.get(&sku).cloned().ok_or(InventoryError::NotFound { sku })
+        items
+            .get(&sku)
+            .cloned()
+            .ok_or(InventoryError::NotFound { sku })
     }
 
     async fn reserve(&self, sku: String, quantity: u32) -> Result<u32, InventoryError> {
@@ -145,7 +148,12 @@ impl Inventory for InMemoryInventory {
     }
 
     async fn list(&self) -> Vec<Item> {
-        self.items.lock().expect("inventory lock").values().cloned().collect()
+        self.items
+            .lock()
+            .expect("inventory lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     async fn audit(&self, event: String) {

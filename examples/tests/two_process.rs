@@ -20,7 +20,11 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitS
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(Instant::now() < deadline, "process {} did not exit in {limit:?}", child.id());
+        assert!(
+            Instant::now() < deadline,
+            "process {} did not exit in {limit:?}",
+            child.id()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -39,7 +43,11 @@ fn provider_and_consumer_processes() {
     BufReader::new(provider.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line.trim().strip_prefix("listening on ").expect("address line").to_owned();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .to_owned();
 
     for prefix in ["first", "second"] {
         let consumer = Command::new(env!("CARGO_BIN_EXE_inventory-consumer"))
@@ -87,7 +95,13 @@ fn quickstart_runs() {
     let mut out = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{out}");
-    for mode in ["future:", "sync:", "callback:", "oneway:", "shut down gracefully"] {
+    for mode in [
+        "future:",
+        "sync:",
+        "callback:",
+        "oneway:",
+        "shut down gracefully",
+    ] {
         assert!(out.contains(mode), "missing {mode:?} in:\n{out}");
     }
 }

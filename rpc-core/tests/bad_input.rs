@@ -26,7 +26,10 @@ async fn assert_closed_after(addr: std::net::SocketAddr, bytes: &[u8]) {
         .await
         .expect("server should close the connection");
     // EOF or reset: either way the server dropped us, having sent nothing.
-    assert!(matches!(read, Ok(0) | Err(_)), "unexpected bytes back: {read:?}");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "unexpected bytes back: {read:?}"
+    );
 }
 
 fn target<'a>(service: &'a str, method: &'a str) -> RequestTarget<'a> {
@@ -79,13 +82,27 @@ async fn garbage_and_broken_frames_close_only_that_connection() {
         assert_closed_after(addr, &reserved).await;
         // A client must not send responses.
         let mut wire = BytesMut::new();
-        Frame::new(Flags::RESPONSE, 0, 1, Default::default(), Default::default())
-            .encode(&mut wire, 1024)
-            .unwrap();
+        Frame::new(
+            Flags::RESPONSE,
+            0,
+            1,
+            Default::default(),
+            Default::default(),
+        )
+        .encode(&mut wire, 1024)
+        .unwrap();
         assert_closed_after(addr, &wire).await;
         // A frame cut short, then the peer goes away.
         let mut cut = BytesMut::new();
-        encode_request(&mut cut, 1, false, &target("test.Calculator", "add"), &(1, 2), 1 << 20).unwrap();
+        encode_request(
+            &mut cut,
+            1,
+            false,
+            &target("test.Calculator", "add"),
+            &(1, 2),
+            1 << 20,
+        )
+        .unwrap();
         {
             let mut s = TcpStream::connect(addr).await.unwrap();
             s.write_all(&cut[..cut.len() - 3]).await.unwrap();
@@ -111,7 +128,15 @@ async fn bad_requests_get_error_responses_and_the_connection_lives_on() {
 
         // Arguments that do not decode into (i64, i64).
         let mut frame = BytesMut::new();
-        encode_request(&mut frame, 7, false, &target("test.Calculator", "add"), &("two", "three"), 1 << 20).unwrap();
+        encode_request(
+            &mut frame,
+            7,
+            false,
+            &target("test.Calculator", "add"),
+            &("two", "three"),
+            1 << 20,
+        )
+        .unwrap();
         let resp = roundtrip(addr, frame).await;
         assert_eq!(resp.header.request_id, 7);
         assert!(resp.header.flags.contains(Flags::RESPONSE));
@@ -120,49 +145,132 @@ async fn bad_requests_get_error_responses_and_the_connection_lives_on() {
 
         // Wrong number of arguments.
         let mut frame = BytesMut::new();
-        encode_request(&mut frame, 8, false, &target("test.Calculator", "add"), &(1,), 1 << 20).unwrap();
-        assert_eq!(Status::from_code(roundtrip(addr, frame).await.header.status), Status::BadRequest);
+        encode_request(
+            &mut frame,
+            8,
+            false,
+            &target("test.Calculator", "add"),
+            &(1,),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            Status::from_code(roundtrip(addr, frame).await.header.status),
+            Status::BadRequest
+        );
 
         // Unknown service and method.
         let mut frame = BytesMut::new();
-        encode_request(&mut frame, 9, false, &target("nope", "add"), &(1, 2), 1 << 20).unwrap();
-        assert_eq!(Status::from_code(roundtrip(addr, frame).await.header.status), Status::ServiceNotFound);
+        encode_request(
+            &mut frame,
+            9,
+            false,
+            &target("nope", "add"),
+            &(1, 2),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            Status::from_code(roundtrip(addr, frame).await.header.status),
+            Status::ServiceNotFound
+        );
         let mut frame = BytesMut::new();
-        encode_request(&mut frame, 10, false, &target("test.Calculator", "nope"), &(1, 2), 1 << 20).unwrap();
-        assert_eq!(Status::from_code(roundtrip(addr, frame).await.header.status), Status::MethodNotFound);
+        encode_request(
+            &mut frame,
+            10,
+            false,
+            &target("test.Calculator", "nope"),
+            &(1, 2),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            Status::from_code(roundtrip(addr, frame).await.header.status),
+            Status::MethodNotFound
+        );
 
         // Metadata without a method name.
         let mut meta = BytesMut::new();
-        MetadataWriter::new(&mut meta).entry(rpc_core::protocol::metadata::tag::SERVICE, b"test.Calculator").unwrap();
-        let mut wire = BytesMut::new();
-        Frame::new(Flags::empty(), 0, 11, meta.freeze(), bytes::Bytes::from_static(&[0x92, 1, 2]))
-            .encode(&mut wire, 1 << 20)
+        MetadataWriter::new(&mut meta)
+            .entry(
+                rpc_core::protocol::metadata::tag::SERVICE,
+                b"test.Calculator",
+            )
             .unwrap();
+        let mut wire = BytesMut::new();
+        Frame::new(
+            Flags::empty(),
+            0,
+            11,
+            meta.freeze(),
+            bytes::Bytes::from_static(&[0x92, 1, 2]),
+        )
+        .encode(&mut wire, 1 << 20)
+        .unwrap();
         let resp = roundtrip(addr, wire).await;
         assert_eq!(Status::from_code(resp.header.status), Status::BadRequest);
         assert!(message(&resp).contains("method"), "{}", message(&resp));
 
         // An unsupported serialization id.
         let mut frame = BytesMut::new();
-        encode_request(&mut frame, 12, false, &target("test.Calculator", "add"), &(1, 2), 1 << 20).unwrap();
+        encode_request(
+            &mut frame,
+            12,
+            false,
+            &target("test.Calculator", "add"),
+            &(1, 2),
+            1 << 20,
+        )
+        .unwrap();
         frame[4] = 9;
-        assert_eq!(Status::from_code(roundtrip(addr, frame).await.header.status), Status::BadRequest);
+        assert_eq!(
+            Status::from_code(roundtrip(addr, frame).await.header.status),
+            Status::BadRequest
+        );
 
         // On one connection: a bad request, then a good one, both answered.
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut framed = Framed::new(stream, FrameCodec::default());
         let mut bad = BytesMut::new();
-        encode_request(&mut bad, 1, false, &target("test.Calculator", "add"), &"x", 1 << 20).unwrap();
+        encode_request(
+            &mut bad,
+            1,
+            false,
+            &target("test.Calculator", "add"),
+            &"x",
+            1 << 20,
+        )
+        .unwrap();
         let mut good = BytesMut::new();
-        encode_request(&mut good, 2, false, &target("test.Calculator", "add"), &(40, 2), 1 << 20).unwrap();
+        encode_request(
+            &mut good,
+            2,
+            false,
+            &target("test.Calculator", "add"),
+            &(40, 2),
+            1 << 20,
+        )
+        .unwrap();
         let mut codec_buf = BytesMut::new();
         codec_buf.extend_from_slice(&bad);
         codec_buf.extend_from_slice(&good);
         framed.get_mut().write_all(&codec_buf).await.unwrap();
         let first = framed.next().await.unwrap().unwrap();
         let second = framed.next().await.unwrap().unwrap();
-        assert_eq!((first.header.request_id, Status::from_code(first.header.status)), (1, Status::BadRequest));
-        assert_eq!((second.header.request_id, Status::from_code(second.header.status)), (2, Status::Ok));
+        assert_eq!(
+            (
+                first.header.request_id,
+                Status::from_code(first.header.status)
+            ),
+            (1, Status::BadRequest)
+        );
+        assert_eq!(
+            (
+                second.header.request_id,
+                Status::from_code(second.header.status)
+            ),
+            (2, Status::Ok)
+        );
         assert_eq!(rmp_serde::from_slice::<i64>(&second.body).unwrap(), 42);
 
         // Heartbeats are answered with the same id.
@@ -170,7 +278,10 @@ async fn bad_requests_get_error_responses_and_the_connection_lives_on() {
         rpc_core::protocol::encode_heartbeat(&mut hb, 77, false);
         framed.get_mut().write_all(&hb).await.unwrap();
         let pong = framed.next().await.unwrap().unwrap();
-        assert!(pong.header.flags.contains(Flags::HEARTBEAT.with(Flags::RESPONSE)));
+        assert!(pong
+            .header
+            .flags
+            .contains(Flags::HEARTBEAT.with(Flags::RESPONSE)));
         assert_eq!(pong.header.request_id, 77);
         let _ = framed.send(&pong).await; // a heartbeat response from a client is ignored
         drop(framed);
@@ -182,16 +293,40 @@ async fn bad_requests_get_error_responses_and_the_connection_lives_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_are_refused_in_both_directions() {
     bounded(async {
-        let (server, _) = start_with(rpc_core::Server::builder().workers(1).max_frame_len(64 * 1024)).await;
+        let (server, _) = start_with(
+            rpc_core::Server::builder()
+                .workers(1)
+                .max_frame_len(64 * 1024),
+        )
+        .await;
         let addr = server.local_addr();
-        let client = Client::builder().max_frame_len(1 << 20).connect(addr).await.unwrap();
+        let client = Client::builder()
+            .max_frame_len(1 << 20)
+            .connect(addr)
+            .await
+            .unwrap();
         let calc = CalculatorClient::new(client.clone());
         // Too big for the server: it closes this connection, the call fails.
-        let err = calc.echo(serde_bytes::ByteBuf::from(vec![0u8; 100 * 1024])).await.unwrap_err();
-        assert!(matches!(err, rpc_core::RpcError::ConnectionLost(_)), "{err:?}");
+        let err = calc
+            .echo(serde_bytes::ByteBuf::from(vec![0u8; 100 * 1024]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, rpc_core::RpcError::ConnectionLost(_)),
+            "{err:?}"
+        );
         // Too big for the client's own limit: refused before sending.
-        let small = CalculatorClient::new(Client::builder().max_frame_len(1024).connect(addr).await.unwrap());
-        let err = small.echo(serde_bytes::ByteBuf::from(vec![0u8; 4096])).await.unwrap_err();
+        let small = CalculatorClient::new(
+            Client::builder()
+                .max_frame_len(1024)
+                .connect(addr)
+                .await
+                .unwrap(),
+        );
+        let err = small
+            .echo(serde_bytes::ByteBuf::from(vec![0u8; 4096]))
+            .await
+            .unwrap_err();
         assert!(matches!(err, rpc_core::RpcError::Protocol(_)), "{err:?}");
         // Within limits everything works, on a reconnected connection too.
         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -66,9 +66,16 @@ async fn future_mode_connection_lost() {
         let addr = black_hole(Some(Duration::from_millis(200))).await;
         let calc = CalculatorClient::new(Client::connect(addr).await.unwrap());
         let started = std::time::Instant::now();
-        let err = calc.add(1, 2).timeout(Duration::from_secs(10)).await.unwrap_err();
+        let err = calc
+            .add(1, 2)
+            .timeout(Duration::from_secs(10))
+            .await
+            .unwrap_err();
         assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "failed promptly");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "failed promptly"
+        );
     })
     .await;
 }
@@ -93,7 +100,10 @@ async fn many_calls_in_flight_are_multiplexed_and_answered_out_of_order() {
         for (i, f) in fast.into_iter().enumerate() {
             assert_eq!(f.await.unwrap().unwrap(), 2 * i as i64);
         }
-        assert!(started.elapsed() < Duration::from_millis(400), "fast calls waited for the slow one");
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "fast calls waited for the slow one"
+        );
         assert_eq!(slow.await.unwrap().unwrap(), 500);
         server.shutdown().await.unwrap();
     })
@@ -117,17 +127,31 @@ fn sync_mode_from_plain_thread() {
         calc.divide(1, 0).blocking(),
         Err(RpcError::Application(MathError::DivideByZero))
     ));
-    let err = calc.sleep(2_000).timeout(Duration::from_millis(100)).blocking().unwrap_err();
+    let err = calc
+        .sleep(2_000)
+        .timeout(Duration::from_millis(100))
+        .blocking()
+        .unwrap_err();
     assert!(matches!(err, RpcError::Timeout(_)), "{err:?}");
-    let err = CalculatorV2Client::new(client.clone()).subtract(1, 1).blocking().unwrap_err();
+    let err = CalculatorV2Client::new(client.clone())
+        .subtract(1, 1)
+        .blocking()
+        .unwrap_err();
     assert!(matches!(err, RpcError::MethodNotFound(_)), "{err:?}");
-    let err = MissingClient::new(client.clone()).anything().blocking().unwrap_err();
+    let err = MissingClient::new(client.clone())
+        .anything()
+        .blocking()
+        .unwrap_err();
     assert!(matches!(err, RpcError::ServiceNotFound(_)), "{err:?}");
 
     // Connection lost.
     let lost_addr = rt.block_on(black_hole(Some(Duration::from_millis(200))));
     let lost = CalculatorClient::new(Client::connect_blocking(lost_addr).unwrap());
-    let err = lost.add(1, 1).timeout(Duration::from_secs(10)).blocking().unwrap_err();
+    let err = lost
+        .add(1, 1)
+        .timeout(Duration::from_secs(10))
+        .blocking()
+        .unwrap_err();
     assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
 
     rt.block_on(server.shutdown()).unwrap();
@@ -154,27 +178,56 @@ async fn callback_mode_runs_exactly_once() {
         let (tx, rx) = mpsc::channel::<String>();
 
         let t = tx.clone();
-        calc.add(1, 2).callback(move |r| t.send(format!("add {r:?}")).unwrap());
+        calc.add(1, 2)
+            .callback(move |r| t.send(format!("add {r:?}")).unwrap());
         let t = tx.clone();
-        calc.divide(1, 0).callback(move |r| t.send(format!("divide {r:?}")).unwrap());
+        calc.divide(1, 0)
+            .callback(move |r| t.send(format!("divide {r:?}")).unwrap());
         let t = tx.clone();
         calc.sleep(2_000)
             .timeout(Duration::from_millis(50))
-            .callback(move |r| t.send(format!("sleep {}", matches!(r, Err(RpcError::Timeout(_))))).unwrap());
+            .callback(move |r| {
+                t.send(format!("sleep {}", matches!(r, Err(RpcError::Timeout(_)))))
+                    .unwrap()
+            });
         let t = tx.clone();
         CalculatorV2Client::new(client.clone())
             .subtract(1, 1)
-            .callback(move |r| t.send(format!("subtract {}", matches!(r, Err(RpcError::MethodNotFound(_))))).unwrap());
+            .callback(move |r| {
+                t.send(format!(
+                    "subtract {}",
+                    matches!(r, Err(RpcError::MethodNotFound(_)))
+                ))
+                .unwrap()
+            });
         let t = tx.clone();
         MissingClient::new(client.clone())
             .anything()
-            .callback(move |r| t.send(format!("missing {}", matches!(r, Err(RpcError::ServiceNotFound(_))))).unwrap());
-        let lost = CalculatorClient::new(Client::connect(black_hole(Some(Duration::from_millis(100))).await).await.unwrap());
+            .callback(move |r| {
+                t.send(format!(
+                    "missing {}",
+                    matches!(r, Err(RpcError::ServiceNotFound(_)))
+                ))
+                .unwrap()
+            });
+        let lost = CalculatorClient::new(
+            Client::connect(black_hole(Some(Duration::from_millis(100))).await)
+                .await
+                .unwrap(),
+        );
         let t = tx.clone();
-        lost.add(1, 1).callback(move |r| t.send(format!("lost {}", matches!(r, Err(RpcError::ConnectionLost(_))))).unwrap());
+        lost.add(1, 1).callback(move |r| {
+            t.send(format!(
+                "lost {}",
+                matches!(r, Err(RpcError::ConnectionLost(_)))
+            ))
+            .unwrap()
+        });
         drop(tx);
 
-        let mut got = tokio::task::spawn_blocking(move || rx.iter().collect::<Vec<_>>()).await.unwrap();
+        let mut got = tokio::task::spawn_blocking(move || rx.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
         got.sort();
         assert_eq!(
             got,
@@ -208,21 +261,31 @@ async fn oneway_mode_returns_once_written_and_gets_no_reply() {
         calc.sleep(1_000).oneway().await.unwrap();
         assert!(started.elapsed() < Duration::from_millis(500));
         // Oneway to an unknown method: the server answers nothing, the caller sees Ok.
-        CalculatorV2Client::new(client.clone()).subtract(1, 1).oneway().await.unwrap();
+        CalculatorV2Client::new(client.clone())
+            .subtract(1, 1)
+            .oneway()
+            .await
+            .unwrap();
 
         // A normal call after them proves ordering and that no stray reply confused
         // the connection.
         assert_eq!(calc.add(1, 1).await.unwrap(), 2);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while recorded.load(Ordering::SeqCst) != 50 {
-            assert!(std::time::Instant::now() < deadline, "oneway calls did not all arrive");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "oneway calls did not all arrive"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
         // Oneway in sync and callback modes.
         let (tx, rx) = mpsc::channel();
-        calc.record(1).callback(move |r| tx.send(r.is_ok()).unwrap());
-        assert!(tokio::task::spawn_blocking(move || rx.recv().unwrap()).await.unwrap());
+        calc.record(1)
+            .callback(move |r| tx.send(r.is_ok()).unwrap());
+        assert!(tokio::task::spawn_blocking(move || rx.recv().unwrap())
+            .await
+            .unwrap());
         let blocking_calc = calc.clone();
         // spawn_blocking threads carry the runtime context too: the clear error, not a hang.
         let err = tokio::task::spawn_blocking(move || blocking_calc.record(1).blocking())
@@ -241,7 +304,10 @@ async fn oneway_mode_returns_once_written_and_gets_no_reply() {
         server.shutdown().await.unwrap();
         let err = calc.record(1).await.unwrap_err();
         assert!(
-            matches!(err, RpcError::ConnectionLost(_) | RpcError::Connect { .. } | RpcError::ShuttingDown),
+            matches!(
+                err,
+                RpcError::ConnectionLost(_) | RpcError::Connect { .. } | RpcError::ShuttingDown
+            ),
             "{err:?}"
         );
     })

@@ -18,12 +18,20 @@ async fn silent_peer_is_detected_and_pending_calls_fail_fast() {
             .unwrap();
         let calc = CalculatorClient::new(client);
         let started = std::time::Instant::now();
-        let err = calc.add(1, 2).timeout(Duration::from_secs(15)).await.unwrap_err();
+        let err = calc
+            .add(1, 2)
+            .timeout(Duration::from_secs(15))
+            .await
+            .unwrap_err();
         match &err {
             RpcError::ConnectionLost(reason) => assert!(reason.contains("idle"), "{reason}"),
             other => panic!("expected connection lost, got {other:?}"),
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
     })
     .await;
 }
@@ -31,7 +39,8 @@ async fn silent_peer_is_detected_and_pending_calls_fail_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_an_idle_connection_open() {
     bounded(async {
-        let (server, _) = start_with(Server::builder().idle_timeout(Duration::from_millis(300))).await;
+        let (server, _) =
+            start_with(Server::builder().idle_timeout(Duration::from_millis(300))).await;
         let addr = server.local_addr();
 
         let beating = Client::builder()
@@ -40,8 +49,18 @@ async fn heartbeats_keep_an_idle_connection_open() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1_000)).await;
-        assert_eq!(server.open_connections(), 1, "the server closed a heartbeating connection");
-        assert_eq!(CalculatorClient::new(beating.clone()).add(1, 1).await.unwrap(), 2);
+        assert_eq!(
+            server.open_connections(),
+            1,
+            "the server closed a heartbeating connection"
+        );
+        assert_eq!(
+            CalculatorClient::new(beating.clone())
+                .add(1, 1)
+                .await
+                .unwrap(),
+            2
+        );
         drop(beating);
 
         // Without heartbeats the server closes the idle connection...
@@ -53,7 +72,10 @@ async fn heartbeats_keep_an_idle_connection_open() {
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         while server.open_connections() > 0 {
-            assert!(std::time::Instant::now() < deadline, "idle connection was not closed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle connection was not closed"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // ...and the client reconnects transparently on the next call.
@@ -102,7 +124,10 @@ async fn client_reconnects_with_backoff_after_the_server_returns() {
                     break;
                 }
                 Err(e) => {
-                    assert!(std::time::Instant::now() < deadline, "never reconnected: {e:?}");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "never reconnected: {e:?}"
+                    );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }

@@ -2,6 +2,7 @@
 //! prelude in scope.
 
 #![no_implicit_prelude]
+#![allow(unreachable_pub)]
 
 mod service {
     #![no_implicit_prelude]

@@ -23,15 +23,28 @@ async fn no_call_loses_its_response(builder: rpc_core::ServerBuilder) {
     server.begin_shutdown();
     // New connections are refused once the listener is closed.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(Client::connect(addr).await.is_err(), "a new client was accepted during shutdown");
+    assert!(
+        Client::connect(addr).await.is_err(),
+        "a new client was accepted during shutdown"
+    );
     for (i, call) in calls.into_iter().enumerate() {
-        assert_eq!(call.await.unwrap().unwrap(), 200 + i as u64, "call {i} lost its response");
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            200 + i as u64,
+            "call {i} lost its response"
+        );
     }
     // After GOAWAY the client sends nothing new on that connection.
     let err = calc.add(1, 1).await.unwrap_err();
-    assert!(matches!(err, RpcError::Connect { .. } | RpcError::ShuttingDown), "{err:?}");
+    assert!(
+        matches!(err, RpcError::Connect { .. } | RpcError::ShuttingDown),
+        "{err:?}"
+    );
     server.shutdown().await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(4), "shutdown waited for the drain timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "shutdown waited for the drain timeout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,13 +54,17 @@ async fn graceful_shutdown_on_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_on_business_pool() {
-    bounded(no_call_loses_its_response(Server::builder().workers(1).business_pool(2))).await;
+    bounded(no_call_loses_its_response(
+        Server::builder().workers(1).business_pool(2),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_bounds_shutdown() {
     bounded(async {
-        let (server, _) = start_with(Server::builder().drain_timeout(Duration::from_millis(200))).await;
+        let (server, _) =
+            start_with(Server::builder().drain_timeout(Duration::from_millis(200))).await;
         let calc = CalculatorClient::new(Client::connect(server.local_addr()).await.unwrap());
         let slow = tokio::spawn({
             let calc = calc.clone();

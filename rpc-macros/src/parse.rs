@@ -43,13 +43,13 @@ pub(crate) enum Output {
     /// `()` or nothing.
     Unit,
     /// Any serde type, delivered as the call's result.
-    Plain(Type),
+    Plain(Box<Type>),
     /// `Result<T, E>`: `T` is the result, `E` the typed application error.
     Result {
         /// The success type.
-        ok: Type,
+        ok: Box<Type>,
         /// The service's error type.
-        err: Type,
+        err: Box<Type>,
     },
 }
 
@@ -93,7 +93,10 @@ impl ServiceDef {
             if meta.path.is_ident("name") {
                 let value: syn::LitStr = meta.value()?.parse()?;
                 if value.value().is_empty() {
-                    return Err(syn::Error::new(value.span(), "the service name must not be empty"));
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "the service name must not be empty",
+                    ));
                 }
                 wire_name = Some(value.value());
                 Ok(())
@@ -102,9 +105,8 @@ impl ServiceDef {
             }
         });
         syn::parse::Parser::parse2(parser, attr)?;
-        let item: ItemTrait = syn::parse2(item).map_err(|e| {
-            syn::Error::new(e.span(), "#[service] goes on a trait")
-        })?;
+        let item: ItemTrait = syn::parse2(item)
+            .map_err(|e| syn::Error::new(e.span(), "#[service] goes on a trait"))?;
 
         let mut errors = Errors::default();
         if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
@@ -160,7 +162,10 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
         }
     }
     if sig.asyncness.is_none() {
-        errors.push(sig.fn_token.span(), "methods of a #[service] trait must be `async fn`");
+        errors.push(
+            sig.fn_token.span(),
+            "methods of a #[service] trait must be `async fn`",
+        );
     }
     if let Some(c) = &sig.constness {
         errors.push(c.span(), "methods of a #[service] trait cannot be `const`");
@@ -169,7 +174,10 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
         errors.push(u.span(), "methods of a #[service] trait cannot be `unsafe`");
     }
     if let Some(abi) = &sig.abi {
-        errors.push(abi.span(), "methods of a #[service] trait cannot have an ABI");
+        errors.push(
+            abi.span(),
+            "methods of a #[service] trait cannot have an ABI",
+        );
     }
     if let Some(v) = &sig.variadic {
         errors.push(v.span(), "methods of a #[service] trait cannot be variadic");
@@ -196,7 +204,10 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
     let mut inputs = sig.inputs.iter();
     match inputs.next() {
         Some(FnArg::Receiver(receiver)) => {
-            if receiver.reference.is_none() || receiver.mutability.is_some() || receiver.colon_token.is_some() {
+            if receiver.reference.is_none()
+                || receiver.mutability.is_some()
+                || receiver.colon_token.is_some()
+            {
                 errors.push(
                     receiver.span(),
                     "the receiver must be `&self`: calls run concurrently on a shared service",
@@ -228,7 +239,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
             check_owned(ty, errors);
             match &**ty {
                 Type::Tuple(t) if t.elems.is_empty() => Output::Unit,
-                _ => split_result(ty).unwrap_or_else(|| Output::Plain((**ty).clone())),
+                _ => split_result(ty).unwrap_or_else(|| Output::Plain(ty.clone())),
             }
         }
     };
@@ -261,13 +272,22 @@ fn check_owned(ty: &Type, errors: &mut Errors) {
             );
         }
         fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
-            self.0.push(t.span(), "`impl Trait` cannot cross the network; use a concrete type");
+            self.0.push(
+                t.span(),
+                "`impl Trait` cannot cross the network; use a concrete type",
+            );
         }
         fn visit_type_trait_object(&mut self, t: &'ast syn::TypeTraitObject) {
-            self.0.push(t.span(), "trait objects cannot cross the network; use a concrete type");
+            self.0.push(
+                t.span(),
+                "trait objects cannot cross the network; use a concrete type",
+            );
         }
         fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
-            self.0.push(l.span(), "arguments and results cannot borrow: use owned types");
+            self.0.push(
+                l.span(),
+                "arguments and results cannot borrow: use owned types",
+            );
         }
     }
     syn::visit::Visit::visit_type(&mut Visitor(errors), ty);
@@ -294,5 +314,8 @@ fn split_result(ty: &Type) -> Option<Output> {
     if types.next().is_some() || args.args.len() != 2 {
         return None;
     }
-    Some(Output::Result { ok, err })
+    Some(Output::Result {
+        ok: Box::new(ok),
+        err: Box::new(err),
+    })
 }

@@ -71,21 +71,31 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = tx.send(result);
     });
     let item = rx.recv_timeout(Duration::from_secs(5))??;
-    println!("callback: {} has {} units at {} cents", item.name, item.quantity, item.price_cents);
+    println!(
+        "callback: {} has {} units at {} cents",
+        item.name, item.quantity, item.price_cents
+    );
 
     // Oneway mode: returns once the request is written.
     for n in 0..3 {
-        inventory.audit(format!("{} checked stock ({n})", args.prefix)).blocking()?;
+        inventory
+            .audit(format!("{} checked stock ({n})", args.prefix))
+            .blocking()?;
     }
     println!("oneway: sent 3 audit events");
 
     // Future mode, from a runtime of our own.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let items = runtime.block_on(async { inventory.list().await })?;
     println!("future: {} item(s) listed", items.len());
-    let missing = runtime.block_on(async { inventory.get(format!("{}-missing", args.prefix)).await });
+    let missing =
+        runtime.block_on(async { inventory.get(format!("{}-missing", args.prefix)).await });
     match missing {
-        Err(RpcError::Application(InventoryError::NotFound { sku })) => println!("future: {sku} not found"),
+        Err(RpcError::Application(InventoryError::NotFound { sku })) => {
+            println!("future: {sku} not found")
+        }
         other => return Err(format!("expected NotFound, got {other:?}").into()),
     }
     // Oneway calls are not acknowledged, but a later call on the same connection is

@@ -27,7 +27,8 @@ struct Args {
 async fn main() -> std::io::Result<()> {
     rpc_examples::init_logging();
     let args = Args::parse();
-    let mut builder = Server::builder().add_service(InventoryServer::new(InMemoryInventory::default()));
+    let mut builder =
+        Server::builder().add_service(InventoryServer::new(InMemoryInventory::default()));
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }

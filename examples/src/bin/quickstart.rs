@@ -60,7 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("callback: {} x {}", item.quantity, item.name);
 
     // 4. Oneway mode: returns once the request is written; no reply.
-    inventory.audit("quickstart looked at the espresso".into()).await?;
+    inventory
+        .audit("quickstart looked at the espresso".into())
+        .await?;
     println!("oneway:   audit event sent");
 
     // Per-call timeout, and the calls that came back.

@@ -268,7 +268,10 @@ fn enqueue(
             wbuf.extend_from_slice(&frame);
             pending.insert(id, reply);
         }
-        Outgoing::Oneway { frame, written: waiter } => {
+        Outgoing::Oneway {
+            frame,
+            written: waiter,
+        } => {
             wbuf.extend_from_slice(&frame);
             written.push(waiter);
         }

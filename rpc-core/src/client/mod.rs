@@ -200,10 +200,12 @@ fn resolve<I: Iterator<Item = SocketAddr>>(addrs: io::Result<I>) -> Result<Socke
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source: Arc::new(e),
     };
-    addrs
-        .map_err(unresolved)?
-        .next()
-        .ok_or_else(|| unresolved(io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing")))
+    addrs.map_err(unresolved)?.next().ok_or_else(|| {
+        unresolved(io::Error::new(
+            io::ErrorKind::NotFound,
+            "address resolved to nothing",
+        ))
+    })
 }
 
 /// A connection to one server, multiplexing any number of concurrent calls.
@@ -284,8 +286,15 @@ impl Client {
         ClientBuilder::default().connect_blocking(addr)
     }
 
-    fn new(addr: SocketAddr, config: ClientConfig, runtime: Handle, owned: Option<OwnedRuntime>) -> Client {
-        let slots = (0..config.connections.max(1)).map(|_| Slot::default()).collect();
+    fn new(
+        addr: SocketAddr,
+        config: ClientConfig,
+        runtime: Handle,
+        owned: Option<OwnedRuntime>,
+    ) -> Client {
+        let slots = (0..config.connections.max(1))
+            .map(|_| Slot::default())
+            .collect();
         Client {
             inner: Arc::new(ClientInner {
                 addr,
@@ -320,7 +329,10 @@ impl Client {
     /// # Errors
     ///
     /// [`RpcError::BlockingInAsyncContext`] when called from inside a tokio runtime.
-    pub(crate) fn block_on<T, E>(&self, fut: impl std::future::Future<Output = Result<T, RpcError<E>>>) -> Result<T, RpcError<E>> {
+    pub(crate) fn block_on<T, E>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, RpcError<E>>>,
+    ) -> Result<T, RpcError<E>> {
         if Handle::try_current().is_ok() {
             return Err(RpcError::BlockingInAsyncContext);
         }
@@ -344,9 +356,10 @@ impl Client {
             if Instant::now() < not_before {
                 return Err(RpcError::Connect {
                     addr: inner.addr,
-                    source: backoff.last_error.clone().unwrap_or_else(|| {
-                        Arc::new(io::Error::other("reconnect backoff"))
-                    }),
+                    source: backoff
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| Arc::new(io::Error::other("reconnect backoff"))),
                 });
             }
         }
@@ -359,9 +372,15 @@ impl Client {
         let connect_timeout = inner.config.connect_timeout;
         // Connect on the client's runtime so the socket registers with its reactor.
         let attempt = inner.runtime.spawn(async move {
-            let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {connect_timeout:?}")))??;
+            let stream =
+                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("connect timed out after {connect_timeout:?}"),
+                        )
+                    })??;
             stream.set_nodelay(true)?;
             Ok::<_, io::Error>(Connection::spawn(stream, addr, settings))
         });

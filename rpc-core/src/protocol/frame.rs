@@ -177,13 +177,7 @@ impl Frame {
     /// # Panics
     ///
     /// If `metadata` or `body` is longer than `u32::MAX` bytes.
-    pub fn new(
-        flags: Flags,
-        status: u8,
-        request_id: u64,
-        metadata: Bytes,
-        body: Bytes,
-    ) -> Frame {
+    pub fn new(flags: Flags, status: u8, request_id: u64, metadata: Bytes, body: Bytes) -> Frame {
         Frame {
             header: Header {
                 flags,
@@ -336,7 +330,13 @@ mod tests {
 
     #[test]
     fn encode_refuses_oversized_frame() {
-        let frame = Frame::new(Flags::empty(), 0, 1, Bytes::new(), Bytes::from(vec![0; 100]));
+        let frame = Frame::new(
+            Flags::empty(),
+            0,
+            1,
+            Bytes::new(),
+            Bytes::from(vec![0; 100]),
+        );
         let mut dst = BytesMut::new();
         assert!(frame.encode(&mut dst, 50).is_err());
         assert!(dst.is_empty());

@@ -73,7 +73,11 @@ pub fn encode_request<A: Serialize + ?Sized>(
         }
         let meta_end = dst.len();
         rmp_serde::encode::write_named(&mut dst.writer(), args)?;
-        let flags = if oneway { Flags::ONEWAY } else { Flags::empty() };
+        let flags = if oneway {
+            Flags::ONEWAY
+        } else {
+            Flags::empty()
+        };
         finish(dst, start, meta_end, flags, 0, request_id, max_frame_len)
     })();
     if result.is_err() {
@@ -207,9 +211,11 @@ fn finish(
                 max: max_frame_len,
             }
         })?,
-        body_len: u32::try_from(dst.len() - meta_end).map_err(|_| ProtocolError::FrameTooLarge {
-            declared: total as u64,
-            max: max_frame_len,
+        body_len: u32::try_from(dst.len() - meta_end).map_err(|_| {
+            ProtocolError::FrameTooLarge {
+                declared: total as u64,
+                max: max_frame_len,
+            }
         })?,
     };
     let mut bytes = [0u8; HEADER_LEN];

@@ -110,11 +110,16 @@ impl<'a> MetadataWriter<'a> {
     /// limit.
     pub fn attachment(&mut self, key: &str, value: &[u8]) -> Result<(), ProtocolError> {
         let key_len = u8::try_from(key.len()).map_err(|_| {
-            ProtocolError::Metadata(format!("attachment key is {} bytes, the limit is 255", key.len()))
+            ProtocolError::Metadata(format!(
+                "attachment key is {} bytes, the limit is 255",
+                key.len()
+            ))
         })?;
         let total = 1 + key.len() + value.len();
         let len = u16::try_from(total).map_err(|_| {
-            ProtocolError::Metadata(format!("attachment `{key}` is {total} bytes, the limit is 65535"))
+            ProtocolError::Metadata(format!(
+                "attachment `{key}` is {total} bytes, the limit is 65535"
+            ))
         })?;
         self.dst.reserve(3 + total);
         self.dst.put_u8(tag::ATTACHMENT);
@@ -149,7 +154,9 @@ impl<'a> Iterator for Entries<'a> {
         }
         if self.rest.len() < 3 {
             self.rest = &[];
-            return Some(Err(ProtocolError::Metadata("truncated entry header".into())));
+            return Some(Err(ProtocolError::Metadata(
+                "truncated entry header".into(),
+            )));
         }
         let tag = self.rest[0];
         let len = usize::from(u16::from_be_bytes([self.rest[1], self.rest[2]]));
@@ -211,14 +218,16 @@ impl<'a> RequestMeta<'a> {
                     }
                 }
                 tag::TRACE_ID => {
-                    trace_id = Some(<[u8; 16]>::try_from(value).map_err(|_| {
-                        ProtocolError::Metadata("trace id is not 16 bytes".into())
-                    })?);
+                    trace_id =
+                        Some(<[u8; 16]>::try_from(value).map_err(|_| {
+                            ProtocolError::Metadata("trace id is not 16 bytes".into())
+                        })?);
                 }
                 tag::SPAN_ID => {
-                    span_id = Some(<[u8; 8]>::try_from(value).map_err(|_| {
-                        ProtocolError::Metadata("span id is not 8 bytes".into())
-                    })?);
+                    span_id =
+                        Some(<[u8; 8]>::try_from(value).map_err(|_| {
+                            ProtocolError::Metadata("span id is not 8 bytes".into())
+                        })?);
                 }
                 tag::AUTH_TOKEN => auth_token = Some(value),
                 tag::ATTACHMENT => {
@@ -251,7 +260,8 @@ impl<'a> RequestMeta<'a> {
 }
 
 fn utf8<'a>(value: &'a [u8], what: &str) -> Result<&'a str, ProtocolError> {
-    std::str::from_utf8(value).map_err(|_| ProtocolError::Metadata(format!("{what} name is not UTF-8")))
+    std::str::from_utf8(value)
+        .map_err(|_| ProtocolError::Metadata(format!("{what} name is not UTF-8")))
 }
 
 fn parse_attachment(value: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
@@ -260,7 +270,9 @@ fn parse_attachment(value: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
         .ok_or_else(|| ProtocolError::Metadata("empty attachment entry".into()))?;
     let key_len = usize::from(key_len);
     if rest.len() < key_len {
-        return Err(ProtocolError::Metadata("attachment key runs past its entry".into()));
+        return Err(ProtocolError::Metadata(
+            "attachment key runs past its entry".into(),
+        ));
     }
     let key = std::str::from_utf8(&rest[..key_len])
         .map_err(|_| ProtocolError::Metadata("attachment key is not UTF-8".into()))?;
@@ -291,7 +303,10 @@ mod tests {
         assert_eq!(meta.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(meta.trace, Some(trace));
         assert_eq!(meta.auth_token, Some(&b"secret"[..]));
-        assert_eq!(meta.attachments().collect::<Vec<_>>(), vec![("tenant", &b"acme"[..])]);
+        assert_eq!(
+            meta.attachments().collect::<Vec<_>>(),
+            vec![("tenant", &b"acme"[..])]
+        );
     }
 
     #[test]

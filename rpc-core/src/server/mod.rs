@@ -278,7 +278,11 @@ impl Server {
         }
     }
 
-    async fn run(self, signal: impl Future<Output = ()>, shutdown: CancellationToken) -> io::Result<()> {
+    async fn run(
+        self,
+        signal: impl Future<Output = ()>,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
         let pool = match self.config.execution {
             Execution::Worker => None,
             Execution::Pool { threads } => Some(OwnedRuntime::start("rpc-business", threads)?),

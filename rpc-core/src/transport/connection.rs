@@ -31,7 +31,7 @@ use crate::protocol::{
     encode_event, encode_heartbeat, encode_raw_response, encode_response, Event, Flags, Frame,
     FrameCodec, Status, SERIALIZATION_MSGPACK,
 };
-use crate::server::{ReplyFuture, Reply};
+use crate::server::{Reply, ReplyFuture};
 
 use super::ServerShared;
 
@@ -93,7 +93,10 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> Reply {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned());
     tracing::error!(%message, "handler panicked");
-    Reply::error(Status::InternalError, &format!("handler panicked: {message}"))
+    Reply::error(
+        Status::InternalError,
+        &format!("handler panicked: {message}"),
+    )
 }
 
 /// Per-connection state that frame handling touches.
@@ -145,7 +148,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             rbuf.reserve(READ_CHUNK);
         }
         let in_flight = conn.inflight.len() + conn.pool_pending;
-        let can_read = !read_closed && conn.wbuf.len() < WRITE_HIGH_WATER && in_flight < max_in_flight;
+        let can_read =
+            !read_closed && conn.wbuf.len() < WRITE_HIGH_WATER && in_flight < max_in_flight;
         tokio::select! {
             biased;
             () = shared.shutdown.cancelled(), if !draining => {
@@ -208,7 +212,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 }
             }
         }
-        if read_closed && conn.inflight.is_empty() && conn.pool_pending == 0 && conn.wbuf.is_empty() {
+        if read_closed && conn.inflight.is_empty() && conn.pool_pending == 0 && conn.wbuf.is_empty()
+        {
             break;
         }
     }
@@ -249,15 +254,18 @@ impl Conn<'_> {
         let meta = match RequestMeta::parse(&frame.metadata) {
             Ok(meta) => meta,
             Err(e) => {
-                self.write_reply(id, oneway, &Reply::error(Status::BadRequest, &e.to_string()));
+                self.write_reply(
+                    id,
+                    oneway,
+                    &Reply::error(Status::BadRequest, &e.to_string()),
+                );
                 return Ok(());
             }
         };
         let Some(service) = self.shared.services.get(meta.service) else {
             let message = format!(
                 "no service `{}` here; this server hosts: {}",
-                meta.service,
-                self.shared.service_names
+                meta.service, self.shared.service_names
             );
             self.write_reply(id, oneway, &Reply::error(Status::ServiceNotFound, &message));
             return Ok(());
@@ -312,11 +320,19 @@ impl Conn<'_> {
             return;
         }
         let max = self.shared.config.max_frame_len;
-        if let Err(e) = encode_raw_response(&mut self.wbuf, id, reply.status.code(), &reply.body, max) {
+        if let Err(e) =
+            encode_raw_response(&mut self.wbuf, id, reply.status.code(), &reply.body, max)
+        {
             tracing::error!(peer = %self.peer, error = %e, "cannot send response");
             let message = format!("the response could not be sent: {e}");
-            encode_response(&mut self.wbuf, id, Status::InternalError.code(), &message, max)
-                .expect("a short error message always fits in a frame");
+            encode_response(
+                &mut self.wbuf,
+                id,
+                Status::InternalError.code(),
+                &message,
+                max,
+            )
+            .expect("a short error message always fits in a frame");
         }
     }
 }
