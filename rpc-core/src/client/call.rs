@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use super::Client;
 use crate::error::RpcError;
-use crate::protocol::{encode_request, EncodeError, Frame, RequestTarget, Status};
+use crate::protocol::{
+    encode_request, EncodeError, Frame, ProtocolError, RequestTarget, Status, SERIALIZATION_MSGPACK,
+};
 
 /// One remote call, built by a generated client stub and made in one of four modes:
 ///
@@ -192,6 +194,11 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
     frame: &Frame,
     timeout: Duration,
 ) -> Result<T, RpcError<E>> {
+    if frame.header.serialization != SERIALIZATION_MSGPACK {
+        return Err(RpcError::Protocol(ProtocolError::Unexpected(
+            "response body uses an unsupported serialization id",
+        )));
+    }
     match Status::from_code(frame.header.status) {
         Status::Ok => rmp_serde::from_slice(&frame.body)
             .map_err(|e| RpcError::Serialization(format!("cannot decode the result: {e}"))),

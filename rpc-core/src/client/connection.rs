@@ -144,9 +144,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let reason: String = loop {
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
-        }
+        codec.reserve_for_read(&mut rbuf, READ_CHUNK);
         tokio::select! {
             biased;
             res = rd.read_buf(&mut rbuf) => match res {
@@ -176,7 +174,7 @@ async fn run(
                 }
                 Err(e) => break format!("read from {peer} failed: {e}"),
             },
-            msg = rx.recv(), if !input_closed && wbuf.len() < WRITE_HIGH_WATER => match msg {
+            msg = rx.recv(), if !input_closed && !state.draining.load(Ordering::Acquire) && wbuf.len() < WRITE_HIGH_WATER => match msg {
                 Some(msg) => {
                     enqueue(msg, &mut wbuf, &mut pending, &mut written);
                     while wbuf.len() < WRITE_HIGH_WATER {

@@ -35,6 +35,21 @@ impl FrameCodec {
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
     }
+
+    /// Makes room in `buf` for the next read: while a frame is partly received the
+    /// decoder has already sized the buffer for exactly that frame, so nothing is added;
+    /// otherwise at least `chunk / 4` bytes are made free, reserving `chunk`.
+    /// Keeps a peer from growing the buffer past the frame cap.
+    pub fn reserve_for_read(&self, buf: &mut BytesMut, chunk: usize) {
+        let spare = buf.capacity() - buf.len();
+        if spare >= chunk / 4 {
+            return;
+        }
+        match self.pending {
+            Some(header) if buf.capacity() >= header.frame_len() as usize => {}
+            _ => buf.reserve(chunk),
+        }
+    }
 }
 
 impl Default for FrameCodec {
@@ -71,7 +86,13 @@ impl Decoder for FrameCodec {
         let total = header.frame_len() as usize;
         if src.len() < total {
             self.pending = Some(header);
-            src.reserve(total - src.len());
+            if src.capacity() < total {
+                // Grow to exactly the frame: `reserve` may double the buffer, which
+                // would let a peer make us hold twice the cap.
+                let mut exact = BytesMut::with_capacity(total);
+                exact.extend_from_slice(src);
+                *src = exact;
+            }
             return Ok(None);
         }
         self.pending = None;

@@ -198,16 +198,25 @@ impl Frame {
     ///
     /// [`ProtocolError::FrameTooLarge`] if the frame is longer than `max_frame_len`;
     /// nothing is written then.
+    /// The header's length fields are taken from `metadata` and `body` themselves, so a
+    /// frame whose header disagrees with its contents cannot corrupt the stream.
     pub fn encode(&self, dst: &mut BytesMut, max_frame_len: usize) -> Result<(), ProtocolError> {
-        let len = self.header.frame_len();
+        let len = (HEADER_LEN + self.metadata.len()) as u64 + self.body.len() as u64;
+        let too_large = ProtocolError::FrameTooLarge {
+            declared: len,
+            max: max_frame_len,
+        };
         if len > max_frame_len as u64 {
-            return Err(ProtocolError::FrameTooLarge {
-                declared: len,
-                max: max_frame_len,
-            });
+            return Err(too_large);
         }
-        let mut header = [0u8; HEADER_LEN];
-        self.header.write_to(&mut header);
+        let header = Header {
+            metadata_len: u32::try_from(self.metadata.len()).map_err(|_| too_large.clone())?,
+            body_len: u32::try_from(self.body.len()).map_err(|_| too_large.clone())?,
+            ..self.header
+        };
+        let mut bytes = [0u8; HEADER_LEN];
+        header.write_to(&mut bytes);
+        let header = bytes;
         dst.reserve(len as usize);
         dst.put_slice(&header);
         dst.put_slice(&self.metadata);

@@ -120,7 +120,7 @@ struct Conn<'a> {
 pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<ServerShared>) {
     let _guard = ConnectionCount::new(&shared);
     let max_frame_len = shared.config.max_frame_len;
-    let idle_timeout = shared.config.idle_timeout;
+    let idle_timeout = shared.config.idle_timeout.max(Duration::from_millis(10));
     let max_in_flight = shared.config.max_in_flight_per_connection;
     let (mut rd, mut wr) = stream.split();
     let mut codec = FrameCodec::new(max_frame_len);
@@ -144,9 +144,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     tracing::debug!(%peer, "connection accepted");
 
     loop {
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
-        }
+        codec.reserve_for_read(&mut rbuf, READ_CHUNK);
         let in_flight = conn.inflight.len() + conn.pool_pending;
         let can_read =
             !read_closed && conn.wbuf.len() < WRITE_HIGH_WATER && in_flight < max_in_flight;
@@ -189,12 +187,14 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                             Ok(Some(frame)) => {
                                 if let Err(reason) = conn.on_frame(frame) {
                                     tracing::warn!(%peer, %reason, "closing connection: unexpected frame");
+                                    close_after_flush(&mut wr, &conn.wbuf).await;
                                     return;
                                 }
                             }
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::warn!(%peer, error = %e, "closing connection: malformed input");
+                                close_after_flush(&mut wr, &conn.wbuf).await;
                                 return;
                             }
                         }
@@ -219,6 +219,16 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     }
     let _ = wr.shutdown().await;
     tracing::debug!(%peer, "connection closed");
+}
+
+/// Sends the responses already encoded (answers to the well-formed frames that came
+/// before the bad one), briefly, then closes the write side.
+async fn close_after_flush(wr: &mut tokio::net::tcp::WriteHalf<'_>, pending: &[u8]) {
+    let flush = async {
+        wr.write_all(pending).await?;
+        wr.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
 }
 
 impl Conn<'_> {
