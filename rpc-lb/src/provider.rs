@@ -148,7 +148,12 @@ impl From<SocketAddr> for Provider {
 }
 
 /// Dubbo's warm-up ramp; the one place that owns the formula.
-pub(crate) fn warmed_weight(weight: u32, started_at: Instant, now: Instant, warm_up: Duration) -> u32 {
+pub(crate) fn warmed_weight(
+    weight: u32,
+    started_at: Instant,
+    now: Instant,
+    warm_up: Duration,
+) -> u32 {
     if weight == 0 {
         return 0;
     }
@@ -178,7 +183,10 @@ mod tests {
         assert_eq!(warmed_weight(100, start, at(100), warm_up), 100);
         assert_eq!(warmed_weight(100, start, at(1000), warm_up), 100);
         assert_eq!(warmed_weight(0, start, at(50), warm_up), 0);
-        assert_eq!(warmed_weight(u32::MAX, start, at(50), warm_up), u32::MAX / 2);
+        assert_eq!(
+            warmed_weight(u32::MAX, start, at(50), warm_up),
+            u32::MAX / 2
+        );
     }
 
     #[test]

@@ -115,24 +115,39 @@ impl<'a, S> View<'a, S> {
         }
     }
 
-    /// Whether entry `i` may take a new call: listed by discovery (weight >
-    /// 0, healthy, not draining) and not marked down or draining by the
-    /// client.
-    pub(crate) fn is_available(&self, i: usize) -> bool {
-        let entry = &self.snapshot.entries[i];
-        entry.listed && !entry.stats.is_draining() && !entry.stats.is_marked_down(|| self.now())
+    /// All entries, available or not, for algorithms that scan.
+    pub(crate) fn entries(&self) -> &'a [Entry] {
+        &self.snapshot.entries
     }
 
-    /// Entry `i`'s weight after warm-up (at least 1 when the spec weight is
-    /// not 0).
-    pub(crate) fn weight(&self, i: usize) -> u32 {
-        let spec = &self.snapshot.entries[i].spec;
-        match spec.started_at {
+    /// Whether `entry` may take a new call: listed by discovery (weight > 0,
+    /// healthy, not draining) and not marked down or draining by the client.
+    #[inline]
+    pub(crate) fn accepts(&self, entry: &Entry) -> bool {
+        entry.listed && entry.stats.accepts_calls(|| self.now())
+    }
+
+    /// Whether entry `i` may take a new call (see [`accepts`](Self::accepts)).
+    #[inline]
+    pub(crate) fn is_available(&self, i: usize) -> bool {
+        self.accepts(&self.snapshot.entries[i])
+    }
+
+    /// `entry`'s weight after warm-up (at least 1 when the spec weight is not
+    /// 0).
+    #[inline]
+    pub(crate) fn weight_of(&self, entry: &Entry) -> u32 {
+        match entry.spec.started_at {
             Some(started_at) if self.is_warming() => {
-                warmed_weight(spec.weight, started_at, self.now(), self.warm_up)
+                warmed_weight(entry.spec.weight, started_at, self.now(), self.warm_up)
             }
-            _ => spec.weight,
+            _ => entry.spec.weight,
         }
+    }
+
+    /// Entry `i`'s weight after warm-up (see [`weight_of`](Self::weight_of)).
+    pub(crate) fn weight(&self, i: usize) -> u32 {
+        self.weight_of(&self.snapshot.entries[i])
     }
 
     fn is_warming(&self) -> bool {
@@ -153,12 +168,17 @@ impl<'a, S> View<'a, S> {
 
     /// How many entries are available.
     pub(crate) fn count_available(&self) -> usize {
-        (0..self.len()).filter(|&i| self.is_available(i)).count()
+        self.entries().iter().filter(|e| self.accepts(e)).count()
     }
 
     /// The index of the `n`th available entry (0-based), in entry order.
     pub(crate) fn nth_available(&self, n: usize) -> Option<usize> {
-        (0..self.len()).filter(|&i| self.is_available(i)).nth(n)
+        let mut available = self
+            .entries()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| self.accepts(e));
+        available.nth(n).map(|(i, _)| i)
     }
 }
 
@@ -210,8 +230,11 @@ impl<A: Algorithm> ProviderSet for Live<A> {
     fn update(&self, providers: Vec<Provider>) {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.current.load_full();
-        let old_stats: HashMap<SocketAddr, &Arc<ProviderStats>> =
-            old.entries.iter().map(|e| (e.spec.addr, &e.stats)).collect();
+        let old_stats: HashMap<SocketAddr, &Arc<ProviderStats>> = old
+            .entries
+            .iter()
+            .map(|e| (e.spec.addr, &e.stats))
+            .collect();
 
         // The same address listed twice: the later spec wins, at the place of
         // the first, so the set never holds one provider twice.

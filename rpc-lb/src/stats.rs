@@ -1,6 +1,6 @@
 //! [`ProviderStats`]: what the client observed about one provider.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Live statistics about one provider: calls in flight and a peak-EWMA of
@@ -25,7 +25,15 @@ use std::time::{Duration, Instant};
 /// `1 - exp(-elapsed / decay)`, and the estimate decays toward zero while no
 /// samples arrive, so a provider that was shunned gets probed again.
 #[derive(Debug)]
+// Fields in order of how hot they are on the pick path, so the ones every
+// pick reads share a cache line.
+#[repr(C)]
 pub struct ProviderStats {
+    /// The client's marks, in one word so that checking a provider on the
+    /// pick path is one load and one compare: the [`DRAINING`] bit, and below
+    /// it the unhealthy mark: 0 for none, [`DOWN_INDEFINITELY`] until cleared,
+    /// otherwise the end of a backoff in nanoseconds since `epoch`.
+    marks: AtomicU64,
     /// Calls picked for this provider whose [`Picked`](crate::Picked) guard
     /// is still alive. Least-connection and adaptive read it on every pick.
     in_flight: AtomicUsize,
@@ -35,20 +43,15 @@ pub struct ProviderStats {
     /// When `cost` was last updated, in nanoseconds since `epoch`, so the
     /// decay can be computed without a lock around two fields.
     stamp: AtomicU64,
+    /// Time zero for `stamp` and the backoff end: an `Instant` does not fit
+    /// in an atomic.
+    epoch: Instant,
+    /// The EWMA time constant in nanoseconds ([`Config::latency_decay`](crate::Config::latency_decay)).
+    decay_nanos: f64,
     /// Calls recorded as successful, for observability.
     successes: AtomicU64,
     /// Calls recorded as failed, for observability.
     failures: AtomicU64,
-    /// The client's unhealthy mark: 0 when none, [`DOWN_INDEFINITELY`] until
-    /// cleared, otherwise the end of a backoff in nanoseconds since `epoch`.
-    down_until: AtomicU64,
-    /// The client's draining mark (`LoadBalancer::set_draining`).
-    draining: AtomicBool,
-    /// Time zero for `stamp` and `down_until`: an `Instant` does not fit in
-    /// an atomic.
-    epoch: Instant,
-    /// The EWMA time constant in nanoseconds ([`Config::latency_decay`](crate::Config::latency_decay)).
-    decay_nanos: f64,
 }
 
 impl ProviderStats {
@@ -59,8 +62,7 @@ impl ProviderStats {
             stamp: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            down_until: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
+            marks: AtomicU64::new(0),
             epoch,
             // At least 1 ns so the decay exponent is never a division by zero.
             decay_nanos: (decay.as_nanos() as f64).max(1.0),
@@ -107,36 +109,41 @@ impl ProviderStats {
 
     /// Marks the provider down until `until`, or indefinitely for `None`.
     pub(crate) fn mark_down(&self, until: Option<Instant>) {
-        let until = match until {
+        let down = match until {
             // An instant at or before the epoch has already passed: no mark.
             Some(until) => self.nanos(until).min(DOWN_INDEFINITELY - 1),
             None => DOWN_INDEFINITELY,
         };
-        self.down_until.store(until, Ordering::Relaxed);
+        let _ = self
+            .marks
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |marks| {
+                Some(marks & DRAINING | down)
+            });
     }
 
     /// Clears the unhealthy mark.
     pub(crate) fn mark_up(&self) {
-        self.down_until.store(0, Ordering::Relaxed);
-    }
-
-    /// Whether the client's unhealthy mark holds at the time `now` returns;
-    /// `now` is only called for a timed mark, so the common case reads no
-    /// clock.
-    pub(crate) fn is_marked_down(&self, now: impl FnOnce() -> Instant) -> bool {
-        match self.down_until.load(Ordering::Relaxed) {
-            0 => false,
-            DOWN_INDEFINITELY => true,
-            until => self.nanos(now()) < until,
-        }
+        self.marks.fetch_and(DRAINING, Ordering::Relaxed);
     }
 
     pub(crate) fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed);
+        if draining {
+            self.marks.fetch_or(DRAINING, Ordering::Relaxed);
+        } else {
+            self.marks.fetch_and(!DRAINING, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+    /// Whether the client's marks let the provider take a call at the time
+    /// `now` returns; `now` is only called for a backoff, so the common case
+    /// reads no clock.
+    #[inline]
+    pub(crate) fn accepts_calls(&self, now: impl FnOnce() -> Instant) -> bool {
+        match self.marks.load(Ordering::Relaxed) {
+            0 => true,
+            marks if marks >= DOWN_INDEFINITELY => false,
+            until => self.nanos(now()) >= until,
+        }
     }
 
     pub(crate) fn acquire(&self) {
@@ -154,11 +161,14 @@ impl ProviderStats {
         if cost == 0.0 {
             return 0.0;
         }
-        let elapsed = self.nanos(now).saturating_sub(self.stamp.load(Ordering::Relaxed));
+        let elapsed = self
+            .nanos(now)
+            .saturating_sub(self.stamp.load(Ordering::Relaxed));
         cost * (-(elapsed as f64) / self.decay_nanos).exp()
     }
 
-    fn observe(&self, now: Instant, rtt: f64, failed: bool) {
+    /// Folds a sample of `rtt` nanoseconds taken at `now` into the estimate.
+    pub(crate) fn observe(&self, now: Instant, rtt: f64, failed: bool) {
         let now = self.nanos(now);
         let elapsed = now.saturating_sub(self.stamp.swap(now, Ordering::Relaxed));
         let keep = (-(elapsed as f64) / self.decay_nanos).exp();
@@ -185,8 +195,12 @@ impl ProviderStats {
     }
 }
 
-/// `down_until` value of a mark with no end.
-const DOWN_INDEFINITELY: u64 = u64::MAX;
+/// The draining bit of `ProviderStats::marks`.
+const DRAINING: u64 = 1 << 63;
+
+/// The unhealthy mark with no end; with [`DRAINING`] set, `marks` is above
+/// it, so one comparison rejects both.
+const DOWN_INDEFINITELY: u64 = DRAINING - 1;
 
 #[cfg(test)]
 mod tests {
@@ -204,7 +218,11 @@ mod tests {
         s.observe(t0, 1_000_000.0, false);
         assert_eq!(s.cost_at(t0), 1_000_000.0);
         s.observe(t0, 50_000_000.0, false);
-        assert_eq!(s.cost_at(t0), 50_000_000.0, "a slower sample is taken at once");
+        assert_eq!(
+            s.cost_at(t0),
+            50_000_000.0,
+            "a slower sample is taken at once"
+        );
         // A faster sample 10 s (one time constant) later blends in by 1 - 1/e.
         let t1 = t0 + Duration::from_secs(10);
         s.observe(t1, 1_000_000.0, false);
@@ -237,17 +255,32 @@ mod tests {
     fn timed_mark_expires() {
         let s = stats();
         let t0 = Instant::now();
-        assert!(!s.is_marked_down(|| unreachable!("no mark, no clock")));
+        assert!(s.accepts_calls(|| unreachable!("no mark, no clock")));
         s.mark_down(Some(t0 + Duration::from_secs(5)));
-        assert!(s.is_marked_down(|| t0 + Duration::from_secs(4)));
-        assert!(!s.is_marked_down(|| t0 + Duration::from_secs(5)));
+        assert!(!s.accepts_calls(|| t0 + Duration::from_secs(4)));
+        assert!(s.accepts_calls(|| t0 + Duration::from_secs(5)));
         s.mark_down(None);
-        assert!(s.is_marked_down(|| unreachable!("indefinite mark, no clock")));
+        assert!(!s.accepts_calls(|| unreachable!("indefinite mark, no clock")));
         s.mark_up();
-        assert!(!s.is_marked_down(|| unreachable!()));
+        assert!(s.accepts_calls(|| unreachable!()));
         // A deadline already in the past is no mark at all.
         s.mark_down(Some(s.epoch));
-        assert!(!s.is_marked_down(|| unreachable!()));
+        assert!(s.accepts_calls(|| unreachable!()));
+    }
+
+    #[test]
+    fn draining_and_unhealthy_marks_are_independent() {
+        let s = stats();
+        let t0 = Instant::now();
+        s.set_draining(true);
+        assert!(!s.accepts_calls(|| unreachable!("draining, no clock")));
+        s.mark_down(Some(t0 + Duration::from_secs(5)));
+        s.mark_up();
+        assert!(!s.accepts_calls(|| unreachable!()), "still draining");
+        s.mark_down(Some(t0 + Duration::from_secs(5)));
+        s.set_draining(false);
+        assert!(!s.accepts_calls(|| t0), "still in backoff");
+        assert!(s.accepts_calls(|| t0 + Duration::from_secs(5)));
     }
 
     #[test]

@@ -41,7 +41,13 @@ fn no_provider_names_the_service() {
         ("all weight 0", providers(&[0, 0, 0])),
         ("all unhealthy", vec![Provider::new(addr(0)).healthy(false)]),
         ("all draining", vec![Provider::new(addr(0)).draining(true)]),
-        ("mixed", vec![Provider::new(addr(0)).weight(0), Provider::new(addr(1)).healthy(false)]),
+        (
+            "mixed",
+            vec![
+                Provider::new(addr(0)).weight(0),
+                Provider::new(addr(1)).healthy(false),
+            ],
+        ),
     ];
     for strategy in Strategy::ALL {
         for (what, set) in &sets {
@@ -86,10 +92,16 @@ fn unhealthy_for_a_period_comes_back_by_itself() {
         assert!(lb.mark_unhealthy_until(addr(0), now + Duration::from_secs(5)));
         let during = PickContext::new().at(now + Duration::from_secs(4));
         for key in 0..200 {
-            assert_eq!(lb.pick(&during.hash_key(key)).unwrap().addr(), addr(1), "{strategy}");
+            assert_eq!(
+                lb.pick(&during.hash_key(key)).unwrap().addr(),
+                addr(1),
+                "{strategy}"
+            );
         }
         let after = PickContext::new().at(now + Duration::from_secs(5));
-        let seen: HashSet<_> = (0..200).map(|key| lb.pick(&after.hash_key(key)).unwrap().addr()).collect();
+        let seen: HashSet<_> = (0..200)
+            .map(|key| lb.pick(&after.hash_key(key)).unwrap().addr())
+            .collect();
         assert!(seen.contains(&addr(0)), "{strategy}: back after the period");
     }
 }
@@ -109,7 +121,10 @@ fn client_marks_survive_discovery_updates_but_not_leaving() {
     lb.set_healthy(addr(0), false);
     lb.update(providers(&[100, 100, 100]));
     let counts = tally(&lb, &PickContext::new(), 100);
-    assert!(!counts.contains_key(&addr(0)), "the mark outlives the update");
+    assert!(
+        !counts.contains_key(&addr(0)),
+        "the mark outlives the update"
+    );
     lb.update(providers(&[0, 100, 100])[1..].to_vec());
     lb.update(providers(&[100, 100, 100]));
     let counts = tally(&lb, &PickContext::new(), 99);
@@ -130,7 +145,11 @@ fn update_keeps_smooth_weighted_position_of_staying_providers() {
         Provider::new(b).weight(1),
     ]);
     seen.extend(sequence(&lb, &ctx, 4));
-    assert_eq!(seen, [a, a, b, a, c, a, a], "the sequence continues across the update");
+    assert_eq!(
+        seen,
+        [a, a, b, a, c, a, a],
+        "the sequence continues across the update"
+    );
 }
 
 #[test]
@@ -165,7 +184,13 @@ fn update_with_a_duplicate_address_keeps_the_later_spec() {
         Provider::new(addr(1)).weight(1),
         Provider::new(addr(0)).weight(3),
     ]);
-    assert_eq!(lb.providers(), [Provider::new(addr(0)).weight(3), Provider::new(addr(1)).weight(1)]);
+    assert_eq!(
+        lb.providers(),
+        [
+            Provider::new(addr(0)).weight(3),
+            Provider::new(addr(1)).weight(1)
+        ]
+    );
     let counts = tally(&lb, &PickContext::new(), 4);
     assert_eq!(counts[&addr(0)], 3);
 }
@@ -275,7 +300,7 @@ fn concurrent_picks_during_updates() {
                             // Keep a few calls in flight, as a real client does.
                             held.push(p);
                             if held.len() > 8 {
-                                held.remove(0);
+                                drop(held.remove(0));
                             }
                         }
                     }
@@ -286,10 +311,17 @@ fn concurrent_picks_during_updates() {
         let picked: usize = pickers.into_iter().map(|p| p.join().unwrap()).sum();
         stop.store(true, Ordering::Relaxed);
         let updates = updater.join().unwrap();
-        assert!(picked > 0 && updates > 0, "{strategy}: {picked} picks, {updates} updates");
+        assert!(
+            picked > 0 && updates > 0,
+            "{strategy}: {picked} picks, {updates} updates"
+        );
         lb.update(sets[0].clone());
         for i in 0..UNIVERSE {
-            assert_eq!(lb.stats(addr(i)).unwrap().in_flight(), 0, "{strategy}: guards released");
+            assert_eq!(
+                lb.stats(addr(i)).unwrap().in_flight(),
+                0,
+                "{strategy}: guards released"
+            );
         }
     }
 }

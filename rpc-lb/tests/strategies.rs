@@ -25,7 +25,10 @@ fn smooth_weighted_5_1_1_gives_a_a_b_a_c_a_a() {
 fn smooth_weighted_1_2_3_gives_s2_s1_s0_s2_s1_s2() {
     let lb = balancer(Strategy::WeightedRoundRobin, &[1, 2, 3]);
     let (s0, s1, s2) = (addr(0), addr(1), addr(2));
-    assert_eq!(sequence(&lb, &PickContext::new(), 6), [s2, s1, s0, s2, s1, s2]);
+    assert_eq!(
+        sequence(&lb, &PickContext::new(), 6),
+        [s2, s1, s0, s2, s1, s2]
+    );
 }
 
 #[test]
@@ -93,11 +96,18 @@ fn weighted_random_redistributes_an_unavailable_providers_share() {
 /// Holds `n` calls on provider `i`, steering picks there by briefly marking
 /// every other provider down.
 fn hold(lb: &LoadBalancer, i: usize, n: usize) -> Vec<Picked> {
-    let others: Vec<_> = lb.providers().iter().map(|p| p.addr).filter(|&a| a != addr(i)).collect();
+    let others: Vec<_> = lb
+        .providers()
+        .iter()
+        .map(|p| p.addr)
+        .filter(|&a| a != addr(i))
+        .collect();
     for &other in &others {
         lb.set_healthy(other, false);
     }
-    let held = (0..n).map(|_| lb.pick(&PickContext::new()).unwrap()).collect();
+    let held = (0..n)
+        .map(|_| lb.pick(&PickContext::new()).unwrap())
+        .collect();
     for &other in &others {
         lb.set_healthy(other, true);
     }
@@ -123,7 +133,9 @@ fn least_connection_prefers_fewest_in_flight() {
 #[test]
 fn least_connection_spreads_concurrent_calls_evenly() {
     let lb = balancer(Strategy::LeastConnection, &[1, 1, 1, 1]);
-    let held: Vec<Picked> = (0..40).map(|_| lb.pick(&PickContext::new()).unwrap()).collect();
+    let held: Vec<Picked> = (0..40)
+        .map(|_| lb.pick(&PickContext::new()).unwrap())
+        .collect();
     for i in 0..4 {
         assert_eq!(lb.stats(addr(i)).unwrap().in_flight(), 10);
     }
@@ -143,7 +155,9 @@ fn least_connection_ties_are_shared_round_robin() {
 #[test]
 fn weighted_least_connection_balances_in_flight_per_weight() {
     let lb = balancer(Strategy::WeightedLeastConnection, &[300, 100]);
-    let held: Vec<Picked> = (0..40).map(|_| lb.pick(&PickContext::new()).unwrap()).collect();
+    let held: Vec<Picked> = (0..40)
+        .map(|_| lb.pick(&PickContext::new()).unwrap())
+        .collect();
     assert_eq!(lb.stats(addr(0)).unwrap().in_flight(), 30);
     assert_eq!(lb.stats(addr(1)).unwrap().in_flight(), 10);
     drop(held);
@@ -156,7 +170,11 @@ fn client(i: u32) -> IpAddr {
 /// Where each of `keys` clients goes.
 fn owners(lb: &LoadBalancer, keys: u32) -> Vec<std::net::SocketAddr> {
     (0..keys)
-        .map(|i| lb.pick(&PickContext::new().client_ip(client(i))).unwrap().addr())
+        .map(|i| {
+            lb.pick(&PickContext::new().client_ip(client(i)))
+                .unwrap()
+                .addr()
+        })
         .collect()
 }
 
@@ -200,10 +218,16 @@ fn ip_hash_moves_about_one_in_eleven_clients_when_one_provider_joins() {
     lb.update(providers(&[100; 11]));
     let after = owners(&lb, KEYS);
     let moved: Vec<_> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
-    assert!(moved.iter().all(|(_, &to)| to == addr(10)), "keys move only to the newcomer");
+    assert!(
+        moved.iter().all(|(_, &to)| to == addr(10)),
+        "keys move only to the newcomer"
+    );
     let fraction = moved.len() as f64 / f64::from(KEYS);
     assert!(fraction <= 1.0 / 11.0 + 0.03, "{fraction} of keys moved");
-    assert!(fraction >= 1.0 / 11.0 - 0.03, "{fraction}: the newcomer takes its share");
+    assert!(
+        fraction >= 1.0 / 11.0 - 0.03,
+        "{fraction}: the newcomer takes its share"
+    );
 
     // And when it leaves again, exactly its keys go back where they were.
     lb.update(providers(&[100; 10]));
@@ -259,27 +283,34 @@ fn ip_hash_without_key_picks_any_available_provider() {
 fn adaptive_sheds_load_from_a_provider_that_slows_down() {
     let lb = balancer(Strategy::Adaptive, &[100; 10]);
     let ctx = PickContext::new();
-    // Warm every provider up with fast replies.
-    for _ in 0..1_000 {
-        lb.pick(&ctx).unwrap().record_success(Duration::from_millis(1));
-    }
-    let share = |counts: &HashMap<_, usize>| *counts.get(&addr(7)).unwrap_or(&0) as f64 / 10_000.0;
-    let before = tally(&lb, &ctx, 10_000);
-    assert!(share(&before) > 0.05, "a fast provider takes its share");
-
-    // Provider 7 slows down: one slow reply is enough for peak-EWMA.
-    lb.stats(addr(7)).unwrap().record_success(Duration::from_millis(50));
-    let mut picked_slow = 0;
-    for _ in 0..10_000 {
-        let p = lb.pick(&ctx).unwrap();
-        if p.addr() == addr(7) {
-            picked_slow += 1;
-            p.record_success(Duration::from_millis(50));
-        } else {
-            p.record_success(Duration::from_millis(1));
+    // Picks `n` times, replying in 1 ms, or in `slow` from provider 7;
+    // returns how often provider 7 was picked.
+    let run = |n: usize, slow: Duration| {
+        let mut picked_7 = 0;
+        for _ in 0..n {
+            let p = lb.pick(&ctx).unwrap();
+            if p.addr() == addr(7) {
+                picked_7 += 1;
+                p.record_success(slow);
+            } else {
+                p.record_success(Duration::from_millis(1));
+            }
         }
-    }
-    assert!(picked_slow < 100, "slow provider still got {picked_slow} of 10 000 picks");
+        picked_7
+    };
+    let fast = run(10_000, Duration::from_millis(1));
+    assert!(
+        fast > 500,
+        "while fast, provider 7 takes its share: {fast} of 10 000"
+    );
+
+    // Provider 7 slows down: its first slow reply is enough for peak-EWMA.
+    let first_slow = (0..)
+        .find(|_| run(1, Duration::from_millis(50)) == 1)
+        .unwrap();
+    assert!(first_slow < 1_000);
+    let slow = run(10_000, Duration::from_millis(50));
+    assert!(slow < 50, "slow provider still got {slow} of 10 000 picks");
 }
 
 #[test]
@@ -287,7 +318,9 @@ fn adaptive_prefers_fewer_calls_in_flight_at_equal_latency() {
     let lb = balancer(Strategy::Adaptive, &[100, 100]);
     let ctx = PickContext::new();
     for _ in 0..100 {
-        lb.pick(&ctx).unwrap().record_success(Duration::from_millis(1));
+        lb.pick(&ctx)
+            .unwrap()
+            .record_success(Duration::from_millis(1));
     }
     // With two providers both candidates are always compared, so holding
     // calls levels the in-flight counts exactly.
@@ -301,10 +334,16 @@ fn adaptive_prefers_fewer_calls_in_flight_at_equal_latency() {
 fn adaptive_does_not_pile_onto_a_provider_it_has_not_heard_from() {
     let lb = balancer(Strategy::Adaptive, &[100]);
     let ctx = PickContext::new();
-    lb.pick(&ctx).unwrap().record_success(Duration::from_millis(5));
+    lb.pick(&ctx)
+        .unwrap()
+        .record_success(Duration::from_millis(5));
     lb.update([Provider::new(addr(0)), Provider::new(addr(1))]);
     let first = lb.pick(&ctx).unwrap();
-    assert_eq!(first.addr(), addr(1), "an idle newcomer scores 0 and is tried");
+    assert_eq!(
+        first.addr(),
+        addr(1),
+        "an idle newcomer scores 0 and is tried"
+    );
     // With a call in flight and no reply yet, it is not sent more.
     for _ in 0..10 {
         assert_eq!(lb.pick(&ctx).unwrap().addr(), addr(0));

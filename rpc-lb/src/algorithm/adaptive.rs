@@ -86,3 +86,59 @@ fn load(view: &View<'_, ()>, i: usize) -> f64 {
     };
     cost * (in_flight as f64 + 1.0) / f64::from(view.weight(i))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{LoadBalancer, PickContext, Provider, Strategy};
+
+    fn two() -> (LoadBalancer, [std::net::SocketAddr; 2]) {
+        let addrs = ["10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap()];
+        let lb = LoadBalancer::new("test.Service", Strategy::Adaptive);
+        lb.update(addrs.map(Provider::new));
+        (lb, addrs)
+    }
+
+    #[test]
+    fn a_shunned_provider_is_probed_again_once_its_estimate_decays() {
+        let (lb, [fast, slow]) = two();
+        let t0 = Instant::now();
+        lb.stats(fast).unwrap().observe(t0, 1e6, false);
+        lb.stats(slow).unwrap().observe(t0, 100e6, false);
+        // The fast one keeps replying in 1 ms; the slow one gets no calls, so
+        // no samples, and its estimate decays (time constant 10 s).
+        let pick_at = |secs: u64| {
+            let at = t0 + Duration::from_secs(secs);
+            lb.stats(fast).unwrap().observe(at, 1e6, false);
+            lb.pick(&PickContext::new().at(at)).unwrap().addr()
+        };
+        assert_eq!(pick_at(1), fast, "shed at once");
+        assert_eq!(pick_at(30), fast, "100 ms * e^-3 = 5 ms is still slower");
+        assert_eq!(pick_at(60), slow, "100 ms * e^-6 = 0.25 ms: probe it again");
+    }
+
+    #[test]
+    fn weight_scales_the_load() {
+        let (lb, [a, b]) = two();
+        lb.update([Provider::new(a).weight(100), Provider::new(b).weight(300)]);
+        let t0 = Instant::now();
+        // b is twice as slow but has three times the weight.
+        lb.stats(a).unwrap().observe(t0, 1e6, false);
+        lb.stats(b).unwrap().observe(t0, 2e6, false);
+        assert_eq!(lb.pick(&PickContext::new().at(t0)).unwrap().addr(), b);
+    }
+
+    #[test]
+    fn failures_push_a_provider_away() {
+        let (lb, [a, b]) = two();
+        let t0 = Instant::now();
+        lb.stats(a).unwrap().observe(t0, 1e6, false);
+        lb.stats(b).unwrap().observe(t0, 1e6, false);
+        // b fails fast: the failure counts as twice its estimate.
+        lb.stats(b).unwrap().observe(t0, 1e3, true);
+        for _ in 0..10 {
+            assert_eq!(lb.pick(&PickContext::new().at(t0)).unwrap().addr(), a);
+        }
+    }
+}

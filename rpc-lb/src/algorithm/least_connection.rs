@@ -37,38 +37,101 @@ impl Algorithm for LeastConnection {
     fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
 
     fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {
-        let n = view.len();
+        let entries = view.entries();
+        let n = entries.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        // (index, in flight, weight); compared as fractions by cross
-        // multiplication, which is exact in u64 for u32 weights.
-        let mut best: Option<(usize, u64, u64)> = None;
-        for i in (start..n).chain(0..start) {
-            if !view.is_available(i) {
-                continue;
-            }
-            let in_flight = view.entry(i).stats.in_flight() as u64;
-            if in_flight == 0 {
+        let mut best = Best::default();
+        // From the rotating start to the end, then from the beginning.
+        for (i, entry) in entries.iter().enumerate().skip(start) {
+            if self.consider(view, &mut best, i, entry) {
                 return Some(i);
             }
-            let weight = if self.weighted {
-                u64::from(view.weight(i))
-            } else {
-                1
-            };
-            let better = match best {
-                None => true,
-                Some((_, best_in_flight, best_weight)) => {
-                    u128::from(in_flight) * u128::from(best_weight)
-                        < u128::from(best_in_flight) * u128::from(weight)
-                }
-            };
-            if better {
-                best = Some((i, in_flight, weight));
+        }
+        for (i, entry) in entries[..start].iter().enumerate() {
+            if self.consider(view, &mut best, i, entry) {
+                return Some(i);
             }
         }
-        best.map(|(i, _, _)| i)
+        best.index
+    }
+}
+
+/// The least-loaded entry seen so far in a scan.
+#[derive(Debug)]
+struct Best {
+    index: Option<usize>,
+    in_flight: u64,
+    weight: u64,
+}
+
+impl Default for Best {
+    fn default() -> Self {
+        // Loses to any real entry: u64::MAX calls per unit of weight.
+        Self {
+            index: None,
+            in_flight: u64::MAX,
+            weight: 1,
+        }
+    }
+}
+
+impl LeastConnection {
+    /// Folds entry `i` into `best`; `true` if it is idle, so unbeatable.
+    #[inline]
+    fn consider(&self, view: &View<'_, ()>, best: &mut Best, i: usize, entry: &Entry) -> bool {
+        if !view.accepts(entry) {
+            return false;
+        }
+        // Capped so the cross products below fit in u64 (weights are u32).
+        let in_flight = entry.stats.in_flight().min(u32::MAX as usize) as u64;
+        if in_flight == 0 {
+            return true;
+        }
+        let weight = if self.weighted {
+            u64::from(view.weight_of(entry))
+        } else {
+            1
+        };
+        // in_flight / weight < best.in_flight / best.weight, without division.
+        // Both factors on the left are below 2^32; on the right, only the
+        // initial sentinel can overflow, and saturating keeps it the loser.
+        if in_flight * best.weight < best.in_flight.saturating_mul(weight) {
+            *best = Best {
+                index: Some(i),
+                in_flight,
+                weight,
+            };
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{LoadBalancer, PickContext, Provider, Strategy};
+
+    #[test]
+    fn weighted_compares_in_flight_per_weight() {
+        let a = "10.0.0.1:1".parse().unwrap();
+        let b = "10.0.0.2:1".parse().unwrap();
+        let lb = LoadBalancer::new("test.Service", Strategy::WeightedLeastConnection);
+        lb.update([Provider::new(a).weight(200), Provider::new(b).weight(100)]);
+        let ctx = PickContext::new();
+        // Whichever idle one goes first, the other (idle) goes second, and
+        // the third goes to a: 1 call per 200 beats 1 per 100.
+        let held: Vec<_> = (0..3).map(|_| lb.pick(&ctx).unwrap()).collect();
+        let on_a = held.iter().filter(|p| p.addr() == a).count();
+        assert_eq!(on_a, 2, "3 calls split 2:1 by weight");
+        let unweighted = LoadBalancer::new("test.Service", Strategy::LeastConnection);
+        unweighted.update([Provider::new(a).weight(200), Provider::new(b).weight(100)]);
+        let held: Vec<_> = (0..4).map(|_| unweighted.pick(&ctx).unwrap()).collect();
+        assert_eq!(
+            held.iter().filter(|p| p.addr() == a).count(),
+            2,
+            "weights ignored"
+        );
     }
 }

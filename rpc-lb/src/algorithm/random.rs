@@ -47,7 +47,12 @@ impl Cumulative {
 impl Algorithm for Random {
     type State = Cumulative;
 
-    fn prepare(&self, entries: &[Entry], _: Option<&Snapshot<Cumulative>>, _: &Config) -> Cumulative {
+    fn prepare(
+        &self,
+        entries: &[Entry],
+        _: Option<&Snapshot<Cumulative>>,
+        _: &Config,
+    ) -> Cumulative {
         let mut sum = 0;
         let sums = entries
             .iter()
@@ -70,7 +75,8 @@ impl Algorithm for Random {
     }
 }
 
-fn pick_uniform(view: &View<'_, Cumulative>) -> Option<usize> {
+/// A uniformly random available entry; also `ip-hash`'s pick without a key.
+pub(super) fn pick_uniform<S>(view: &View<'_, S>) -> Option<usize> {
     let n = view.len();
     if n == 0 {
         return None;
@@ -121,13 +127,15 @@ fn pick_weighted(view: &View<'_, Cumulative>) -> Option<usize> {
         return None;
     }
     let mut target = with_rng(|rng| rng.gen_range(0..total));
-    (0..view.len()).filter(|&i| view.is_available(i)).find(|&i| {
-        let weight = u64::from(view.weight(i));
-        if target < weight {
-            true
-        } else {
-            target -= weight;
-            false
-        }
-    })
+    (0..view.len())
+        .filter(|&i| view.is_available(i))
+        .find(|&i| {
+            let weight = u64::from(view.weight(i));
+            if target < weight {
+                true
+            } else {
+                target -= weight;
+                false
+            }
+        })
 }

@@ -30,3 +30,23 @@ impl Algorithm for RoundRobin {
         (start..n).chain(0..start).find(|&i| view.is_available(i))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{LoadBalancer, PickContext, Provider, Strategy};
+
+    #[test]
+    fn skipped_provider_turn_goes_to_the_next() {
+        let addrs: Vec<std::net::SocketAddr> = (1..=3)
+            .map(|i| format!("10.0.0.{i}:1").parse().unwrap())
+            .collect();
+        let lb = LoadBalancer::new("test.Service", Strategy::RoundRobin);
+        lb.update(addrs.iter().copied().map(Provider::new));
+        lb.set_healthy(addrs[1], false);
+        let picks: Vec<_> = (0..6)
+            .map(|_| lb.pick(&PickContext::new()).unwrap().addr())
+            .collect();
+        let expected = [addrs[0], addrs[2], addrs[2], addrs[0], addrs[2], addrs[2]];
+        assert_eq!(picks, expected);
+    }
+}

@@ -32,10 +32,19 @@ impl Algorithm for SmoothWeighted {
 
     /// Carries each staying provider's current weight over by address, so a
     /// discovery update does not restart the sequence.
-    fn prepare(&self, entries: &[Entry], previous: Option<&Snapshot<Current>>, _: &Config) -> Current {
+    fn prepare(
+        &self,
+        entries: &[Entry],
+        previous: Option<&Snapshot<Current>>,
+        _: &Config,
+    ) -> Current {
         let mut current = vec![0; entries.len()];
         if let Some(previous) = previous {
-            let old = previous.state.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let old = previous
+                .state
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let old: HashMap<SocketAddr, i64> = previous
                 .entries
                 .iter()
@@ -50,15 +59,19 @@ impl Algorithm for SmoothWeighted {
     }
 
     fn pick(&self, view: &View<'_, Current>, _: &PickContext) -> Option<usize> {
-        let mut current = view.state().0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut current = view
+            .state()
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
         let mut best_current = i64::MIN;
-        for (i, slot) in current.iter_mut().enumerate() {
-            if !view.is_available(i) {
+        for (i, (entry, slot)) in view.entries().iter().zip(current.iter_mut()).enumerate() {
+            if !view.accepts(entry) {
                 continue;
             }
-            let weight = i64::from(view.weight(i));
+            let weight = i64::from(view.weight_of(entry));
             *slot += weight;
             total += weight;
             if *slot > best_current {
@@ -69,5 +82,32 @@ impl Algorithm for SmoothWeighted {
         let best = best?;
         current[best] -= total;
         Some(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{LoadBalancer, PickContext, Provider, Strategy};
+
+    #[test]
+    fn an_unavailable_provider_is_left_out_of_the_rotation() {
+        let addrs: Vec<std::net::SocketAddr> = (1..=3)
+            .map(|i| format!("10.0.0.{i}:1").parse().unwrap())
+            .collect();
+        let lb = LoadBalancer::new("test.Service", Strategy::WeightedRoundRobin);
+        lb.update(
+            addrs
+                .iter()
+                .zip([5, 1, 1])
+                .map(|(&a, w)| Provider::new(a).weight(w)),
+        );
+        lb.set_draining(addrs[0], true);
+        let pick = || lb.pick(&PickContext::new()).unwrap().addr();
+        let picks: Vec<_> = (0..4).map(|_| pick()).collect();
+        assert_eq!(picks, [addrs[1], addrs[2], addrs[1], addrs[2]]);
+        // Back in, it resumes from where it was and gets its share again.
+        lb.set_draining(addrs[0], false);
+        let picks: Vec<_> = (0..7).map(|_| pick()).collect();
+        assert_eq!(picks.iter().filter(|&&a| a == addrs[0]).count(), 5);
     }
 }
