@@ -73,7 +73,10 @@ pub mod server;
 mod transport;
 
 pub use client::{Call, Client, ClientBuilder, ClientConfig};
+
 pub use error::{NoError, RpcError};
+/// Client-side load balancing (the `rpc-lb` crate): strategies, providers, the balancer.
+pub use rpc_lb as lb;
 pub use server::{Server, ServerBuilder, ServerConfig, ServerHandle};
 
 /// Turns a trait into an RPC service: a client stub and a server skeleton.

@@ -53,6 +53,8 @@ pub struct Call<A, T, E = crate::error::NoError> {
     oneway: bool,
     /// User attachments sent in the metadata.
     attachments: Vec<(String, Vec<u8>)>,
+    /// Affinity key for the `ip-hash` balancer.
+    hash_key: Option<u64>,
     /// The result and error types.
     _result: PhantomData<fn() -> (T, E)>,
 }
@@ -85,6 +87,7 @@ where
             timeout: None,
             oneway: false,
             attachments: Vec::new(),
+            hash_key: None,
             _result: PhantomData,
         }
     }
@@ -102,6 +105,14 @@ where
         self
     }
 
+    /// Sets the affinity key of a client over several providers: with the `ip-hash`
+    /// balancer, calls with the same key go to the same provider while the provider set
+    /// is unchanged (for example, a user id for session affinity).
+    pub fn hash_key(mut self, key: u64) -> Self {
+        self.hash_key = Some(key);
+        self
+    }
+
     /// Makes this a oneway call: the request is sent with the oneway flag, the server
     /// sends no response, and the call completes with `()` as soon as the request is
     /// written to the socket. Then await it, block on it, or give it a callback.
@@ -114,6 +125,7 @@ where
             timeout: self.timeout,
             oneway: true,
             attachments: self.attachments,
+            hash_key: self.hash_key,
             _result: PhantomData,
         }
     }
@@ -157,7 +169,7 @@ where
         let args = self.args;
         let attachments = self.attachments;
         let (service, method) = (self.service, self.method);
-        let encode = move |buf: &mut bytes::BytesMut, id: u64| {
+        let encode = move |buf: &mut bytes::BytesMut| {
             let target = RequestTarget {
                 service,
                 method,
@@ -166,25 +178,21 @@ where
                 auth_token: None,
                 attachments: &attachments,
             };
-            encode_request(buf, id, oneway, &target, &args, max_frame_len).map_err(|e| match e {
+            encode_request(buf, 0, oneway, &target, &args, max_frame_len).map_err(|e| match e {
                 EncodeError::Protocol(p) => RpcError::Protocol(p),
                 other => RpcError::Serialization(other.to_string()),
             })
         };
-        if oneway {
-            self.client
-                .send_oneway(encode, timeout)
-                .await
-                .map_err(RpcError::widen)?;
-            // `T` is `()` for oneway calls; decode it from nil.
-            return rmp_serde::from_slice(&[0xc0])
-                .map_err(|e| RpcError::Serialization(e.to_string()));
-        }
         let frame = self
             .client
-            .call_frame(encode, timeout)
+            .call_frame(encode, oneway, timeout, self.hash_key)
             .await
             .map_err(RpcError::widen)?;
+        let Some(frame) = frame else {
+            // A oneway call, written; `T` is `()`, decoded from nil.
+            return rmp_serde::from_slice(&[0xc0])
+                .map_err(|e| RpcError::Serialization(e.to_string()));
+        };
         decode_reply(&frame, timeout)
     }
 }

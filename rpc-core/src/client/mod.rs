@@ -19,11 +19,12 @@
 mod call;
 mod connection;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,11 +33,15 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use call::Call;
+use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
 
 use crate::error::RpcError;
 use crate::protocol::{Frame, DEFAULT_MAX_FRAME_LEN};
 use crate::runtime::OwnedRuntime;
 use connection::{ConnSettings, Connection, Outgoing};
+
+/// Where the request id sits in a frame header.
+const REQUEST_ID: std::ops::Range<usize> = 8..16;
 
 /// Client settings. Build with [`ClientBuilder`] or start from `ClientConfig::default()`.
 #[derive(Debug, Clone)]
@@ -85,6 +90,8 @@ impl Default for ClientConfig {
 pub struct ClientBuilder {
     /// Settings so far.
     config: ClientConfig,
+    /// How calls are spread over several providers.
+    strategy: Strategy,
 }
 
 impl ClientBuilder {
@@ -160,6 +167,68 @@ impl ClientBuilder {
         self
     }
 
+    /// Sets the load-balancing strategy used by [`connect_providers`](Self::connect_providers)
+    /// (default: weighted random). Strategies also parse from their names, such as
+    /// `"least-connection"`.
+    ///
+    /// ```
+    /// let b = rpc_core::Client::builder().balancer(rpc_core::lb::Strategy::LeastConnection);
+    /// let by_name = rpc_core::Client::builder().balancer("round-robin".parse().unwrap());
+    /// ```
+    pub fn balancer(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// A client for `service` spread over several providers, each call going to the
+    /// provider the balancer picks. Connections are made on first use; a provider that
+    /// cannot be reached is skipped for a backoff period and the call goes to another.
+    /// Change the set later with [`Client::update_providers`]. Connection tasks run on
+    /// the current tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub fn connect_providers(
+        self,
+        service: &str,
+        providers: impl IntoIterator<Item = Provider>,
+    ) -> Client {
+        self.cluster(service, providers, Handle::current(), None)
+    }
+
+    /// [`connect_providers`](Self::connect_providers) from plain (non-async) code: the
+    /// client owns a small runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the runtime cannot start.
+    pub fn connect_providers_blocking(
+        self,
+        service: &str,
+        providers: impl IntoIterator<Item = Provider>,
+    ) -> io::Result<Client> {
+        let runtime = OwnedRuntime::start("rpc-client", 1)?;
+        let handle = runtime.handle().clone();
+        Ok(self.cluster(service, providers, handle, Some(runtime)))
+    }
+
+    fn cluster(
+        self,
+        service: &str,
+        providers: impl IntoIterator<Item = Provider>,
+        runtime: Handle,
+        owned: Option<OwnedRuntime>,
+    ) -> Client {
+        let cluster = Cluster {
+            balancer: LoadBalancer::new(service, self.strategy),
+            endpoints: RwLock::new(HashMap::new()),
+        };
+        let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned);
+        client.update_providers(providers);
+        client
+    }
+
     /// Connects from async code. Connection tasks run on the current tokio runtime.
     ///
     /// # Errors
@@ -171,8 +240,8 @@ impl ClientBuilder {
     /// If called outside a tokio runtime.
     pub async fn connect(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Client, RpcError> {
         let addr = resolve(tokio::net::lookup_host(addr).await)?;
-        let client = Client::new(addr, self.config, Handle::current(), None);
-        client.connection().await?;
+        let client = Client::single(addr, self.config, Handle::current(), None);
+        client.first_connection().await?;
         Ok(client)
     }
 
@@ -189,8 +258,9 @@ impl ClientBuilder {
             addr,
             source: Arc::new(e),
         })?;
-        let client = Client::new(addr, self.config, runtime.handle().clone(), Some(runtime));
-        client.block_on(client.connection())?;
+        let handle = runtime.handle().clone();
+        let client = Client::single(addr, self.config, handle, Some(runtime));
+        client.block_on(client.first_connection())?;
         Ok(client)
     }
 }
@@ -216,20 +286,42 @@ pub struct Client {
 }
 
 struct ClientInner {
-    /// The server.
-    addr: SocketAddr,
     /// Settings.
     config: ClientConfig,
-    /// The connection pool.
-    slots: Box<[Slot]>,
-    /// Round-robin position over `slots`.
-    next_slot: AtomicUsize,
+    /// Where calls go: one server, or a balanced set of providers.
+    route: Route,
     /// Request ids are unique per client.
     next_id: AtomicU64,
     /// The runtime connection tasks and callbacks run on.
     runtime: Handle,
-    /// Present when the client owns its runtime (built with `connect_blocking`).
+    /// Present when the client owns its runtime (built from non-async code).
     _owned: Option<OwnedRuntime>,
+}
+
+/// Where a client sends its calls.
+enum Route {
+    /// One server address.
+    Single(Endpoint),
+    /// Several providers of one service, chosen per call by a balancer.
+    Cluster(Cluster),
+}
+
+/// Providers of a service and the balancer that picks among them.
+struct Cluster {
+    /// Picks a provider per call; holds health, weights and in-flight counts.
+    balancer: LoadBalancer,
+    /// Connections per provider address.
+    endpoints: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
+}
+
+/// One server address and its pooled connections.
+struct Endpoint {
+    /// The server.
+    addr: SocketAddr,
+    /// The connection pool.
+    slots: Box<[Slot]>,
+    /// Round-robin position over `slots`.
+    next_slot: AtomicUsize,
 }
 
 /// One pooled connection and its reconnect state.
@@ -254,9 +346,15 @@ struct Backoff {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("addr", &self.inner.addr)
-            .field("config", &self.inner.config)
+        let mut d = f.debug_struct("Client");
+        match &self.inner.route {
+            Route::Single(endpoint) => d.field("addr", &endpoint.addr),
+            Route::Cluster(cluster) => d
+                .field("service", &cluster.balancer.service())
+                .field("strategy", &cluster.balancer.strategy())
+                .field("providers", &cluster.balancer.providers().len()),
+        };
+        d.field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
@@ -286,21 +384,26 @@ impl Client {
         ClientBuilder::default().connect_blocking(addr)
     }
 
-    fn new(
+    fn single(
         addr: SocketAddr,
         config: ClientConfig,
         runtime: Handle,
         owned: Option<OwnedRuntime>,
     ) -> Client {
-        let slots = (0..config.connections.max(1))
-            .map(|_| Slot::default())
-            .collect();
+        let endpoint = Endpoint::new(addr, &config);
+        Client::with_route(Route::Single(endpoint), config, runtime, owned)
+    }
+
+    fn with_route(
+        route: Route,
+        config: ClientConfig,
+        runtime: Handle,
+        owned: Option<OwnedRuntime>,
+    ) -> Client {
         Client {
             inner: Arc::new(ClientInner {
-                addr,
                 config,
-                slots,
-                next_slot: AtomicUsize::new(0),
+                route,
                 next_id: AtomicU64::new(1),
                 runtime,
                 _owned: owned,
@@ -308,9 +411,43 @@ impl Client {
         }
     }
 
-    /// The server's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+    /// The server's address, for a single-server client; `None` for a client over
+    /// several providers.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match &self.inner.route {
+            Route::Single(endpoint) => Some(endpoint.addr),
+            Route::Cluster(_) => None,
+        }
+    }
+
+    /// The balancer of a client over several providers (its providers, their
+    /// statistics, health marks); `None` for a single-server client.
+    pub fn balancer(&self) -> Option<&LoadBalancer> {
+        match &self.inner.route {
+            Route::Single(_) => None,
+            Route::Cluster(cluster) => Some(&cluster.balancer),
+        }
+    }
+
+    /// Replaces the provider set of a client made with
+    /// [`ClientBuilder::connect_providers`]: providers join, leave or change weight
+    /// while calls run; unchanged providers keep their connections and balancer state.
+    /// Does nothing on a single-server client.
+    pub fn update_providers(&self, providers: impl IntoIterator<Item = Provider>) {
+        let Route::Cluster(cluster) = &self.inner.route else {
+            return;
+        };
+        let providers: Vec<Provider> = providers.into_iter().collect();
+        {
+            let mut endpoints = cluster.endpoints.write().expect("endpoints lock");
+            endpoints.retain(|addr, _| providers.iter().any(|p| p.addr == *addr));
+            for provider in &providers {
+                endpoints
+                    .entry(provider.addr)
+                    .or_insert_with(|| Arc::new(Endpoint::new(provider.addr, &self.inner.config)));
+            }
+        }
+        cluster.balancer.update(providers);
     }
 
     /// The client's settings.
@@ -340,11 +477,96 @@ impl Client {
         futures_executor::block_on(fut)
     }
 
+    /// Connects the first connection of a single-server client, so that building the
+    /// client reports an unreachable server.
+    async fn first_connection(&self) -> Result<(), RpcError> {
+        if let Route::Single(endpoint) = &self.inner.route {
+            endpoint.connection(&self.inner).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits for its response frame (or, for oneway requests,
+    /// until it is written). Over several providers, the balancer picks one per
+    /// attempt; a call that certainly did not run (the provider could not be reached or
+    /// is shutting down) is retried on another provider.
+    pub(crate) async fn call_frame(
+        &self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), RpcError>,
+        oneway: bool,
+        timeout: Duration,
+        hash_key: Option<u64>,
+    ) -> Result<Option<Frame>, RpcError> {
+        let inner = &*self.inner;
+        // Encoded once with request id 0; each attempt stamps its own id.
+        let mut request = BytesMut::with_capacity(128);
+        encode(&mut request)?;
+        let cluster = match &inner.route {
+            Route::Single(endpoint) => return endpoint.call(inner, request, oneway, timeout).await,
+            Route::Cluster(cluster) => cluster,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut ctx = PickContext::new();
+        if let Some(key) = hash_key {
+            ctx = ctx.hash_key(key);
+        }
+        let attempts = cluster.balancer.providers().len().max(1);
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let Ok(picked) = cluster.balancer.pick(&ctx) else {
+                break;
+            };
+            let addr = picked.addr();
+            let endpoint = cluster
+                .endpoints
+                .read()
+                .expect("endpoints lock")
+                .get(&addr)
+                .cloned();
+            let Some(endpoint) = endpoint else { continue };
+            let started = Instant::now();
+            let left = deadline.saturating_duration_since(started);
+            match endpoint.call(inner, request.clone(), oneway, left).await {
+                Ok(frame) => {
+                    picked.record_success(started.elapsed());
+                    return Ok(frame);
+                }
+                Err(e) => {
+                    picked.record_failure(started.elapsed());
+                    if !e.is_safe_to_retry() {
+                        return Err(e);
+                    }
+                    let pause = inner
+                        .config
+                        .reconnect_backoff
+                        .max(Duration::from_millis(50));
+                    cluster.balancer.mark_unhealthy_for(addr, pause);
+                    tracing::debug!(%addr, error = %e, ?pause, "provider skipped");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| RpcError::NoProvider {
+            service: cluster.balancer.service().to_owned(),
+        }))
+    }
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr, config: &ClientConfig) -> Endpoint {
+        Endpoint {
+            addr,
+            slots: (0..config.connections.max(1))
+                .map(|_| Slot::default())
+                .collect(),
+            next_slot: AtomicUsize::new(0),
+        }
+    }
+
     /// A usable connection from the pool, connecting if needed.
-    async fn connection(&self) -> Result<Connection, RpcError> {
-        let inner = &self.inner;
-        let index = inner.next_slot.fetch_add(1, Ordering::Relaxed) % inner.slots.len();
-        let slot = &inner.slots[index];
+    async fn connection(&self, client: &ClientInner) -> Result<Connection, RpcError> {
+        let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let slot = &self.slots[index];
         if let Some(conn) = slot.current() {
             return Ok(conn);
         }
@@ -355,7 +577,7 @@ impl Client {
         if let Some(not_before) = backoff.not_before {
             if Instant::now() < not_before {
                 return Err(RpcError::Connect {
-                    addr: inner.addr,
+                    addr: self.addr,
                     source: backoff
                         .last_error
                         .clone()
@@ -363,15 +585,15 @@ impl Client {
                 });
             }
         }
-        let addr = inner.addr;
+        let addr = self.addr;
         let settings = ConnSettings {
-            max_frame_len: inner.config.max_frame_len,
-            heartbeat_interval: inner.config.heartbeat_interval,
-            idle_timeout: inner.config.idle_timeout,
+            max_frame_len: client.config.max_frame_len,
+            heartbeat_interval: client.config.heartbeat_interval,
+            idle_timeout: client.config.idle_timeout,
         };
-        let connect_timeout = inner.config.connect_timeout;
+        let connect_timeout = client.config.connect_timeout;
         // Connect on the client's runtime so the socket registers with its reactor.
-        let attempt = inner.runtime.spawn(async move {
+        let attempt = client.runtime.spawn(async move {
             let stream =
                 tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
                     .await
@@ -397,11 +619,11 @@ impl Client {
             }
             Err(e) => {
                 let e = Arc::new(e);
-                let wait = inner
+                let wait = client
                     .config
                     .reconnect_backoff
                     .saturating_mul(1 << backoff.failures.min(16))
-                    .min(inner.config.max_reconnect_backoff);
+                    .min(client.config.max_reconnect_backoff);
                 backoff.failures += 1;
                 backoff.not_before = Some(Instant::now() + wait);
                 backoff.last_error = Some(Arc::clone(&e));
@@ -411,44 +633,35 @@ impl Client {
         }
     }
 
-    /// Sends an encoded request and waits for its response frame.
-    pub(crate) async fn call_frame(
+    /// One attempt of a call on this endpoint.
+    async fn call(
         &self,
-        encode: impl FnOnce(&mut BytesMut, u64) -> Result<(), RpcError>,
+        client: &ClientInner,
+        mut request: BytesMut,
+        oneway: bool,
         timeout: Duration,
-    ) -> Result<Frame, RpcError> {
-        let conn = self.connection().await?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut buf = BytesMut::with_capacity(128);
-        encode(&mut buf, id)?;
+    ) -> Result<Option<Frame>, RpcError> {
+        let conn = self.connection(client).await?;
+        let id = client.next_id.fetch_add(1, Ordering::Relaxed);
+        request[REQUEST_ID].copy_from_slice(&id.to_be_bytes());
+        let frame: Bytes = request.freeze();
+        if oneway {
+            let (tx, rx) = oneshot::channel();
+            conn.send(Outgoing::Oneway { frame, written: tx })?;
+            return match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result.map(|()| None),
+                Ok(Err(_)) => Err(conn.lost()),
+                Err(_) => Err(RpcError::Timeout(timeout)),
+            };
+        }
         let (tx, rx) = oneshot::channel();
         conn.send(Outgoing::Call {
             id,
-            frame: buf.freeze(),
+            frame,
             reply: tx,
         })?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(conn.lost()),
-            Err(_) => Err(RpcError::Timeout(timeout)),
-        }
-    }
-
-    /// Sends an encoded oneway request and waits until it is written.
-    pub(crate) async fn send_oneway(
-        &self,
-        encode: impl FnOnce(&mut BytesMut, u64) -> Result<(), RpcError>,
-        timeout: Duration,
-    ) -> Result<(), RpcError> {
-        let conn = self.connection().await?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut buf = BytesMut::with_capacity(128);
-        encode(&mut buf, id)?;
-        let frame: Bytes = buf.freeze();
-        let (tx, rx) = oneshot::channel();
-        conn.send(Outgoing::Oneway { frame, written: tx })?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map(Some),
             Ok(Err(_)) => Err(conn.lost()),
             Err(_) => Err(RpcError::Timeout(timeout)),
         }

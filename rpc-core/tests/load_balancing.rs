@@ -1,0 +1,209 @@
+//! A client over several providers: each call goes where the balancer says, over real
+//! TCP, and unreachable providers are skipped without failing calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rpc_core::lb::{Provider, Strategy};
+use rpc_core::{service, Client, RpcError, Server, ServerHandle};
+
+/// Says which provider answered.
+#[service(name = "test.Whoami")]
+trait Whoami {
+    async fn who(&self) -> u16;
+}
+
+struct Instance {
+    port: u16,
+    delay: Duration,
+}
+
+impl Whoami for Instance {
+    async fn who(&self) -> u16 {
+        tokio::time::sleep(self.delay).await;
+        self.port
+    }
+}
+
+async fn provider(delay: Duration) -> ServerHandle {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    Server::builder()
+        .workers(1)
+        .add_service(WhoamiServer::new(Instance {
+            port: addr.port(),
+            delay,
+        }))
+        .bind(addr)
+        .await
+        .unwrap()
+        .spawn()
+}
+
+/// Makes `calls` calls from `concurrency` tasks and counts answers per provider port.
+async fn spread(client: &Client, calls: usize, concurrency: usize) -> HashMap<u16, usize> {
+    let stub = WhoamiClient::new(client.clone());
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let stub = stub.clone();
+        let n = calls / concurrency + usize::from(t < calls % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(n);
+            for _ in 0..n {
+                seen.push(stub.who().await.expect("call failed"));
+            }
+            seen
+        }));
+    }
+    let mut counts = HashMap::new();
+    for task in tasks {
+        for port in task.await.unwrap() {
+            *counts.entry(port).or_default() += 1;
+        }
+    }
+    counts
+}
+
+fn providers(handles: &[&ServerHandle]) -> Vec<Provider> {
+    handles
+        .iter()
+        .map(|h| Provider::new(h.local_addr()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly_over_tcp() {
+    let (a, b, c) = (
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+    );
+    let client = Client::builder()
+        .balancer(Strategy::RoundRobin)
+        .connect_providers("test.Whoami", providers(&[&a, &b, &c]));
+    let counts = spread(&client, 300, 1).await;
+    for h in [&a, &b, &c] {
+        assert_eq!(counts[&h.local_addr().port()], 100, "{counts:?}");
+    }
+    for h in [a, b, c] {
+        h.shutdown().await.unwrap();
+    }
+}
+
+async fn slow_share(strategy: Strategy) -> f64 {
+    let fast1 = provider(Duration::from_millis(1)).await;
+    let fast2 = provider(Duration::from_millis(1)).await;
+    let fast3 = provider(Duration::from_millis(1)).await;
+    let slow = provider(Duration::from_millis(40)).await;
+    let client = Client::builder()
+        .balancer(strategy)
+        .connect_providers("test.Whoami", providers(&[&fast1, &fast2, &fast3, &slow]));
+    let counts = spread(&client, 800, 16).await;
+    let slow_calls = counts.get(&slow.local_addr().port()).copied().unwrap_or(0);
+    for h in [fast1, fast2, fast3, slow] {
+        h.shutdown().await.unwrap();
+    }
+    slow_calls as f64 / 800.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connection_and_adaptive_shed_load_from_a_slow_provider() {
+    let round_robin = slow_share(Strategy::RoundRobin).await;
+    let least = slow_share(Strategy::LeastConnection).await;
+    let adaptive = slow_share(Strategy::Adaptive).await;
+    // Round-robin gives the slow provider its quarter; the load-aware ones far less.
+    assert!(
+        (0.2..=0.3).contains(&round_robin),
+        "round-robin share {round_robin}"
+    );
+    assert!(
+        least < round_robin / 2.0,
+        "least-connection share {least} vs {round_robin}"
+    );
+    assert!(
+        adaptive < round_robin / 2.0,
+        "adaptive share {adaptive} vs {round_robin}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_killed_mid_run_is_skipped_without_failed_calls() {
+    let (a, b, c) = (
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+    );
+    let dead_port = c.local_addr().port();
+    let client = Client::builder()
+        .balancer(Strategy::RoundRobin)
+        .connect_providers("test.Whoami", providers(&[&a, &b, &c]));
+    let before = spread(&client, 30, 1).await;
+    assert_eq!(before.len(), 3);
+    c.shutdown().await.unwrap();
+    // Every call still succeeds (spread panics on a failed call); none reach the dead one.
+    let after = spread(&client, 300, 4).await;
+    assert_eq!(after.values().sum::<usize>(), 300);
+    assert!(
+        after.get(&dead_port).copied().unwrap_or(0) == 0,
+        "{after:?}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_join_and_leave_without_restarting_the_consumer() {
+    let (a, b) = (
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+    );
+    let client = Client::builder()
+        .balancer("round-robin".parse().unwrap())
+        .connect_providers("test.Whoami", providers(&[&a]));
+    assert_eq!(spread(&client, 10, 1).await.len(), 1);
+    client.update_providers(providers(&[&a, &b]));
+    let counts = spread(&client, 100, 1).await;
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    client.update_providers(providers(&[&b]));
+    let counts = spread(&client, 20, 1).await;
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        vec![b.local_addr().port()]
+    );
+
+    // An empty set is a clear error naming the service.
+    client.update_providers(Vec::new());
+    let err = WhoamiClient::new(client.clone()).who().await.unwrap_err();
+    assert!(
+        matches!(&err, RpcError::NoProvider { service } if service == "test.Whoami"),
+        "{err:?}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_hash_keeps_a_key_on_one_provider() {
+    let (a, b, c) = (
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+    );
+    let client = Client::builder()
+        .balancer(Strategy::IpHash)
+        .connect_providers("test.Whoami", providers(&[&a, &b, &c]));
+    let stub = WhoamiClient::new(client);
+    let mut owners = std::collections::HashSet::new();
+    for key in 0..50u64 {
+        let first = stub.who().hash_key(key).await.unwrap();
+        for _ in 0..5 {
+            assert_eq!(stub.who().hash_key(key).await.unwrap(), first);
+        }
+        owners.insert(first);
+    }
+    assert!(owners.len() > 1, "all keys on one provider");
+    for h in [a, b, c] {
+        h.shutdown().await.unwrap();
+    }
+}
