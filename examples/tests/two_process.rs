@@ -105,3 +105,31 @@ fn quickstart_runs() {
         assert!(out.contains(mode), "missing {mode:?} in:\n{out}");
     }
 }
+
+#[test]
+fn balancers_example_runs_every_strategy() {
+    let mut child = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_balancers"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start balancers"),
+    );
+    let status = wait_with_deadline(&mut child.0, Duration::from_secs(60));
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    for name in [
+        "round-robin",
+        "weighted-round-robin",
+        "least-connection",
+        "ip-hash",
+        "random",
+        "adaptive",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name)),
+            "missing {name} in:\n{out}"
+        );
+    }
+}
