@@ -1,0 +1,74 @@
+//! Benchmarks of the RPC framework side by side with [tarpc] and a raw length-framed
+//! echo, the physical floor (`DESIGN.md` section 10).
+//!
+//! The `rpc-bench` binary runs every cell of the grid (payload × calls in flight) for
+//! each system in turn, interleaved (ours, tarpc, raw, then the next cell), and prints
+//! one markdown table. Reproduce it with:
+//!
+//! ```text
+//! cargo run --release -p rpc-benches --bin rpc-bench -- --duration 3 --warmup 1 --rounds 3
+//! ```
+//!
+//! It takes about 5½ minutes. `--quick` is the CI smoke run (about 20 s; exits non-zero
+//! if any call fails); `--systems`, `--in-flight` and `--payloads` narrow the grid (for
+//! profiling one cell); `--cpus shared` runs client and servers on one CPU. The machine
+//! is shared and noisy: `--rounds 3` reports each system's median run, and a table whose
+//! p99s are all in milliseconds was disturbed by something else and should be rerun.
+//!
+//! # Layout
+//!
+//! - `systems`: the three systems under test, [`System`]: `ours` (an echo service made
+//!   with `#[rpc_core::service]`), `tarpc_echo` and `raw_echo`, each a server and a
+//!   load generator;
+//! - `affinity`: where client and servers run ([`CpuLayout`]);
+//! - `load`: what one measurement runs ([`Load`]), the closed-loop load generator and
+//!   its result ([`Measurement`]);
+//! - `server_process`: a system's server in a child process of its own
+//!   ([`ServerProcess`]);
+//! - `report`: the markdown table ([`CellResult`], [`markdown_table`]).
+//!
+//! The criterion micro-benchmarks in `benches/` (frame encode/decode, dispatch of one
+//! call) use the [`Echo`] service defined here.
+//!
+//! # Method: what is fair
+//!
+//! - **Separate processes, one connection.** Each measurement starts a fresh server
+//!   process (`rpc-bench server --system X`, listening on `127.0.0.1:0` and printing its
+//!   port), and the driver process connects one TCP connection to it. `TCP_NODELAY` is
+//!   set on both ends for all three systems.
+//! - **Pinned CPUs.** By default (`--cpus split`) the client runs on CPU 0 and the
+//!   servers on CPU 1; `--cpus shared` puts both on CPU 0, which makes calls per second
+//!   at one call in flight the inverse of the whole CPU cost of a call.
+//! - **Same core budget: one busy thread per side.** Server: ours runs
+//!   `Server::builder().workers(1)` (one worker reactor; the boss, on the process's
+//!   current-thread runtime, only accepts the one connection and then sleeps); tarpc
+//!   runs on a current-thread runtime, spawning each request as a task as its examples
+//!   do; raw runs one task on a current-thread runtime. Client: a fresh current-thread
+//!   runtime per measurement for every system.
+//! - **Closed loop.** Ours and tarpc: N tokio tasks (N = calls in flight), each making
+//!   sequential calls through one shared client, in future mode. Each call sends a fresh
+//!   owned `serde_bytes::ByteBuf` copy of the payload, since both APIs take arguments by
+//!   value. Raw: one task keeping N length-prefixed requests outstanding on the socket
+//!   (the echo answers in order, so each reply is matched to its send time from a FIFO);
+//!   there is no per-call task, channel, id or serialization: this is the floor.
+//! - **Measured window.** Calls run for the warm-up first; then every call completing
+//!   inside the window counts toward calls per second and its latency (send to reply)
+//!   goes into an HDR histogram. Latency includes client-side queueing, as a caller
+//!   sees it.
+//!
+//! [tarpc]: https://docs.rs/tarpc
+
+#![forbid(unsafe_code)]
+
+mod affinity;
+mod load;
+mod report;
+mod server_process;
+mod systems;
+
+pub use affinity::{pin_current_thread, CpuLayout};
+pub use load::{Load, Measurement};
+pub use report::{markdown_table, CellResult};
+pub use server_process::ServerProcess;
+pub use systems::ours::{Echo, EchoClient, EchoImpl, EchoServer};
+pub use systems::System;

@@ -1,0 +1,262 @@
+//! `rpc-bench`: ours, tarpc and a raw framed echo, side by side, one markdown table.
+//!
+//! ```text
+//! cargo run --release -p rpc-benches --bin rpc-bench -- --duration 3 --warmup 1 --rounds 3
+//! ```
+//!
+//! The driver starts each system's server as a child process (`rpc-bench server
+//! --system X`) for every measurement and runs the client side itself. See the
+//! `rpc_benches` crate docs for the method.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rpc_benches::{
+    markdown_table, pin_current_thread, CellResult, CpuLayout, Load, Measurement, ServerProcess,
+    System,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rpc-bench",
+    about = "Benchmarks ours vs tarpc vs a raw framed echo over one TCP connection"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Defaults to running the benchmark.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Settings of the benchmark run.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one system's echo server on 127.0.0.1:0 and prints its port (the driver
+    /// starts these itself). Exits when stdin closes.
+    Server {
+        /// Which server.
+        #[arg(long, value_enum)]
+        system: System,
+        /// Pin the server to this CPU.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Seconds measured per system and cell.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Seconds of warm-up before each measurement.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// CI smoke run: 0.2 s per measurement after 0.05 s of warm-up (overrides
+    /// --duration and --warmup).
+    #[arg(long)]
+    quick: bool,
+    /// Repeat each cell this many times (still interleaved) and report each system's
+    /// median run by calls per second.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Where the client and the servers run.
+    #[arg(long, value_enum, default_value_t = CpuLayout::Split)]
+    cpus: CpuLayout,
+    /// Systems to run, in this order within each cell.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = System::ALL)]
+    systems: Vec<System>,
+    /// Calls in flight.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32, 256])]
+    in_flight: Vec<usize>,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [16usize, 1024, 65536])]
+    payloads: Vec<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Server { system, cpu }) => serve(system, cpu),
+        None => run(&cli.run),
+    }
+}
+
+/// The server side: serves until stdin closes or the driver kills it.
+fn serve(system: System, cpu: Option<usize>) -> ExitCode {
+    if let Some(cpu) = cpu {
+        if let Err(e) = pin_current_thread(cpu) {
+            eprintln!("rpc-bench server: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    // Leave with the driver even if it was killed outright and could not kill us.
+    let watchdog = std::thread::Builder::new()
+        .name("stdin-watchdog".to_owned())
+        .spawn(|| {
+            let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+            std::process::exit(0);
+        });
+    if let Err(e) = watchdog {
+        eprintln!("rpc-bench server: cannot start the stdin watchdog: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = system.serve(|addr| {
+        let mut stdout = io::stdout().lock();
+        let _ = writeln!(stdout, "{}", addr.port());
+        let _ = stdout.flush();
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rpc-bench server ({system}): {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The driver: every cell, every system, interleaved; then the table.
+fn run(args: &RunArgs) -> ExitCode {
+    let (warmup, duration) = if args.quick {
+        (0.05, 0.2)
+    } else {
+        (args.warmup, args.duration)
+    };
+    let (Ok(warmup), Ok(duration)) = (
+        Duration::try_from_secs_f64(warmup),
+        Duration::try_from_secs_f64(duration),
+    ) else {
+        eprintln!("rpc-bench: --warmup and --duration must be non-negative numbers of seconds");
+        return ExitCode::FAILURE;
+    };
+    let program = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("rpc-bench: cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Counted before pinning narrows what this process sees.
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    if let Some(cpu) = args.cpus.client_cpu() {
+        if let Err(e) = pin_current_thread(cpu) {
+            eprintln!("rpc-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let began = std::time::Instant::now();
+    let rounds = args.rounds.max(1);
+    let total = args.payloads.len() * args.in_flight.len() * args.systems.len() * rounds;
+    let mut done = 0;
+    let mut failed = false;
+    let mut cells = Vec::new();
+    for &payload in &args.payloads {
+        for &in_flight in &args.in_flight {
+            let load = Load {
+                in_flight,
+                payload,
+                warmup,
+                duration,
+            };
+            let mut runs: BTreeMap<System, Vec<Result<Measurement, String>>> = BTreeMap::new();
+            for _ in 0..rounds {
+                for &system in &args.systems {
+                    let result = run_one(&program, system, args.cpus, &load);
+                    done += 1;
+                    progress(done, total, system, &load, &result);
+                    failed |= !matches!(&result, Ok(m) if m.errors == 0);
+                    runs.entry(system).or_default().push(result);
+                }
+            }
+            cells.push(CellResult {
+                payload,
+                in_flight,
+                results: args
+                    .systems
+                    .iter()
+                    .filter_map(|s| runs.remove(s).map(|r| (*s, median(r))))
+                    .collect(),
+            });
+        }
+    }
+    println!(
+        "rpc-bench: {:.2} s measured after {:.2} s warm-up per system and cell, {rounds} round(s) \
+         (median by calls/s), {cpus} CPUs, --cpus {}; one TCP connection on 127.0.0.1; one \
+         busy thread per side per system.\n",
+        duration.as_secs_f64(),
+        warmup.as_secs_f64(),
+        args.cpus
+            .to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned()),
+    );
+    print!("{}", markdown_table(&cells));
+    eprintln!("rpc-bench: took {:.0} s", began.elapsed().as_secs_f64());
+    if failed {
+        eprintln!("rpc-bench: some runs failed; see above");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One measurement against a fresh server process.
+fn run_one(
+    program: &Path,
+    system: System,
+    cpus: CpuLayout,
+    load: &Load,
+) -> Result<Measurement, String> {
+    let server =
+        ServerProcess::start(program, system, cpus.server_cpu()).map_err(|e| e.to_string())?;
+    system
+        .measure(server.addr(), load)
+        .map_err(|e| e.to_string())
+}
+
+/// The run with the median calls per second; any failed run makes the cell failed.
+fn median(mut runs: Vec<Result<Measurement, String>>) -> Result<Measurement, String> {
+    if let Some(position) = runs
+        .iter()
+        .position(|r| !matches!(r, Ok(m) if m.errors == 0))
+    {
+        return runs.swap_remove(position);
+    }
+    let mut runs: Vec<Measurement> = runs.into_iter().filter_map(Result::ok).collect();
+    runs.sort_by(|a, b| a.calls_per_sec().total_cmp(&b.calls_per_sec()));
+    let middle = runs.len() / 2;
+    Ok(runs.swap_remove(middle))
+}
+
+/// One line per measurement on stderr, so a long run shows it is alive.
+fn progress(
+    done: usize,
+    total: usize,
+    system: System,
+    load: &Load,
+    result: &Result<Measurement, String>,
+) {
+    let what = format!(
+        "[{done:>3}/{total}] {:>6} B x {:>3} in flight, {system:>5}",
+        load.payload, load.in_flight
+    );
+    match result {
+        Ok(m) if m.errors == 0 => eprintln!(
+            "{what}: {:>9.0} calls/s, p50 {:?}, p99 {:?}, p999 {:?}",
+            m.calls_per_sec(),
+            m.p50,
+            m.p99,
+            m.p999
+        ),
+        Ok(m) => eprintln!(
+            "{what}: {} failed calls; first: {}",
+            m.errors,
+            m.first_error.as_deref().unwrap_or("?")
+        ),
+        Err(e) => eprintln!("{what}: failed: {e}"),
+    }
+}

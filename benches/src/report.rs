@@ -1,0 +1,144 @@
+//! The results table, in markdown.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::load::Measurement;
+use crate::systems::System;
+
+/// The results of one cell of the grid: one payload size at one in-flight count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellResult {
+    /// Payload size in bytes.
+    pub payload: usize,
+    /// Calls in flight.
+    pub in_flight: usize,
+    /// Each system's measurement, or why it failed; systems not run are absent.
+    pub results: Vec<(System, Result<Measurement, String>)>,
+}
+
+impl CellResult {
+    /// The valid measurement of `system` (present, and with no failed call).
+    pub fn get(&self, system: System) -> Option<&Measurement> {
+        self.results.iter().find_map(|(s, r)| match r {
+            Ok(m) if *s == system && m.errors == 0 => Some(m),
+            _ => None,
+        })
+    }
+
+    /// What the table shows for a system without a valid measurement.
+    fn missing(&self, system: System) -> &'static str {
+        if self.results.iter().any(|(s, _)| *s == system) {
+            "error"
+        } else {
+            "–"
+        }
+    }
+}
+
+/// The table: calls per second and p50/p99/p999 latency of every system, and ours
+/// relative to tarpc and to raw (throughput: higher is better; p99: lower is better).
+pub fn markdown_table(cells: &[CellResult]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| payload | in flight | ours calls/s | tarpc calls/s | raw calls/s \
+         | ours/tarpc calls/s | ours/raw calls/s \
+         | ours p50/p99/p999 µs | tarpc p50/p99/p999 µs | raw p50/p99/p999 µs \
+         | ours/tarpc p99 | ours/raw p99 |\n",
+    );
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for cell in cells {
+        let rate = |s| {
+            cell.get(s).map_or_else(
+                || cell.missing(s).to_owned(),
+                |m| format!("{:.0}", m.calls_per_sec()),
+            )
+        };
+        let latency = |s| {
+            cell.get(s).map_or_else(
+                || cell.missing(s).to_owned(),
+                |m| format!("{} / {} / {}", micros(m.p50), micros(m.p99), micros(m.p999)),
+            )
+        };
+        let ratio =
+            |other, f: fn(&Measurement) -> f64| match (cell.get(System::Ours), cell.get(other)) {
+                (Some(ours), Some(theirs)) if f(theirs) > 0.0 => {
+                    format!("{:.2}", f(ours) / f(theirs))
+                }
+                _ => "–".to_owned(),
+            };
+        let p99 = |m: &Measurement| m.p99.as_secs_f64();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            payload_label(cell.payload),
+            cell.in_flight,
+            rate(System::Ours),
+            rate(System::Tarpc),
+            rate(System::Raw),
+            ratio(System::Tarpc, Measurement::calls_per_sec),
+            ratio(System::Raw, Measurement::calls_per_sec),
+            latency(System::Ours),
+            latency(System::Tarpc),
+            latency(System::Raw),
+            ratio(System::Tarpc, p99),
+            ratio(System::Raw, p99),
+        );
+    }
+    out
+}
+
+/// `16 B`, `1 KiB`, `64 KiB`.
+fn payload_label(bytes: usize) -> String {
+    if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Microseconds, with one decimal below 100.
+fn micros(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 100.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measurement(calls: u64, p99_us: u64) -> Measurement {
+        Measurement {
+            calls,
+            seconds: 1.0,
+            p50: Duration::from_micros(10),
+            p99: Duration::from_micros(p99_us),
+            p999: Duration::from_micros(p99_us * 2),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn table_has_ratios_and_marks_missing_systems() {
+        let cells = [CellResult {
+            payload: 1024,
+            in_flight: 32,
+            results: vec![
+                (System::Ours, Ok(measurement(300, 50))),
+                (System::Tarpc, Ok(measurement(100, 200))),
+                (System::Raw, Err("boom".to_owned())),
+            ],
+        }];
+        let table = markdown_table(&cells);
+        let row = table.lines().nth(2).unwrap();
+        assert_eq!(
+            row,
+            "| 1 KiB | 32 | 300 | 100 | error | 3.00 | – | 10.0 / 50.0 / 100 | 10.0 / 200 / 400 | error | 0.25 | – |"
+        );
+    }
+}

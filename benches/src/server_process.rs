@@ -1,0 +1,82 @@
+//! A system's server in a child process of its own, killed when dropped.
+
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use crate::systems::System;
+
+/// A running benchmark server: `PROGRAM server --system X` in a child process.
+///
+/// The child prints its port on the first line of its stdout. It is killed by PID
+/// when this is dropped, on every path out of the driver, unwinding panics included;
+/// and it exits by itself when its stdin closes, so it does not outlive a driver that
+/// was killed outright.
+#[derive(Debug)]
+pub struct ServerProcess {
+    /// The child; killed and reaped on drop.
+    child: Child,
+    /// Where it listens.
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `program server --system <system> [--cpu <cpu>]` and waits for it to
+    /// report its port. `program` must be the `rpc-bench` binary (the driver passes its
+    /// own path).
+    ///
+    /// # Errors
+    ///
+    /// If the child cannot be started or exits without reporting a port; it is killed
+    /// then.
+    pub fn start(program: &Path, system: System, cpu: Option<usize>) -> io::Result<ServerProcess> {
+        let mut command = Command::new(program);
+        command.args(["server", "--system", system.name()]);
+        if let Some(cpu) = cpu {
+            command.args(["--cpu", &cpu.to_string()]);
+        }
+        let child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        // Owned by the guard from here on, so every early return below kills it.
+        let mut process = ServerProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let stdout = process
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("the server's stdout is not piped"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port: u16 = line.trim().parse().map_err(|_| {
+            io::Error::other(format!(
+                "the {system} server did not report a port (printed {line:?})"
+            ))
+        })?;
+        process.addr.set_port(port);
+        Ok(process)
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SIGKILL by PID, then reap it so no zombie is left.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,97 @@
+//! The systems under test. Each module has a `serve` (the server side, run in a
+//! process of its own) and a `drive` (the client side, which runs a [`Load`] over one
+//! connection).
+
+pub(crate) mod ours;
+mod raw_echo;
+mod tarpc_echo;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::load::{Load, Measurement};
+
+/// The address every benchmark server listens on; the port is chosen by the system.
+const LISTEN_ADDR: &str = "127.0.0.1:0";
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum System {
+    /// This framework: `#[rpc_core::service]` echo, future mode, one connection.
+    Ours,
+    /// tarpc with its bincode serde transport over TCP.
+    Tarpc,
+    /// A length-prefixed echo with no serialization: the physical floor.
+    Raw,
+}
+
+impl System {
+    /// Every system, in the order each cell runs them.
+    pub const ALL: [System; 3] = [System::Ours, System::Tarpc, System::Raw];
+
+    /// The system's name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Ours => "ours",
+            System::Tarpc => "tarpc",
+            System::Raw => "raw",
+        }
+    }
+
+    /// Runs this system's echo server on `127.0.0.1:0` on a current-thread runtime,
+    /// calling `ready` with the bound address once it accepts connections. Returns only
+    /// on failure.
+    ///
+    /// # Errors
+    ///
+    /// If the runtime cannot start or the socket cannot be bound or accepted on.
+    pub fn serve(self, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            match self {
+                System::Ours => ours::serve(ready).await,
+                System::Tarpc => tarpc_echo::serve(ready).await,
+                System::Raw => raw_echo::serve(ready).await,
+            }
+        })
+    }
+
+    /// Runs `load` against this system's server at `addr` over one connection, on a
+    /// fresh current-thread runtime, and returns what was measured.
+    ///
+    /// # Errors
+    ///
+    /// If the runtime cannot start, connecting fails, or the run takes 30 s longer than
+    /// planned (a stuck server).
+    pub fn measure(self, addr: SocketAddr, load: &Load) -> io::Result<Measurement> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let limit = load.warmup + load.duration + Duration::from_secs(30);
+        runtime.block_on(async {
+            let run = async {
+                match self {
+                    System::Ours => ours::drive(addr, load).await,
+                    System::Tarpc => tarpc_echo::drive(addr, load).await,
+                    System::Raw => raw_echo::drive(addr, load).await,
+                }
+            };
+            tokio::time::timeout(limit, run).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{self} run did not finish within {limit:?}"),
+                )
+            })?
+        })
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
