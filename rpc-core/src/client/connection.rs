@@ -7,7 +7,9 @@
 //! connection when the peer stays silent past the idle timeout, and on any ending
 //! fails every call still waiting with [`RpcError::ConnectionLost`].
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -31,6 +33,38 @@ const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Where a call's response goes.
 pub(crate) type ReplySlot = oneshot::Sender<Result<Frame, RpcError>>;
 
+/// A call waiting for its response.
+struct Pending {
+    /// Where the response goes.
+    slot: ReplySlot,
+    /// The call's timeout, for the error when it passes.
+    timeout: Duration,
+}
+
+/// Pending calls by request id. Ids are sequential, so a multiplicative hash spreads
+/// them well at a fraction of SipHash's cost.
+type PendingMap = HashMap<u64, Pending, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of a `u64` request id.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// A request on its way from a caller to the connection task.
 pub(crate) enum Outgoing {
     /// A call that expects a response.
@@ -41,6 +75,11 @@ pub(crate) enum Outgoing {
         frame: Bytes,
         /// Where the response goes.
         reply: ReplySlot,
+        /// When the caller gives up; the connection task fails the call then, so
+        /// callers need no timer of their own.
+        deadline: Instant,
+        /// The call's timeout, for the error.
+        timeout: Duration,
     },
     /// A oneway call; `written` is told once the frame is on the socket.
     Oneway {
@@ -73,9 +112,15 @@ struct ConnState {
     reason: OnceLock<String>,
 }
 
-/// A handle to a live connection; cheap to clone.
+/// A handle to a live connection; cloning it is one reference-count increment.
 #[derive(Debug, Clone)]
 pub(crate) struct Connection {
+    /// The sender and the shared flags.
+    inner: Arc<ConnHandle>,
+}
+
+#[derive(Debug)]
+struct ConnHandle {
     /// Requests go to the connection task through here.
     tx: mpsc::UnboundedSender<Outgoing>,
     /// Shared flags.
@@ -88,12 +133,15 @@ impl Connection {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(ConnState::default());
         tokio::spawn(run(stream, peer, rx, Arc::clone(&state), settings));
-        Connection { tx, state }
+        Connection {
+            inner: Arc::new(ConnHandle { tx, state }),
+        }
     }
 
     /// Whether new calls may be sent on this connection.
     pub(crate) fn is_usable(&self) -> bool {
-        !self.state.closed.load(Ordering::Acquire) && !self.state.draining.load(Ordering::Acquire)
+        let state = &self.inner.state;
+        !state.closed.load(Ordering::Acquire) && !state.draining.load(Ordering::Acquire)
     }
 
     /// Hands a request to the connection task.
@@ -102,13 +150,14 @@ impl Connection {
     ///
     /// [`RpcError::ConnectionLost`] if the task has ended.
     pub(crate) fn send(&self, outgoing: Outgoing) -> Result<(), RpcError> {
-        self.tx.send(outgoing).map_err(|_| self.lost())
+        self.inner.tx.send(outgoing).map_err(|_| self.lost())
     }
 
     /// The error for calls on a connection that has ended.
     pub(crate) fn lost(&self) -> RpcError {
         RpcError::ConnectionLost(
-            self.state
+            self.inner
+                .state
                 .reason
                 .get()
                 .cloned()
@@ -129,7 +178,13 @@ async fn run(
     let mut codec = FrameCodec::new(settings.max_frame_len);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut pending: HashMap<u64, ReplySlot> = HashMap::new();
+    let mut pending = PendingMap::default();
+    // Deadlines of pending calls, earliest first; entries of calls already answered are
+    // dropped when they reach the top.
+    let mut deadlines: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     // Oneway callers waiting for their frame to reach the socket; all of them are
     // satisfied when the write buffer next becomes empty.
     let mut written: Vec<oneshot::Sender<Result<(), RpcError>>> = Vec::new();
@@ -176,10 +231,10 @@ async fn run(
             },
             msg = rx.recv(), if !input_closed && !state.draining.load(Ordering::Acquire) && wbuf.len() < WRITE_HIGH_WATER => match msg {
                 Some(msg) => {
-                    enqueue(msg, &mut wbuf, &mut pending, &mut written);
+                    enqueue(msg, &mut wbuf, &mut pending, &mut deadlines, &mut written);
                     while wbuf.len() < WRITE_HIGH_WATER {
                         match rx.try_recv() {
-                            Ok(msg) => enqueue(msg, &mut wbuf, &mut pending, &mut written),
+                            Ok(msg) => enqueue(msg, &mut wbuf, &mut pending, &mut deadlines, &mut written),
                             Err(_) => break,
                         }
                     }
@@ -196,6 +251,19 @@ async fn run(
                 }
                 Err(e) => break format!("write to {peer} failed: {e}"),
             },
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                let now = Instant::now();
+                while let Some(&Reverse((deadline, id))) = deadlines.peek() {
+                    if deadline > now {
+                        break;
+                    }
+                    deadlines.pop();
+                    if let Some(call) = pending.remove(&id) {
+                        let _ = call.slot.send(Err(RpcError::Timeout(call.timeout)));
+                    }
+                }
+            }
             _ = tick.tick() => {
                 let silent = last_read.elapsed();
                 if silent >= settings.idle_timeout {
@@ -206,8 +274,21 @@ async fn run(
                     encode_heartbeat(&mut wbuf, heartbeat_id, false);
                     last_heartbeat = Instant::now();
                 }
-                // Callers that timed out dropped their receivers; forget them.
-                pending.retain(|_, slot| !slot.is_closed());
+                // Callers that gave up (dropped the call) dropped their receivers.
+                pending.retain(|_, call| !call.slot.is_closed());
+            }
+        }
+        // Forget deadlines of answered calls, and aim the timer at the earliest one left.
+        while let Some(&Reverse((_, id))) = deadlines.peek() {
+            if pending.contains_key(&id) {
+                break;
+            }
+            deadlines.pop();
+        }
+        if let Some(&Reverse((deadline, _))) = deadlines.peek() {
+            if armed != Some(deadline) {
+                timer.as_mut().reset(deadline);
+                armed = Some(deadline);
             }
         }
         let draining = state.draining.load(Ordering::Acquire);
@@ -234,8 +315,8 @@ async fn run(
             lost()
         }
     };
-    for (_, slot) in pending.drain() {
-        let _ = slot.send(Err(lost()));
+    for (_, call) in pending.drain() {
+        let _ = call.slot.send(Err(lost()));
     }
     for waiter in written.drain(..) {
         let _ = waiter.send(Err(lost()));
@@ -255,16 +336,30 @@ async fn run(
 fn enqueue(
     msg: Outgoing,
     wbuf: &mut BytesMut,
-    pending: &mut HashMap<u64, ReplySlot>,
+    pending: &mut PendingMap,
+    deadlines: &mut BinaryHeap<Reverse<(Instant, u64)>>,
     written: &mut Vec<oneshot::Sender<Result<(), RpcError>>>,
 ) {
     match msg {
-        Outgoing::Call { id, frame, reply } => {
+        Outgoing::Call {
+            id,
+            frame,
+            reply,
+            deadline,
+            timeout,
+        } => {
             if reply.is_closed() {
                 return;
             }
             wbuf.extend_from_slice(&frame);
-            pending.insert(id, reply);
+            pending.insert(
+                id,
+                Pending {
+                    slot: reply,
+                    timeout,
+                },
+            );
+            deadlines.push(Reverse((deadline, id)));
         }
         Outgoing::Oneway {
             frame,
@@ -281,11 +376,7 @@ fn enqueue(
 /// # Errors
 ///
 /// A frame a client must never receive; the connection is closed.
-fn on_frame(
-    frame: Frame,
-    pending: &mut HashMap<u64, ReplySlot>,
-    state: &ConnState,
-) -> Result<(), String> {
+fn on_frame(frame: Frame, pending: &mut PendingMap, state: &ConnState) -> Result<(), String> {
     let flags = frame.header.flags;
     if flags.contains(Flags::HEARTBEAT) {
         return Ok(());
@@ -300,8 +391,8 @@ fn on_frame(
     if !flags.contains(Flags::RESPONSE) {
         return Err("the server sent a request frame".to_owned());
     }
-    if let Some(slot) = pending.remove(&frame.header.request_id) {
-        let _ = slot.send(Ok(frame));
+    if let Some(call) = pending.remove(&frame.header.request_id) {
+        let _ = call.slot.send(Ok(frame));
     }
     Ok(())
 }

@@ -659,11 +659,13 @@ impl Endpoint {
             id,
             frame,
             reply: tx,
+            deadline: Instant::now() + timeout,
+            timeout,
         })?;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result.map(Some),
-            Ok(Err(_)) => Err(conn.lost()),
-            Err(_) => Err(RpcError::Timeout(timeout)),
+        // The connection task enforces the deadline: no timer per call here.
+        match rx.await {
+            Ok(result) => result.map(Some),
+            Err(_) => Err(conn.lost()),
         }
     }
 }

@@ -36,6 +36,40 @@ impl FrameCodec {
         self.max_frame_len
     }
 
+    /// Checks whether a whole frame sits at the front of `src` without taking it out:
+    /// returns its header, and the frame is `src[..header.frame_len()]` (metadata from
+    /// [`HEADER_LEN`], then the body). The caller advances `src` past it when done.
+    /// This lets a server handle frames straight from its read buffer, with no
+    /// reference-counted slices.
+    ///
+    /// # Errors
+    ///
+    /// As [`Decoder::decode`]: the stream is corrupt and must end.
+    pub fn peek(&mut self, src: &mut BytesMut) -> Result<Option<Header>, CodecError> {
+        let header = match self.pending {
+            Some(header) => header,
+            None => match Header::parse(src, self.max_frame_len)? {
+                Some(header) => header,
+                None => return Ok(None),
+            },
+        };
+        // Bounded by max_frame_len, which Header::parse checked.
+        let total = header.frame_len() as usize;
+        if src.len() < total {
+            self.pending = Some(header);
+            if src.capacity() < total {
+                // Grow to exactly the frame: `reserve` may double the buffer, which
+                // would let a peer make us hold twice the cap.
+                let mut exact = BytesMut::with_capacity(total);
+                exact.extend_from_slice(src);
+                *src = exact;
+            }
+            return Ok(None);
+        }
+        self.pending = None;
+        Ok(Some(header))
+    }
+
     /// Makes room in `buf` for the next read: while a frame is partly received the
     /// decoder has already sized the buffer for exactly that frame, so nothing is added;
     /// otherwise at least `chunk / 4` bytes are made free, reserving `chunk`.
@@ -75,28 +109,10 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        let header = match self.pending {
-            Some(header) => header,
-            None => match Header::parse(src, self.max_frame_len)? {
-                Some(header) => header,
-                None => return Ok(None),
-            },
-        };
-        // Bounded by max_frame_len, which Header::parse checked.
-        let total = header.frame_len() as usize;
-        if src.len() < total {
-            self.pending = Some(header);
-            if src.capacity() < total {
-                // Grow to exactly the frame: `reserve` may double the buffer, which
-                // would let a peer make us hold twice the cap.
-                let mut exact = BytesMut::with_capacity(total);
-                exact.extend_from_slice(src);
-                *src = exact;
-            }
+        let Some(header) = self.peek(src)? else {
             return Ok(None);
-        }
-        self.pending = None;
-        let mut frame = src.split_to(total).freeze();
+        };
+        let mut frame = src.split_to(header.frame_len() as usize).freeze();
         let _ = frame.split_to(HEADER_LEN);
         let metadata = frame.split_to(header.metadata_len as usize);
         Ok(Some(Frame {

@@ -109,7 +109,7 @@ impl Reply {
     }
 
     fn encode<T: Serialize + ?Sized>(status: Status, value: &T) -> Reply {
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(64);
         match rmp_serde::encode::write_named(&mut body, value) {
             Ok(()) => Reply { status, body },
             Err(e) => {

@@ -17,21 +17,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
-use tokio_util::codec::Decoder;
 
 use crate::protocol::metadata::RequestMeta;
 use crate::protocol::{
-    encode_event, encode_heartbeat, encode_raw_response, encode_response, Event, Flags, Frame,
-    FrameCodec, Status, SERIALIZATION_MSGPACK,
+    encode_event, encode_heartbeat, encode_raw_response, encode_response, Event, Flags, FrameCodec,
+    Header, Status, HEADER_LEN, SERIALIZATION_MSGPACK,
 };
-use crate::server::{Reply, ReplyFuture};
+use crate::server::{Reply, ReplyFuture, Service};
 
 use super::ServerShared;
 
@@ -113,6 +112,8 @@ struct Conn<'a> {
     pool_tx: mpsc::UnboundedSender<(u64, bool, Reply)>,
     /// How many handlers are running on the business pool.
     pool_pending: usize,
+    /// The service last called on this connection, to skip the map lookup.
+    last_service: Option<(Box<str>, Arc<dyn Service>)>,
 }
 
 /// Serves one connection until the peer closes it, it breaks the protocol, it goes
@@ -133,6 +134,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         inflight: FuturesUnordered::new(),
         pool_tx,
         pool_pending: 0,
+        last_service: None,
     };
     let mut draining = false;
     let mut read_closed = false;
@@ -183,9 +185,13 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 Ok(_) => {
                     last_read = Instant::now();
                     loop {
-                        match codec.decode(&mut rbuf) {
-                            Ok(Some(frame)) => {
-                                if let Err(reason) = conn.on_frame(frame) {
+                        match codec.peek(&mut rbuf) {
+                            Ok(Some(header)) => {
+                                let total = header.frame_len() as usize;
+                                let meta_end = HEADER_LEN + header.metadata_len as usize;
+                                let handled = conn.on_frame(header, &rbuf[HEADER_LEN..meta_end], &rbuf[meta_end..total]);
+                                rbuf.advance(total);
+                                if let Err(reason) = handled {
                                     tracing::warn!(%peer, %reason, "closing connection: unexpected frame");
                                     close_after_flush(&mut wr, &conn.wbuf).await;
                                     return;
@@ -238,8 +244,12 @@ impl Conn<'_> {
     ///
     /// A frame a server must never receive (a response other than a heartbeat); the
     /// connection is closed.
-    fn on_frame(&mut self, frame: Frame) -> Result<(), &'static str> {
-        let header = frame.header;
+    fn on_frame(
+        &mut self,
+        header: Header,
+        metadata: &[u8],
+        body: &[u8],
+    ) -> Result<(), &'static str> {
         let flags = header.flags;
         if flags.contains(Flags::HEARTBEAT) {
             if !flags.contains(Flags::RESPONSE) {
@@ -261,7 +271,7 @@ impl Conn<'_> {
             self.write_reply(id, oneway, &Reply::error(Status::BadRequest, &message));
             return Ok(());
         }
-        let meta = match RequestMeta::parse(&frame.metadata) {
+        let meta = match RequestMeta::parse(metadata) {
             Ok(meta) => meta,
             Err(e) => {
                 self.write_reply(
@@ -272,7 +282,7 @@ impl Conn<'_> {
                 return Ok(());
             }
         };
-        let Some(service) = self.shared.services.get(meta.service) else {
+        let Some(service) = self.service(meta.service) else {
             let message = format!(
                 "no service `{}` here; this server hosts: {}",
                 meta.service, self.shared.service_names
@@ -280,7 +290,7 @@ impl Conn<'_> {
             self.write_reply(id, oneway, &Reply::error(Status::ServiceNotFound, &message));
             return Ok(());
         };
-        let fut = match service.call(meta.method, &frame.body) {
+        let fut = match service.call(meta.method, body) {
             Ok(fut) => fut,
             Err(e) => {
                 self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
@@ -322,6 +332,19 @@ impl Conn<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The service named `name`, remembering the last one looked up: a connection
+    /// usually calls one service over and over.
+    fn service(&mut self, name: &str) -> Option<Arc<dyn Service>> {
+        if let Some((last, service)) = &self.last_service {
+            if **last == *name {
+                return Some(Arc::clone(service));
+            }
+        }
+        let service = Arc::clone(self.shared.services.get(name)?);
+        self.last_service = Some((name.into(), Arc::clone(&service)));
+        Some(service)
     }
 
     /// Encodes the response to call `id` into the write buffer.
