@@ -499,8 +499,7 @@ impl Client {
     ) -> Result<Option<Frame>, RpcError> {
         let inner = &*self.inner;
         // Encoded once with request id 0; each attempt stamps its own id.
-        let mut request = BytesMut::with_capacity(128);
-        encode(&mut request)?;
+        let request = crate::protocol::scratch::encode_with(encode)?;
         let cluster = match &inner.route {
             Route::Single(endpoint) => return endpoint.call(inner, request, oneway, timeout).await,
             Route::Cluster(cluster) => cluster,

@@ -12,6 +12,7 @@ mod codec;
 mod frame;
 mod message;
 pub mod metadata;
+pub(crate) mod scratch;
 mod status;
 
 pub use codec::{CodecError, FrameCodec};

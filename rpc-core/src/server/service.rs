@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
 use crate::protocol::Status;
@@ -71,7 +72,7 @@ pub struct Reply {
     /// Status to put in the response header.
     pub(crate) status: Status,
     /// The encoded body.
-    pub(crate) body: Vec<u8>,
+    pub(crate) body: BytesMut,
 }
 
 impl fmt::Debug for Reply {
@@ -109,14 +110,17 @@ impl Reply {
     }
 
     fn encode<T: Serialize + ?Sized>(status: Status, value: &T) -> Reply {
-        let mut body = Vec::with_capacity(64);
-        match rmp_serde::encode::write_named(&mut body, value) {
-            Ok(()) => Reply { status, body },
+        let encoded = crate::protocol::scratch::encode_with(|buf| {
+            rmp_serde::encode::write_named(&mut buf.writer(), value)
+        });
+        match encoded {
+            Ok(body) => Reply { status, body },
             Err(e) => {
                 let message = format!("cannot encode the result: {e}");
                 tracing::error!(%message);
-                let mut body = Vec::new();
-                rmp_serde::encode::write(&mut body, &message).expect("strings always encode");
+                let mut body = BytesMut::new();
+                rmp_serde::encode::write(&mut (&mut body).writer(), &message)
+                    .expect("strings always encode");
                 Reply {
                     status: Status::InternalError,
                     body,
