@@ -144,6 +144,14 @@ impl Connection {
         !state.closed.load(Ordering::Acquire) && !state.draining.load(Ordering::Acquire)
     }
 
+    /// Whether the server announced shutdown (GOAWAY) and the connection is still
+    /// finishing its calls. Once it has closed this is false again, so the next call
+    /// dials afresh (the server may be back).
+    pub(crate) fn is_draining(&self) -> bool {
+        let state = &self.inner.state;
+        state.draining.load(Ordering::Acquire) && !state.closed.load(Ordering::Acquire)
+    }
+
     /// Hands a request to the connection task.
     ///
     /// # Errors
@@ -198,37 +206,14 @@ async fn run(
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    let mut yield_now = false;
     let reason: String = loop {
+        if std::mem::take(&mut yield_now) {
+            tokio::task::yield_now().await;
+        }
         codec.reserve_for_read(&mut rbuf, READ_CHUNK);
         tokio::select! {
             biased;
-            res = rd.read_buf(&mut rbuf) => match res {
-                Ok(0) => break "the server closed the connection".to_owned(),
-                Ok(_) => {
-                    last_read = Instant::now();
-                    let mut failure = None;
-                    loop {
-                        match codec.decode(&mut rbuf) {
-                            Ok(Some(frame)) => {
-                                if let Err(reason) = on_frame(frame, &mut pending, &state) {
-                                    failure = Some(reason);
-                                    break;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                failure = Some(format!("malformed response from {peer}: {e}"));
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(reason) = failure {
-                        tracing::warn!(%peer, %reason, "closing connection");
-                        break reason;
-                    }
-                }
-                Err(e) => break format!("read from {peer} failed: {e}"),
-            },
             msg = rx.recv(), if !input_closed && !state.draining.load(Ordering::Acquire) && wbuf.len() < WRITE_HIGH_WATER => match msg {
                 Some(msg) => {
                     enqueue(msg, &mut wbuf, &mut pending, &mut deadlines, &mut written);
@@ -250,6 +235,38 @@ async fn run(
                     }
                 }
                 Err(e) => break format!("write to {peer} failed: {e}"),
+            },
+            res = rd.read_buf(&mut rbuf) => match res {
+                Ok(0) => break "the server closed the connection".to_owned(),
+                Ok(_) => {
+                    last_read = Instant::now();
+                    let mut failure = None;
+                    let waiting = pending.len();
+                    loop {
+                        match codec.decode(&mut rbuf) {
+                            Ok(Some(frame)) => {
+                                if let Err(reason) = on_frame(frame, &mut pending, &state) {
+                                    failure = Some(reason);
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                failure = Some(format!("malformed response from {peer}: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(reason) = failure {
+                        tracing::warn!(%peer, %reason, "closing connection");
+                        break reason;
+                    }
+                    // Let the callers just answered run (and queue their next calls)
+                    // before reading on: their requests then go out while the rest of
+                    // the server's replies are still arriving.
+                    yield_now = pending.len() < waiting;
+                }
+                Err(e) => break format!("read from {peer} failed: {e}"),
             },
             () = &mut timer, if armed.is_some() => {
                 armed = None;

@@ -523,6 +523,15 @@ impl Client {
                 .get(&addr)
                 .cloned();
             let Some(endpoint) = endpoint else { continue };
+            let pause = inner
+                .config
+                .reconnect_backoff
+                .max(Duration::from_millis(50));
+            if endpoint.is_draining() {
+                // It announced shutdown (GOAWAY): no new calls; try it again later.
+                cluster.balancer.mark_unhealthy_for(addr, pause);
+                continue;
+            }
             let started = Instant::now();
             let left = deadline.saturating_duration_since(started);
             match endpoint.call(inner, request.clone(), oneway, left).await {
@@ -630,6 +639,17 @@ impl Endpoint {
                 Err(RpcError::Connect { addr, source: e })
             }
         }
+    }
+
+    /// Whether the server announced shutdown on one of our connections to it.
+    fn is_draining(&self) -> bool {
+        self.slots.iter().any(|slot| {
+            slot.conn
+                .lock()
+                .expect("slot lock")
+                .as_ref()
+                .is_some_and(Connection::is_draining)
+        })
     }
 
     /// One attempt of a call on this endpoint.
