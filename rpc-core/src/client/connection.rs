@@ -7,9 +7,6 @@
 //! connection when the peer stays silent past the idle timeout, and on any ending
 //! fails every call still waiting with [`RpcError::ConnectionLost`].
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,60 +22,26 @@ use tokio_util::codec::Decoder;
 use crate::error::RpcError;
 use crate::protocol::{encode_heartbeat, Event, Flags, Frame, FrameCodec};
 
+use super::pending::{Calls, Pending, ReplySlot};
+
+/// Where the request id sits in a frame header.
+const REQUEST_ID: std::ops::Range<usize> = 8..16;
+
 /// Reads are made into at least this much free buffer space.
 const READ_CHUNK: usize = 64 * 1024;
 /// Stop taking new requests from callers while this much is waiting to be written.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 
-/// Where a call's response goes.
-pub(crate) type ReplySlot = oneshot::Sender<Result<Frame, RpcError>>;
-
-/// A call waiting for its response.
-struct Pending {
-    /// Where the response goes.
-    slot: ReplySlot,
-    /// The call's timeout, for the error when it passes.
-    timeout: Duration,
-}
-
-/// Pending calls by request id. Ids are sequential, so a multiplicative hash spreads
-/// them well at a fraction of SipHash's cost.
-type PendingMap = HashMap<u64, Pending, BuildHasherDefault<IdHasher>>;
-
-/// Fibonacci hashing of a `u64` request id.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 /// A request on its way from a caller to the connection task.
 pub(crate) enum Outgoing {
     /// A call that expects a response.
     Call {
-        /// Its request id, already written into `frame`.
-        id: u64,
-        /// The encoded request frame.
+        /// The encoded request frame; the connection task stamps its request id.
         frame: Bytes,
         /// Where the response goes.
         reply: ReplySlot,
-        /// When the caller gives up; the connection task fails the call then, so
-        /// callers need no timer of their own.
-        deadline: Instant,
-        /// The call's timeout, for the error.
+        /// How long the caller waits. The connection task fails the call when it
+        /// passes, so callers need no timer of their own.
         timeout: Duration,
     },
     /// A oneway call; `written` is told once the frame is on the socket.
@@ -186,10 +149,8 @@ async fn run(
     let mut codec = FrameCodec::new(settings.max_frame_len);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut pending = PendingMap::default();
-    // Deadlines of pending calls, earliest first; entries of calls already answered are
-    // dropped when they reach the top.
-    let mut deadlines: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut pending = Calls::default();
+    let mut oneway_id: u64 = 0;
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
@@ -216,10 +177,11 @@ async fn run(
             biased;
             msg = rx.recv(), if !input_closed && !state.draining.load(Ordering::Acquire) && wbuf.len() < WRITE_HIGH_WATER => match msg {
                 Some(msg) => {
-                    enqueue(msg, &mut wbuf, &mut pending, &mut deadlines, &mut written);
-                    while wbuf.len() < WRITE_HIGH_WATER {
+                    let mut queue = Queue { wbuf: &mut wbuf, pending: &mut pending, written: &mut written, oneway_id: &mut oneway_id, now: Instant::now() };
+                    queue.push(msg);
+                    while queue.wbuf.len() < WRITE_HIGH_WATER {
                         match rx.try_recv() {
-                            Ok(msg) => enqueue(msg, &mut wbuf, &mut pending, &mut deadlines, &mut written),
+                            Ok(msg) => queue.push(msg),
                             Err(_) => break,
                         }
                     }
@@ -270,16 +232,7 @@ async fn run(
             },
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                let now = Instant::now();
-                while let Some(&Reverse((deadline, id))) = deadlines.peek() {
-                    if deadline > now {
-                        break;
-                    }
-                    deadlines.pop();
-                    if let Some(call) = pending.remove(&id) {
-                        let _ = call.slot.send(Err(RpcError::Timeout(call.timeout)));
-                    }
-                }
+                pending.expire(Instant::now());
             }
             _ = tick.tick() => {
                 let silent = last_read.elapsed();
@@ -292,17 +245,11 @@ async fn run(
                     last_heartbeat = Instant::now();
                 }
                 // Callers that gave up (dropped the call) dropped their receivers.
-                pending.retain(|_, call| !call.slot.is_closed());
+                pending.forget_abandoned();
             }
         }
-        // Forget deadlines of answered calls, and aim the timer at the earliest one left.
-        while let Some(&Reverse((_, id))) = deadlines.peek() {
-            if pending.contains_key(&id) {
-                break;
-            }
-            deadlines.pop();
-        }
-        if let Some(&Reverse((deadline, _))) = deadlines.peek() {
+        // Aim the timer at the earliest deadline left.
+        if let Some(deadline) = pending.next_deadline() {
             if armed != Some(deadline) {
                 timer.as_mut().reset(deadline);
                 armed = Some(deadline);
@@ -332,7 +279,7 @@ async fn run(
             lost()
         }
     };
-    for (_, call) in pending.drain() {
+    for call in pending.drain() {
         let _ = call.slot.send(Err(lost()));
     }
     for waiter in written.drain(..) {
@@ -350,41 +297,48 @@ async fn run(
     }
 }
 
-fn enqueue(
-    msg: Outgoing,
-    wbuf: &mut BytesMut,
-    pending: &mut PendingMap,
-    deadlines: &mut BinaryHeap<Reverse<(Instant, u64)>>,
-    written: &mut Vec<oneshot::Sender<Result<(), RpcError>>>,
-) {
-    match msg {
-        Outgoing::Call {
-            id,
-            frame,
-            reply,
-            deadline,
-            timeout,
-        } => {
-            if reply.is_closed() {
-                return;
-            }
-            wbuf.extend_from_slice(&frame);
-            pending.insert(
-                id,
-                Pending {
+/// Appends callers' requests to the write buffer, stamping request ids.
+struct Queue<'a> {
+    /// The connection's write buffer.
+    wbuf: &'a mut BytesMut,
+    /// Calls waiting for responses.
+    pending: &'a mut Calls,
+    /// Oneway callers waiting for their frame to be written.
+    written: &'a mut Vec<oneshot::Sender<Result<(), RpcError>>>,
+    /// Ids for oneway requests, which get no response.
+    oneway_id: &'a mut u64,
+    /// Deadlines count from here (one clock read per batch).
+    now: Instant,
+}
+
+impl Queue<'_> {
+    fn push(&mut self, msg: Outgoing) {
+        let start = self.wbuf.len();
+        let id = match msg {
+            Outgoing::Call {
+                frame,
+                reply,
+                timeout,
+            } => {
+                if reply.is_closed() {
+                    return;
+                }
+                self.wbuf.extend_from_slice(&frame);
+                let call = Pending {
                     slot: reply,
                     timeout,
-                },
-            );
-            deadlines.push(Reverse((deadline, id)));
-        }
-        Outgoing::Oneway {
-            frame,
-            written: waiter,
-        } => {
-            wbuf.extend_from_slice(&frame);
-            written.push(waiter);
-        }
+                };
+                self.pending.insert(call, self.now + timeout)
+            }
+            Outgoing::Oneway { frame, written } => {
+                self.wbuf.extend_from_slice(&frame);
+                self.written.push(written);
+                *self.oneway_id = self.oneway_id.wrapping_add(1);
+                *self.oneway_id
+            }
+        };
+        self.wbuf[start + REQUEST_ID.start..start + REQUEST_ID.end]
+            .copy_from_slice(&id.to_be_bytes());
     }
 }
 
@@ -393,7 +347,7 @@ fn enqueue(
 /// # Errors
 ///
 /// A frame a client must never receive; the connection is closed.
-fn on_frame(frame: Frame, pending: &mut PendingMap, state: &ConnState) -> Result<(), String> {
+fn on_frame(frame: Frame, pending: &mut Calls, state: &ConnState) -> Result<(), String> {
     let flags = frame.header.flags;
     if flags.contains(Flags::HEARTBEAT) {
         return Ok(());
@@ -408,7 +362,7 @@ fn on_frame(frame: Frame, pending: &mut PendingMap, state: &ConnState) -> Result
     if !flags.contains(Flags::RESPONSE) {
         return Err("the server sent a request frame".to_owned());
     }
-    if let Some(call) = pending.remove(&frame.header.request_id) {
+    if let Some(call) = pending.remove(frame.header.request_id) {
         let _ = call.slot.send(Ok(frame));
     }
     Ok(())

@@ -18,12 +18,13 @@
 
 mod call;
 mod connection;
+mod pending;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -39,9 +40,6 @@ use crate::error::RpcError;
 use crate::protocol::{Frame, DEFAULT_MAX_FRAME_LEN};
 use crate::runtime::OwnedRuntime;
 use connection::{ConnSettings, Connection, Outgoing};
-
-/// Where the request id sits in a frame header.
-const REQUEST_ID: std::ops::Range<usize> = 8..16;
 
 /// Client settings. Build with [`ClientBuilder`] or start from `ClientConfig::default()`.
 #[derive(Debug, Clone)]
@@ -290,8 +288,6 @@ struct ClientInner {
     config: ClientConfig,
     /// Where calls go: one server, or a balanced set of providers.
     route: Route,
-    /// Request ids are unique per client.
-    next_id: AtomicU64,
     /// The runtime connection tasks and callbacks run on.
     runtime: Handle,
     /// Present when the client owns its runtime (built from non-async code).
@@ -404,7 +400,6 @@ impl Client {
             inner: Arc::new(ClientInner {
                 config,
                 route,
-                next_id: AtomicU64::new(1),
                 runtime,
                 _owned: owned,
             }),
@@ -656,13 +651,11 @@ impl Endpoint {
     async fn call(
         &self,
         client: &ClientInner,
-        mut request: BytesMut,
+        request: BytesMut,
         oneway: bool,
         timeout: Duration,
     ) -> Result<Option<Frame>, RpcError> {
         let conn = self.connection(client).await?;
-        let id = client.next_id.fetch_add(1, Ordering::Relaxed);
-        request[REQUEST_ID].copy_from_slice(&id.to_be_bytes());
         let frame: Bytes = request.freeze();
         if oneway {
             let (tx, rx) = oneshot::channel();
@@ -675,10 +668,8 @@ impl Endpoint {
         }
         let (tx, rx) = oneshot::channel();
         conn.send(Outgoing::Call {
-            id,
             frame,
             reply: tx,
-            deadline: Instant::now() + timeout,
             timeout,
         })?;
         // The connection task enforces the deadline: no timer per call here.
