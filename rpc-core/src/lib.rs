@@ -101,7 +101,7 @@ pub use rpc_macros::service;
 pub mod __private {
     pub use serde;
 
-    pub use crate::server::{DispatchError, Reply, ReplyFuture, Service};
+    pub use crate::server::{dispatched, DispatchError, Dispatched, Fallible, Plain, Service};
 
     /// Decodes a method's argument tuple.
     ///

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::frame::{Flags, Header, ProtocolError, HEADER_LEN, SERIALIZATION_MSGPACK};
 use super::metadata::{MetadataWriter, TraceContext};
-use super::status::Event;
+use super::status::{Event, Status};
 
 /// What goes into a request's metadata section.
 #[derive(Debug, Clone, Copy)]
@@ -177,6 +177,50 @@ fn put_empty(dst: &mut BytesMut, flags: Flags, status: u8, request_id: u64) {
     }
     .write_to(&mut header);
     dst.put_slice(&header);
+}
+
+/// Appends a response frame whose body `encode_body` writes straight into `dst`, so
+/// the result is serialized once, into the buffer that goes to the socket.
+///
+/// # Errors
+///
+/// What `encode_body` returns, or a frame longer than `max_frame_len`; `dst` is left
+/// as it was.
+pub fn encode_response_with<E>(
+    dst: &mut BytesMut,
+    request_id: u64,
+    max_frame_len: usize,
+    encode_body: impl FnOnce(&mut BytesMut) -> Result<Status, E>,
+) -> Result<Status, ResponseError<E>> {
+    let start = dst.len();
+    dst.put_bytes(0, HEADER_LEN);
+    let result = match encode_body(dst) {
+        Ok(status) => finish(
+            dst,
+            start,
+            start + HEADER_LEN,
+            Flags::RESPONSE,
+            status.code(),
+            request_id,
+            max_frame_len,
+        )
+        .map(|()| status)
+        .map_err(ResponseError::Frame),
+        Err(e) => Err(ResponseError::Body(e)),
+    };
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+/// Why [`encode_response_with`] wrote nothing.
+#[derive(Debug)]
+pub enum ResponseError<E> {
+    /// The body encoder failed.
+    Body(E),
+    /// The frame breaks a protocol limit.
+    Frame(EncodeError),
 }
 
 /// Fills in the header of a frame written from `start`, whose metadata ends at

@@ -22,6 +22,6 @@ pub use frame::{
 };
 pub use message::{
     encode_event, encode_heartbeat, encode_raw_response, encode_request, encode_response,
-    EncodeError, RequestTarget,
+    encode_response_with, EncodeError, RequestTarget, ResponseError,
 };
 pub use status::{Event, Status};

@@ -42,7 +42,10 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use service::{DispatchError, Reply, ReplyFuture, Service};
+pub use service::{
+    dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,
+    Reply, Service,
+};
 
 use crate::protocol::DEFAULT_MAX_FRAME_LEN;
 use crate::runtime::OwnedRuntime;

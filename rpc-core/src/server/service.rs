@@ -3,14 +3,106 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::future::{maybe_done, MaybeDone};
 
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
 use crate::protocol::Status;
 
-/// The future a dispatched call runs to produce its [`Reply`].
-pub type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+/// A dispatched call: the running handler, and the way to encode its result once it
+/// has finished. One allocation per call; the result is serialized straight into the
+/// connection's write buffer.
+pub type Dispatched = Pin<Box<dyn Handler>>;
+
+/// A running call, as [`Service::call`] returns it. Implemented for
+/// [`dispatched`]'s wrapper; implement it by hand only for dynamic services.
+pub trait Handler: Send {
+    /// Drives the handler; `Ready` once it has finished.
+    fn poll_done(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Encodes the finished handler's result as a response body into `out` and returns
+    /// the status to send with it. Called once, after `poll_done` returned `Ready`.
+    ///
+    /// # Errors
+    ///
+    /// If the result cannot be serialized (or the handler had not finished).
+    fn encode_result(self: Pin<&mut Self>, out: &mut BytesMut) -> Result<Status, EncodeFailure>;
+}
+
+/// A handler's result could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode the result: {0}")]
+pub struct EncodeFailure(String);
+
+/// A method's result, ready to become a response body. The macro wraps every result in
+/// [`Plain`] or [`Fallible`].
+pub trait IntoReply: Send {
+    /// Serializes the result into `out`; returns the response status.
+    ///
+    /// # Errors
+    ///
+    /// If serialization fails.
+    fn encode_reply(&self, out: &mut BytesMut) -> Result<Status, EncodeFailure>;
+}
+
+/// The result of a method that cannot fail: always [`Status::Ok`].
+#[derive(Debug)]
+pub struct Plain<T>(pub T);
+
+/// The result of a method returning `Result<T, E>`: `Err` goes out as
+/// [`Status::ApplicationError`] carrying `E`.
+#[derive(Debug)]
+pub struct Fallible<T, E>(pub Result<T, E>);
+
+fn serialize<T: Serialize + ?Sized>(value: &T, out: &mut BytesMut) -> Result<(), EncodeFailure> {
+    rmp_serde::encode::write_named(&mut out.writer(), value)
+        .map_err(|e| EncodeFailure(e.to_string()))
+}
+
+impl<T: Serialize + Send> IntoReply for Plain<T> {
+    fn encode_reply(&self, out: &mut BytesMut) -> Result<Status, EncodeFailure> {
+        serialize(&self.0, out).map(|()| Status::Ok)
+    }
+}
+
+impl<T: Serialize + Send, E: Serialize + Send> IntoReply for Fallible<T, E> {
+    fn encode_reply(&self, out: &mut BytesMut) -> Result<Status, EncodeFailure> {
+        match &self.0 {
+            Ok(v) => serialize(v, out).map(|()| Status::Ok),
+            Err(e) => serialize(e, out).map(|()| Status::ApplicationError),
+        }
+    }
+}
+
+impl<F> Handler for MaybeDone<F>
+where
+    F: Future + Send,
+    F::Output: IntoReply,
+{
+    fn poll_done(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Future::poll(self, cx)
+    }
+
+    fn encode_result(self: Pin<&mut Self>, out: &mut BytesMut) -> Result<Status, EncodeFailure> {
+        match self.take_output() {
+            Some(result) => result.encode_reply(out),
+            None => Err(EncodeFailure("the handler has not finished".to_owned())),
+        }
+    }
+}
+
+/// Wraps a handler future (whose output is [`Plain`] or [`Fallible`]) as a
+/// [`Dispatched`] call.
+pub fn dispatched<F>(handler: F) -> Dispatched
+where
+    F: Future + Send + 'static,
+    F::Output: IntoReply + 'static,
+{
+    Box::pin(maybe_done(handler))
+}
 
 /// A service a [`Server`](crate::Server) can host.
 ///
@@ -26,13 +118,13 @@ pub trait Service: Send + Sync + 'static {
     fn methods(&self) -> &'static [&'static str];
 
     /// Decodes `args` (the MessagePack argument tuple) for `method` and returns the
-    /// future that runs it.
+    /// running call (see [`dispatched`]).
     ///
     /// # Errors
     ///
     /// [`DispatchError::MethodNotFound`] for an unknown method,
     /// [`DispatchError::BadRequest`] for arguments that do not decode.
-    fn call(&self, method: &str, args: &[u8]) -> Result<ReplyFuture, DispatchError>;
+    fn call(&self, method: &str, args: &[u8]) -> Result<Dispatched, DispatchError>;
 }
 
 /// Why a call could not be dispatched to a handler.
@@ -85,47 +177,33 @@ impl fmt::Debug for Reply {
 }
 
 impl Reply {
-    /// A successful reply carrying `value`.
-    pub fn ok<T: Serialize + ?Sized>(value: &T) -> Reply {
-        Reply::encode(Status::Ok, value)
-    }
-
-    /// The reply for a method returning `Result<T, E>`: `Ok` as a success, `Err` as an
-    /// application error carrying `E`.
-    pub fn result<T: Serialize, E: Serialize>(value: &Result<T, E>) -> Reply {
-        match value {
-            Ok(v) => Reply::encode(Status::Ok, v),
-            Err(e) => Reply::encode(Status::ApplicationError, e),
-        }
-    }
-
     /// An error reply with a human-readable message.
     pub fn error(status: Status, message: &str) -> Reply {
-        Reply::encode(status, message)
+        let mut body = BytesMut::new();
+        rmp_serde::encode::write(&mut (&mut body).writer(), message)
+            .expect("strings always encode");
+        Reply { status, body }
+    }
+
+    /// The reply of a finished call, encoded into a buffer of its own (for handlers
+    /// that ran away from the connection's worker).
+    pub(crate) fn finished(mut call: Dispatched) -> Reply {
+        let mut status = Status::Ok;
+        let encoded = crate::protocol::scratch::encode_with(|buf| {
+            status = call.as_mut().encode_result(buf)?;
+            Ok::<(), EncodeFailure>(())
+        });
+        match encoded {
+            Ok(body) => Reply { status, body },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a result");
+                Reply::error(Status::InternalError, &e.to_string())
+            }
+        }
     }
 
     /// The reply's status.
     pub fn status(&self) -> Status {
         self.status
-    }
-
-    fn encode<T: Serialize + ?Sized>(status: Status, value: &T) -> Reply {
-        let encoded = crate::protocol::scratch::encode_with(|buf| {
-            rmp_serde::encode::write_named(&mut buf.writer(), value)
-        });
-        match encoded {
-            Ok(body) => Reply { status, body },
-            Err(e) => {
-                let message = format!("cannot encode the result: {e}");
-                tracing::error!(%message);
-                let mut body = BytesMut::new();
-                rmp_serde::encode::write(&mut (&mut body).writer(), &message)
-                    .expect("strings always encode");
-                Reply {
-                    status: Status::InternalError,
-                    body,
-                }
-            }
-        }
     }
 }

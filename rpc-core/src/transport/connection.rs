@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -27,10 +27,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::protocol::metadata::RequestMeta;
 use crate::protocol::{
-    encode_event, encode_heartbeat, encode_raw_response, encode_response, Event, Flags, FrameCodec,
-    Header, Status, HEADER_LEN, SERIALIZATION_MSGPACK,
+    encode_event, encode_heartbeat, encode_raw_response, encode_response, encode_response_with,
+    Event, Flags, FrameCodec, Header, ResponseError, Status, HEADER_LEN, SERIALIZATION_MSGPACK,
 };
-use crate::server::{Reply, ReplyFuture, Service};
+use crate::server::{Dispatched, Reply, Service};
 
 use super::ServerShared;
 
@@ -51,36 +51,56 @@ struct InFlight {
     id: u64,
     /// No response is written for oneway calls.
     oneway: bool,
-    /// The handler.
-    fut: ReplyFuture,
+    /// The running call; taken out when it finishes.
+    call: Option<Dispatched>,
     /// The caller's deadline, armed once the handler did not finish at once.
     deadline: Option<Pin<Box<Sleep>>>,
     /// The caller's timeout, reported when the deadline passes.
     timeout: Option<Duration>,
 }
 
+/// How a call ended.
+enum Outcome {
+    /// The handler finished; its result is still to be encoded.
+    Finished(Dispatched),
+    /// It failed (panic, deadline); this is the reply.
+    Failed(Reply),
+}
+
 impl Future for InFlight {
-    type Output = (u64, bool, Reply);
+    type Output = (u64, bool, Outcome);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)));
-        let reply = match polled {
-            Ok(Poll::Ready(reply)) => reply,
+        let Some(call) = this.call.as_mut() else {
+            return Poll::Pending;
+        };
+        let outcome = match poll_guarded(call, cx) {
+            Ok(Poll::Ready(())) => Outcome::Finished(this.call.take().expect("present")),
             Ok(Poll::Pending) => {
-                if let Some(deadline) = this.deadline.as_mut() {
-                    if deadline.as_mut().poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    deadline_passed(this.timeout)
-                } else {
+                let passed = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if !passed {
                     return Poll::Pending;
                 }
+                this.call = None;
+                Outcome::Failed(deadline_passed(this.timeout))
             }
-            Err(panic) => panicked(&*panic),
+            Err(reply) => {
+                this.call = None;
+                Outcome::Failed(reply)
+            }
         };
-        Poll::Ready((this.id, this.oneway, reply))
+        Poll::Ready((this.id, this.oneway, outcome))
     }
+}
+
+/// Polls a handler, turning a panic into an internal-error reply.
+fn poll_guarded(call: &mut Dispatched, cx: &mut Context<'_>) -> Result<Poll<()>, Reply> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll_done(cx)))
+        .map_err(|panic| panicked(&*panic))
 }
 
 fn deadline_passed(timeout: Option<Duration>) -> Reply {
@@ -168,8 +188,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 tracing::warn!(%peer, in_flight, "drain timeout passed; closing connection with calls still running");
                 break;
             }
-            Some((id, oneway, reply)) = conn.inflight.next(), if !conn.inflight.is_empty() => {
-                conn.write_reply(id, oneway, &reply);
+            Some((id, oneway, outcome)) = conn.inflight.next(), if !conn.inflight.is_empty() => {
+                conn.write_outcome(id, oneway, outcome);
             }
             Some((id, oneway, reply)) = pool_rx.recv(), if conn.pool_pending > 0 => {
                 conn.pool_pending -= 1;
@@ -311,8 +331,8 @@ impl Conn<'_> {
             self.write_reply(id, oneway, &Reply::error(Status::ServiceNotFound, &message));
             return Ok(());
         };
-        let fut = match service.call(meta.method, body) {
-            Ok(fut) => fut,
+        let mut call = match service.call(meta.method, body) {
+            Ok(call) => call,
             Err(e) => {
                 self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
                 return Ok(());
@@ -321,38 +341,75 @@ impl Conn<'_> {
         let timeout = meta.timeout;
         match &self.shared.pool {
             None => {
-                let mut call = InFlight {
-                    id,
-                    oneway,
-                    fut,
-                    deadline: None,
-                    timeout,
-                };
-                match (&mut call).now_or_never() {
-                    Some((id, oneway, reply)) => self.write_reply(id, oneway, &reply),
-                    None => {
-                        call.deadline = timeout.map(|t| Box::pin(tokio::time::sleep(t)));
-                        self.inflight.push(call);
-                    }
+                // Most handlers finish on their first poll: encode the result right
+                // away, straight into the write buffer.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match poll_guarded(&mut call, &mut cx) {
+                    Ok(Poll::Ready(())) => self.write_outcome(id, oneway, Outcome::Finished(call)),
+                    Ok(Poll::Pending) => self.inflight.push(InFlight {
+                        id,
+                        oneway,
+                        call: Some(call),
+                        deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                        timeout,
+                    }),
+                    Err(reply) => self.write_reply(id, oneway, &reply),
                 }
             }
             Some(pool) => {
                 self.pool_pending += 1;
                 let tx = self.pool_tx.clone();
                 pool.spawn(async move {
-                    let guarded = AssertUnwindSafe(fut).catch_unwind();
-                    let reply = match timeout {
-                        Some(t) => match tokio::time::timeout(t, guarded).await {
-                            Ok(r) => r.unwrap_or_else(|panic| panicked(&*panic)),
-                            Err(_) => deadline_passed(timeout),
-                        },
-                        None => guarded.await.unwrap_or_else(|panic| panicked(&*panic)),
+                    let run = std::future::poll_fn(|cx| match poll_guarded(&mut call, cx) {
+                        Ok(Poll::Pending) => Poll::Pending,
+                        Ok(Poll::Ready(())) => Poll::Ready(None),
+                        Err(reply) => Poll::Ready(Some(reply)),
+                    });
+                    let failed = match timeout {
+                        Some(t) => tokio::time::timeout(t, run)
+                            .await
+                            .unwrap_or_else(|_| Some(deadline_passed(timeout))),
+                        None => run.await,
+                    };
+                    let reply = match failed {
+                        Some(reply) => reply,
+                        None if oneway => Reply::error(Status::Ok, ""),
+                        None => {
+                            std::panic::catch_unwind(AssertUnwindSafe(|| Reply::finished(call)))
+                                .unwrap_or_else(|panic| panicked(&*panic))
+                        }
                     };
                     let _ = tx.send((id, oneway, reply));
                 });
             }
         }
         Ok(())
+    }
+
+    /// Writes the response for a call that ended, encoding a finished handler's result
+    /// straight into the write buffer.
+    fn write_outcome(&mut self, id: u64, oneway: bool, outcome: Outcome) {
+        let mut call = match outcome {
+            Outcome::Failed(reply) => return self.write_reply(id, oneway, &reply),
+            Outcome::Finished(call) => call,
+        };
+        if oneway {
+            return;
+        }
+        let max = self.shared.config.max_frame_len;
+        let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            encode_response_with(&mut self.wbuf, id, max, |out| {
+                call.as_mut().encode_result(out)
+            })
+        }));
+        let failure = match encoded {
+            Ok(Ok(_)) => return,
+            Ok(Err(ResponseError::Body(e))) => e.to_string(),
+            Ok(Err(ResponseError::Frame(e))) => format!("the response could not be sent: {e}"),
+            Err(panic) => return self.write_reply(id, oneway, &panicked(&*panic)),
+        };
+        tracing::error!(peer = %self.peer, %failure, "cannot send response");
+        self.write_reply(id, oneway, &Reply::error(Status::InternalError, &failure));
     }
 
     /// The service named `name`, remembering the last one looked up: a connection

@@ -22,17 +22,16 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
         let args_ty = args_type(m);
         let pattern = args_pattern(m);
         let names = m.args.iter().map(|(arg, _)| arg);
-        let reply = match &m.output {
-            Output::Result { .. } => quote!(::rpc_core::__private::Reply::result(&__rpc_result)),
-            _ => quote!(::rpc_core::__private::Reply::ok(&__rpc_result)),
+        let wrap = match &m.output {
+            Output::Result { .. } => quote!(::rpc_core::__private::Fallible),
+            _ => quote!(::rpc_core::__private::Plain),
         };
         quote! {
             #method_name => {
                 let #pattern: #args_ty = ::rpc_core::__private::decode_args(__rpc_method, __rpc_args)?;
                 let __rpc_service = <::std::sync::Arc<__RpcS> as ::core::clone::Clone>::clone(&self.service);
-                ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
-                    let __rpc_result = <__RpcS as #trait_ident>::#name(&*__rpc_service, #(#names),*).await;
-                    #reply
+                ::core::result::Result::Ok(::rpc_core::__private::dispatched(async move {
+                    #wrap(<__RpcS as #trait_ident>::#name(&*__rpc_service, #(#names),*).await)
                 }))
             }
         }
@@ -80,7 +79,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
                 &self,
                 __rpc_method: &str,
                 __rpc_args: &[u8],
-            ) -> ::core::result::Result<::rpc_core::__private::ReplyFuture, ::rpc_core::__private::DispatchError> {
+            ) -> ::core::result::Result<::rpc_core::__private::Dispatched, ::rpc_core::__private::DispatchError> {
                 match __rpc_method {
                     #(#arms)*
                     _ => ::core::result::Result::Err(::rpc_core::__private::method_not_found(#wire_name, __rpc_method)),
