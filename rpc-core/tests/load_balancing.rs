@@ -207,3 +207,28 @@ async fn ip_hash_keeps_a_key_on_one_provider() {
         h.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freshly_started_provider_warms_up() {
+    let (old, fresh) = (
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+    );
+    let long_ago = std::time::Instant::now() - Duration::from_secs(3600);
+    let client = Client::builder()
+        .balancer(Strategy::WeightedRoundRobin)
+        .balancer_config(rpc_core::lb::Config::default().warm_up(Duration::from_secs(600)))
+        .connect_providers(
+            "test.Whoami",
+            [
+                Provider::new(old.local_addr()).started_at(long_ago),
+                Provider::new(fresh.local_addr()).started_at(std::time::Instant::now()),
+            ],
+        );
+    let counts = spread(&client, 200, 1).await;
+    let fresh_calls = counts.get(&fresh.local_addr().port()).copied().unwrap_or(0);
+    // Seconds into a ten-minute warm-up, the new provider gets a sliver of the traffic.
+    assert!(fresh_calls <= 4, "{counts:?}");
+    old.shutdown().await.unwrap();
+    fresh.shutdown().await.unwrap();
+}

@@ -90,6 +90,8 @@ pub struct ClientBuilder {
     config: ClientConfig,
     /// How calls are spread over several providers.
     strategy: Strategy,
+    /// Warm-up period, hash-ring size and latency decay of the balancer.
+    balancer_config: rpc_lb::Config,
 }
 
 impl ClientBuilder {
@@ -178,6 +180,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Sets the balancer's tuning: the warm-up period over which a newly started
+    /// provider (one with [`Provider::started_at`]) ramps up to its full weight, the
+    /// consistent-hash ring size, the latency decay of the adaptive strategy.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = rpc_core::Client::builder()
+    ///     .balancer_config(rpc_core::lb::Config::default().warm_up(Duration::from_secs(60)));
+    /// ```
+    pub fn balancer_config(mut self, config: rpc_lb::Config) -> Self {
+        self.balancer_config = config;
+        self
+    }
+
     /// A client for `service` spread over several providers, each call going to the
     /// provider the balancer picks. Connections are made on first use; a provider that
     /// cannot be reached is skipped for a backoff period and the call goes to another.
@@ -219,7 +235,7 @@ impl ClientBuilder {
         owned: Option<OwnedRuntime>,
     ) -> Client {
         let cluster = Cluster {
-            balancer: LoadBalancer::new(service, self.strategy),
+            balancer: LoadBalancer::with_config(service, self.strategy, self.balancer_config),
             endpoints: RwLock::new(HashMap::new()),
         };
         let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned);
