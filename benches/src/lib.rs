@@ -27,6 +27,13 @@
 //!   ([`ServerProcess`]);
 //! - `report`: the markdown table ([`CellResult`], [`markdown_table`]).
 //!
+//! The `rpc-mem` binary (`src/bin/rpc-mem.rs`) measures the server's resident memory
+//! per idle connection and per call in flight:
+//!
+//! ```text
+//! cargo run --release -p rpc-benches --bin rpc-mem
+//! ```
+//!
 //! The criterion micro-benchmarks in `benches/` (frame encode/decode, dispatch of one
 //! call) use the [`Echo`] service defined here.
 //!
@@ -69,6 +76,6 @@ mod systems;
 pub use affinity::{pin_current_thread, CpuLayout};
 pub use load::{Load, Measurement};
 pub use report::{markdown_table, CellResult};
-pub use server_process::ServerProcess;
-pub use systems::ours::{Echo, EchoClient, EchoImpl, EchoServer};
+pub use server_process::{exit_when_stdin_closes, report_port, ServerProcess};
+pub use systems::ours::{serve_with_in_flight_cap, Echo, EchoClient, EchoImpl, EchoServer};
 pub use systems::System;

@@ -9,15 +9,14 @@
 //! `rpc_benches` crate docs for the method.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rpc_benches::{
-    markdown_table, pin_current_thread, CellResult, CpuLayout, Load, Measurement, ServerProcess,
-    System,
+    exit_when_stdin_closes, markdown_table, pin_current_thread, report_port, CellResult, CpuLayout,
+    Load, Measurement, ServerProcess, System,
 };
 
 #[derive(Debug, Parser)]
@@ -96,21 +95,11 @@ fn serve(system: System, cpu: Option<usize>) -> ExitCode {
         }
     }
     // Leave with the driver even if it was killed outright and could not kill us.
-    let watchdog = std::thread::Builder::new()
-        .name("stdin-watchdog".to_owned())
-        .spawn(|| {
-            let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
-            std::process::exit(0);
-        });
-    if let Err(e) = watchdog {
+    if let Err(e) = exit_when_stdin_closes() {
         eprintln!("rpc-bench server: cannot start the stdin watchdog: {e}");
         return ExitCode::FAILURE;
     }
-    let result = system.serve(|addr| {
-        let mut stdout = io::stdout().lock();
-        let _ = writeln!(stdout, "{}", addr.port());
-        let _ = stdout.flush();
-    });
+    let result = system.serve(report_port);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

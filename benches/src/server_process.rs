@@ -1,6 +1,7 @@
-//! A system's server in a child process of its own, killed when dropped.
+//! A system's server in a child process of its own, killed when dropped; and the
+//! child's side of the handshake ([`report_port`], [`exit_when_stdin_closes`]).
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -36,6 +37,19 @@ impl ServerProcess {
         if let Some(cpu) = cpu {
             command.args(["--cpu", &cpu.to_string()]);
         }
+        ServerProcess::start_command(command, system.name())
+    }
+
+    /// Starts `command`, a server that follows the same handshake (prints its port on
+    /// the first line of its stdout, exits when its stdin closes), and waits for the
+    /// port. `what` names the server in errors. Stdin and stdout are piped, stderr is
+    /// inherited.
+    ///
+    /// # Errors
+    ///
+    /// If the child cannot be started or exits without reporting a port; it is killed
+    /// then.
+    pub fn start_command(mut command: Command, what: &str) -> io::Result<ServerProcess> {
         let child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -55,7 +69,7 @@ impl ServerProcess {
         BufReader::new(stdout).read_line(&mut line)?;
         let port: u16 = line.trim().parse().map_err(|_| {
             io::Error::other(format!(
-                "the {system} server did not report a port (printed {line:?})"
+                "the {what} server did not report a port (printed {line:?})"
             ))
         })?;
         process.addr.set_port(port);
@@ -79,4 +93,28 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The child's side of the handshake: prints the port of `addr` as the first line of
+/// stdout, which [`ServerProcess::start`] waits for.
+pub fn report_port(addr: SocketAddr) {
+    let mut stdout = io::stdout().lock();
+    let _ = writeln!(stdout, "{}", addr.port());
+    let _ = stdout.flush();
+}
+
+/// Starts a thread that exits the process once stdin closes, so a server child leaves
+/// with its driver even if the driver was killed outright and could not kill it.
+///
+/// # Errors
+///
+/// If the thread cannot be started.
+pub fn exit_when_stdin_closes() -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin-watchdog".to_owned())
+        .spawn(|| {
+            let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+            std::process::exit(0);
+        })
+        .map(drop)
 }

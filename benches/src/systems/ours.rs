@@ -2,8 +2,9 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use rpc_core::{Client, Server};
+use rpc_core::{Client, Server, ServerConfig};
 use serde_bytes::ByteBuf;
 
 use super::LISTEN_ADDR;
@@ -14,6 +15,9 @@ use crate::load::{closed_loop, EchoCaller, Load, Measurement};
 pub trait Echo {
     /// Returns `data` unchanged.
     async fn echo(&self, data: ByteBuf) -> ByteBuf;
+    /// Sleeps `ms` milliseconds, then returns `ms`: holds a call open on the server
+    /// (`rpc-mem` measures the memory of calls in flight with it).
+    async fn hold(&self, ms: u64) -> u64;
 }
 
 /// Echoes what it is sent.
@@ -24,11 +28,42 @@ impl Echo for EchoImpl {
     async fn echo(&self, data: ByteBuf) -> ByteBuf {
         data
     }
+
+    async fn hold(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
 }
 
 /// Serves [`Echo`] with one worker reactor.
 pub(super) async fn serve(ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    serve_with(ServerConfig::default(), ready).await
+}
+
+/// Runs the server of `rpc-bench server --system ours` (one worker reactor, [`Echo`] on
+/// `127.0.0.1:0`) on a current-thread runtime, but with at most
+/// `max_in_flight_per_connection` calls running per connection instead of the
+/// default, and calls `ready` with the bound address. Returns only on failure.
+///
+/// # Errors
+///
+/// If the runtime cannot start or the socket cannot be bound or accepted on.
+pub fn serve_with_in_flight_cap(
+    max_in_flight_per_connection: usize,
+    ready: impl FnOnce(SocketAddr),
+) -> io::Result<()> {
+    let mut config = ServerConfig::default();
+    config.max_in_flight_per_connection = max_in_flight_per_connection;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve_with(config, ready))
+}
+
+/// Serves [`Echo`] with `config`, on one worker reactor.
+async fn serve_with(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
     let server = Server::builder()
+        .config(config)
         .workers(1)
         .add_service(EchoServer::new(EchoImpl))
         .bind(LISTEN_ADDR)
