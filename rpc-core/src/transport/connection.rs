@@ -42,6 +42,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const EARLY_FLUSH_FRAMES: usize = 64;
 /// See [`EARLY_FLUSH_FRAMES`].
 const EARLY_FLUSH_BYTES: usize = 32 * 1024;
+/// A connection quiet this long gives its buffers back.
+const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// Stop reading new requests while this many response bytes wait to be written.
 const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 
@@ -151,12 +153,14 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     let max_in_flight = shared.config.max_in_flight_per_connection;
     let (mut rd, mut wr) = stream.split();
     let mut codec = FrameCodec::new(max_frame_len);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    // Buffers start empty and are released after a quiet spell, so an idle connection
+    // holds a few KiB, not two read-chunk-sized buffers.
+    let mut rbuf = BytesMut::new();
     let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         shared: &shared,
         peer,
-        wbuf: BytesMut::with_capacity(READ_CHUNK),
+        wbuf: BytesMut::new(),
         inflight: FuturesUnordered::new(),
         pool_tx,
         pool_pending: 0,
@@ -166,7 +170,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     let mut read_closed = false;
     let drain_deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
     tokio::pin!(drain_deadline);
-    let mut idle_check = tokio::time::interval(idle_timeout / 2);
+    let mut idle_check = tokio::time::interval((idle_timeout / 2).min(RELEASE_AFTER));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_read = Instant::now();
     tracing::debug!(%peer, "connection accepted");
@@ -253,6 +257,11 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 }
             },
             _ = idle_check.tick() => {
+                let quiet = last_read.elapsed() >= RELEASE_AFTER;
+                if quiet && rbuf.is_empty() && conn.wbuf.is_empty() && in_flight == 0 && rbuf.capacity() > 0 {
+                    rbuf = BytesMut::new();
+                    conn.wbuf = BytesMut::new();
+                }
                 if !read_closed && last_read.elapsed() >= idle_timeout && in_flight == 0 {
                     tracing::info!(%peer, ?idle_timeout, "closing idle connection");
                     break;
