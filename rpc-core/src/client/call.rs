@@ -169,7 +169,7 @@ where
         let args = self.args;
         let attachments = self.attachments;
         let (service, method) = (self.service, self.method);
-        let encode = move |buf: &mut bytes::BytesMut| {
+        let encode = move |buf: &mut bytes::BytesMut, id: u64| {
             let target = RequestTarget {
                 service,
                 method,
@@ -178,7 +178,7 @@ where
                 auth_token: None,
                 attachments: &attachments,
             };
-            encode_request(buf, 0, oneway, &target, &args, max_frame_len).map_err(|e| match e {
+            encode_request(buf, id, oneway, &target, &args, max_frame_len).map_err(|e| match e {
                 EncodeError::Protocol(p) => RpcError::Protocol(p),
                 other => RpcError::Serialization(other.to_string()),
             })

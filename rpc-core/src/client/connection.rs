@@ -1,57 +1,41 @@
-//! One client connection: a task that owns the socket and multiplexes calls over it.
+//! One client connection: a task that owns the socket, and callers that multiplex
+//! their calls over it.
 //!
-//! Callers encode their request frames themselves and hand them over a channel; the
-//! task appends everything queued to one write buffer (many requests, one syscall),
-//! remembers each call's reply slot by request id, and routes responses back as they
-//! arrive, in any order. It sends heartbeats when the peer has been quiet, closes the
-//! connection when the peer stays silent past the idle timeout, and on any ending
+//! Callers encode their request straight into the connection's shared output buffer,
+//! under a short lock, registering the call (and getting its request id) in the same
+//! step; the first caller to find the buffer empty wakes the connection task. The task
+//! takes the whole buffer at once (many requests, one syscall, no per-request copy or
+//! channel), routes responses back by request id as they arrive in any order, fails
+//! calls whose deadline passes, sends heartbeats when the peer has been quiet, closes
+//! the connection when the peer stays silent past the idle timeout, and on any ending
 //! fails every call still waiting with [`RpcError::ConnectionLost`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use crate::error::RpcError;
 use crate::protocol::{encode_heartbeat, Event, Flags, Frame, FrameCodec};
 
-use super::pending::{Calls, Pending, ReplySlot};
-
-/// Where the request id sits in a frame header.
-const REQUEST_ID: std::ops::Range<usize> = 8..16;
+use super::pending::{Calls, Pending};
 
 /// Reads are made into at least this much free buffer space.
 const READ_CHUNK: usize = 64 * 1024;
-/// Stop taking new requests from callers while this much is waiting to be written.
-const WRITE_HIGH_WATER: usize = 4 * 1024 * 1024;
 
-/// A request on its way from a caller to the connection task.
-pub(crate) enum Outgoing {
-    /// A call that expects a response.
-    Call {
-        /// The encoded request frame; the connection task stamps its request id.
-        frame: Bytes,
-        /// Where the response goes.
-        reply: ReplySlot,
-        /// How long the caller waits. The connection task fails the call when it
-        /// passes, so callers need no timer of their own.
-        timeout: Duration,
-    },
-    /// A oneway call; `written` is told once the frame is on the socket.
-    Oneway {
-        /// The encoded request frame.
-        frame: Bytes,
-        /// Told when the frame has been written.
-        written: oneshot::Sender<Result<(), RpcError>>,
-    },
-}
+/// Where a oneway caller learns that its frame was written.
+type WrittenSlot = oneshot::Sender<Result<(), RpcError>>;
+
+/// Encodes a request frame with the given request id at the end of the buffer; leaves
+/// the buffer as it was on error.
+pub(crate) type Encode<'a> = &'a dyn Fn(&mut BytesMut, u64) -> Result<(), RpcError>;
 
 /// Settings a connection task needs.
 #[derive(Debug, Clone, Copy)]
@@ -64,71 +48,155 @@ pub(crate) struct ConnSettings {
     pub(crate) idle_timeout: Duration,
 }
 
-/// State shared between the connection task and its handles.
+/// What callers and the connection task share, under one lock.
 #[derive(Debug, Default)]
-struct ConnState {
-    /// The task has ended; the connection is unusable.
+struct Shared {
+    /// Requests encoded by callers and not yet taken by the connection task.
+    out: BytesMut,
+    /// Calls waiting for their responses.
+    calls: Calls,
+    /// Oneway callers whose frames are in `out`.
+    written: Vec<WrittenSlot>,
+    /// Request ids for oneway frames (no response ever refers to them).
+    oneway_id: u64,
+    /// The server announced shutdown (GOAWAY): no new calls.
+    draining: bool,
+    /// Why the connection ended, once it has.
+    closed: Option<String>,
+}
+
+impl Shared {
+    /// Why a new call cannot be sent here, if it cannot.
+    fn refusal(&self) -> Option<RpcError> {
+        if let Some(reason) = &self.closed {
+            return Some(RpcError::ConnectionLost(reason.clone()));
+        }
+        // Never written, so safe to send elsewhere.
+        self.draining.then_some(RpcError::ShuttingDown)
+    }
+}
+
+/// The connection as callers see it.
+#[derive(Debug)]
+struct ConnHandle {
+    /// Output buffer, pending calls and state.
+    shared: Mutex<Shared>,
+    /// Wakes the connection task when output is queued.
+    wake: Notify,
+    /// Lock-free copy of "closed", for picking connections.
     closed: AtomicBool,
-    /// The server announced shutdown (GOAWAY); send no new calls here.
+    /// Lock-free copy of "draining", for picking connections.
     draining: AtomicBool,
     /// Why the connection ended, for callers that arrive late.
     reason: OnceLock<String>,
 }
 
+impl ConnHandle {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding this lock leaves nothing half-done that matters here
+        // (every step is a single push or pop), so a poisoned lock is still usable.
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A handle to a live connection; cloning it is one reference-count increment.
 #[derive(Debug, Clone)]
 pub(crate) struct Connection {
-    /// The sender and the shared flags.
+    /// Shared with the connection task.
     inner: Arc<ConnHandle>,
-}
-
-#[derive(Debug)]
-struct ConnHandle {
-    /// Requests go to the connection task through here.
-    tx: mpsc::UnboundedSender<Outgoing>,
-    /// Shared flags.
-    state: Arc<ConnState>,
 }
 
 impl Connection {
     /// Starts the connection task for `stream` on the current runtime.
     pub(crate) fn spawn(stream: TcpStream, peer: SocketAddr, settings: ConnSettings) -> Connection {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let state = Arc::new(ConnState::default());
-        tokio::spawn(run(stream, peer, rx, Arc::clone(&state), settings));
-        Connection {
-            inner: Arc::new(ConnHandle { tx, state }),
-        }
+        let inner = Arc::new(ConnHandle {
+            shared: Mutex::new(Shared::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            reason: OnceLock::new(),
+        });
+        tokio::spawn(run(stream, peer, Arc::clone(&inner), settings));
+        Connection { inner }
     }
 
     /// Whether new calls may be sent on this connection.
     pub(crate) fn is_usable(&self) -> bool {
-        let state = &self.inner.state;
-        !state.closed.load(Ordering::Acquire) && !state.draining.load(Ordering::Acquire)
+        !self.inner.closed.load(Ordering::Acquire) && !self.inner.draining.load(Ordering::Acquire)
     }
 
     /// Whether the server announced shutdown (GOAWAY) and the connection is still
     /// finishing its calls. Once it has closed this is false again, so the next call
     /// dials afresh (the server may be back).
     pub(crate) fn is_draining(&self) -> bool {
-        let state = &self.inner.state;
-        state.draining.load(Ordering::Acquire) && !state.closed.load(Ordering::Acquire)
+        self.inner.draining.load(Ordering::Acquire) && !self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Hands a request to the connection task.
+    /// Queues a call: encodes its request into the output buffer and registers it.
+    /// The response (or the failure) arrives on the returned receiver; the connection
+    /// task fails the call with [`RpcError::Timeout`] when `timeout` passes, so the
+    /// caller needs no timer of its own.
     ///
     /// # Errors
     ///
-    /// [`RpcError::ConnectionLost`] if the task has ended.
-    pub(crate) fn send(&self, outgoing: Outgoing) -> Result<(), RpcError> {
-        self.inner.tx.send(outgoing).map_err(|_| self.lost())
+    /// The connection has ended or is draining, or the request cannot be encoded.
+    pub(crate) fn submit_call(
+        &self,
+        encode: Encode<'_>,
+        timeout: Duration,
+    ) -> Result<oneshot::Receiver<Result<Frame, RpcError>>, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        let mut shared = self.inner.lock();
+        if let Some(refusal) = shared.refusal() {
+            return Err(refusal);
+        }
+        let was_empty = shared.out.is_empty();
+        let call = Pending { slot: tx, timeout };
+        let id = shared.calls.insert(call, Instant::now() + timeout);
+        let Shared { out, calls, .. } = &mut *shared;
+        if let Err(e) = encode(out, id) {
+            calls.remove(id);
+            return Err(e);
+        }
+        drop(shared);
+        if was_empty {
+            self.inner.wake.notify_one();
+        }
+        Ok(rx)
+    }
+
+    /// Queues a oneway request; the receiver is told once it has been written.
+    ///
+    /// # Errors
+    ///
+    /// The connection has ended or is draining, or the request cannot be encoded.
+    pub(crate) fn submit_oneway(
+        &self,
+        encode: Encode<'_>,
+    ) -> Result<oneshot::Receiver<Result<(), RpcError>>, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        let mut shared = self.inner.lock();
+        if let Some(refusal) = shared.refusal() {
+            return Err(refusal);
+        }
+        let was_empty = shared.out.is_empty();
+        shared.oneway_id = shared.oneway_id.wrapping_add(1);
+        let id = shared.oneway_id;
+        encode(&mut shared.out, id)?;
+        shared.written.push(tx);
+        drop(shared);
+        if was_empty {
+            self.inner.wake.notify_one();
+        }
+        Ok(rx)
     }
 
     /// The error for calls on a connection that has ended.
     pub(crate) fn lost(&self) -> RpcError {
         RpcError::ConnectionLost(
             self.inner
-                .state
                 .reason
                 .get()
                 .cloned()
@@ -141,23 +209,16 @@ impl Connection {
 async fn run(
     mut stream: TcpStream,
     peer: SocketAddr,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    state: Arc<ConnState>,
+    handle: Arc<ConnHandle>,
     settings: ConnSettings,
 ) {
     let (mut rd, mut wr) = stream.split();
     let mut codec = FrameCodec::new(settings.max_frame_len);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut pending = Calls::default();
-    let mut oneway_id: u64 = 0;
-    let timer = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
-    // Oneway callers waiting for their frame to reach the socket; all of them are
-    // satisfied when the write buffer next becomes empty.
-    let mut written: Vec<oneshot::Sender<Result<(), RpcError>>> = Vec::new();
-    let mut input_closed = false;
+    let mut rbuf = BytesMut::new();
+    // The buffer being written, taken from `Shared::out` whole.
+    let mut writing = BytesMut::new();
+    // Oneway callers whose frames are in `writing`.
+    let mut writing_oneway: Vec<WrittenSlot> = Vec::new();
     let mut last_read = Instant::now();
     let mut last_heartbeat = Instant::now();
     let mut heartbeat_id: u64 = 0;
@@ -166,48 +227,60 @@ async fn run(
         .max(Duration::from_millis(5));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     let mut yield_now = false;
+
     let reason: String = loop {
         if std::mem::take(&mut yield_now) {
             tokio::task::yield_now().await;
         }
+        let next_deadline = {
+            let mut shared = handle.lock();
+            if writing.is_empty() {
+                for waiter in writing_oneway.drain(..) {
+                    let _ = waiter.send(Ok(()));
+                }
+                if !shared.out.is_empty() {
+                    std::mem::swap(&mut writing, &mut shared.out);
+                    writing_oneway.append(&mut shared.written);
+                }
+            }
+            if shared.draining
+                && shared.calls.is_empty()
+                && shared.out.is_empty()
+                && writing.is_empty()
+            {
+                break "the server is shutting down".to_owned();
+            }
+            shared.calls.next_deadline()
+        };
+        if let Some(deadline) = next_deadline {
+            if armed != Some(deadline) {
+                timer.as_mut().reset(deadline);
+                armed = Some(deadline);
+            }
+        }
         codec.reserve_for_read(&mut rbuf, READ_CHUNK);
         tokio::select! {
             biased;
-            msg = rx.recv(), if !input_closed && !state.draining.load(Ordering::Acquire) && wbuf.len() < WRITE_HIGH_WATER => match msg {
-                Some(msg) => {
-                    let mut queue = Queue { wbuf: &mut wbuf, pending: &mut pending, written: &mut written, oneway_id: &mut oneway_id, now: Instant::now() };
-                    queue.push(msg);
-                    while queue.wbuf.len() < WRITE_HIGH_WATER {
-                        match rx.try_recv() {
-                            Ok(msg) => queue.push(msg),
-                            Err(_) => break,
-                        }
-                    }
+            res = wr.write_buf(&mut writing), if !writing.is_empty() => {
+                if let Err(e) = res {
+                    break format!("write to {peer} failed: {e}");
                 }
-                None => input_closed = true,
-            },
-            res = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match res {
-                Ok(_) => {
-                    if wbuf.is_empty() {
-                        for waiter in written.drain(..) {
-                            let _ = waiter.send(Ok(()));
-                        }
-                    }
-                }
-                Err(e) => break format!("write to {peer} failed: {e}"),
-            },
+            }
             res = rd.read_buf(&mut rbuf) => match res {
                 Ok(0) => break "the server closed the connection".to_owned(),
                 Ok(_) => {
                     last_read = Instant::now();
+                    let mut shared = handle.lock();
+                    let waiting = shared.calls.len();
                     let mut failure = None;
-                    let waiting = pending.len();
                     loop {
                         match codec.decode(&mut rbuf) {
                             Ok(Some(frame)) => {
-                                if let Err(reason) = on_frame(frame, &mut pending, &state) {
+                                if let Err(reason) = on_frame(frame, &mut shared, &handle) {
                                     failure = Some(reason);
                                     break;
                                 }
@@ -219,127 +292,59 @@ async fn run(
                             }
                         }
                     }
+                    // Let the callers just answered run (and queue their next calls)
+                    // before reading on.
+                    yield_now = shared.calls.len() < waiting;
+                    drop(shared);
                     if let Some(reason) = failure {
                         tracing::warn!(%peer, %reason, "closing connection");
                         break reason;
                     }
-                    // Let the callers just answered run (and queue their next calls)
-                    // before reading on: their requests then go out while the rest of
-                    // the server's replies are still arriving.
-                    yield_now = pending.len() < waiting;
                 }
                 Err(e) => break format!("read from {peer} failed: {e}"),
             },
+            () = handle.wake.notified() => {}
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                pending.expire(Instant::now());
+                handle.lock().calls.expire(Instant::now());
             }
             _ = tick.tick() => {
                 let silent = last_read.elapsed();
                 if silent >= settings.idle_timeout {
                     break format!("no frame from {peer} for {silent:?} (idle timeout {:?})", settings.idle_timeout);
                 }
+                let mut shared = handle.lock();
                 if silent >= settings.heartbeat_interval && last_heartbeat.elapsed() >= settings.heartbeat_interval {
                     heartbeat_id = heartbeat_id.wrapping_add(1);
-                    encode_heartbeat(&mut wbuf, heartbeat_id, false);
+                    encode_heartbeat(&mut shared.out, heartbeat_id, false);
                     last_heartbeat = Instant::now();
                 }
                 // Callers that gave up (dropped the call) dropped their receivers.
-                pending.forget_abandoned();
+                shared.calls.forget_abandoned();
+                // Only this task holds the handle: the client is gone.
+                if Arc::strong_count(&handle) == 1 && shared.calls.is_empty() && shared.out.is_empty() && writing.is_empty() {
+                    break "client dropped".to_owned();
+                }
             }
-        }
-        // Aim the timer at the earliest deadline left.
-        if let Some(deadline) = pending.next_deadline() {
-            if armed != Some(deadline) {
-                timer.as_mut().reset(deadline);
-                armed = Some(deadline);
-            }
-        }
-        let draining = state.draining.load(Ordering::Acquire);
-        if (input_closed || draining) && pending.is_empty() && wbuf.is_empty() {
-            break if draining {
-                "the server is shutting down".to_owned()
-            } else {
-                "client dropped".to_owned()
-            };
         }
     };
 
     tracing::debug!(%peer, %reason, "client connection ended");
-    let _ = state.reason.set(reason.clone());
-    state.closed.store(true, Ordering::Release);
-    rx.close();
+    let _ = handle.reason.set(reason.clone());
+    {
+        let mut shared = handle.lock();
+        shared.closed = Some(reason.clone());
+        handle.closed.store(true, Ordering::Release);
+        let lost = || RpcError::ConnectionLost(reason.clone());
+        for call in shared.calls.drain() {
+            let _ = call.slot.send(Err(lost()));
+        }
+        for waiter in writing_oneway.drain(..).chain(shared.written.drain(..)) {
+            let _ = waiter.send(Err(lost()));
+        }
+        shared.out.clear();
+    }
     let _ = wr.shutdown().await;
-    let lost = || RpcError::ConnectionLost(reason.clone());
-    // Requests still queued were never written, so they are safe to send elsewhere.
-    let unsent = || {
-        if state.draining.load(Ordering::Acquire) {
-            RpcError::ShuttingDown
-        } else {
-            lost()
-        }
-    };
-    for call in pending.drain() {
-        let _ = call.slot.send(Err(lost()));
-    }
-    for waiter in written.drain(..) {
-        let _ = waiter.send(Err(lost()));
-    }
-    while let Ok(msg) = rx.try_recv() {
-        match msg {
-            Outgoing::Call { reply, .. } => {
-                let _ = reply.send(Err(unsent()));
-            }
-            Outgoing::Oneway { written, .. } => {
-                let _ = written.send(Err(unsent()));
-            }
-        }
-    }
-}
-
-/// Appends callers' requests to the write buffer, stamping request ids.
-struct Queue<'a> {
-    /// The connection's write buffer.
-    wbuf: &'a mut BytesMut,
-    /// Calls waiting for responses.
-    pending: &'a mut Calls,
-    /// Oneway callers waiting for their frame to be written.
-    written: &'a mut Vec<oneshot::Sender<Result<(), RpcError>>>,
-    /// Ids for oneway requests, which get no response.
-    oneway_id: &'a mut u64,
-    /// Deadlines count from here (one clock read per batch).
-    now: Instant,
-}
-
-impl Queue<'_> {
-    fn push(&mut self, msg: Outgoing) {
-        let start = self.wbuf.len();
-        let id = match msg {
-            Outgoing::Call {
-                frame,
-                reply,
-                timeout,
-            } => {
-                if reply.is_closed() {
-                    return;
-                }
-                self.wbuf.extend_from_slice(&frame);
-                let call = Pending {
-                    slot: reply,
-                    timeout,
-                };
-                self.pending.insert(call, self.now + timeout)
-            }
-            Outgoing::Oneway { frame, written } => {
-                self.wbuf.extend_from_slice(&frame);
-                self.written.push(written);
-                *self.oneway_id = self.oneway_id.wrapping_add(1);
-                *self.oneway_id
-            }
-        };
-        self.wbuf[start + REQUEST_ID.start..start + REQUEST_ID.end]
-            .copy_from_slice(&id.to_be_bytes());
-    }
 }
 
 /// Routes one frame from the server.
@@ -347,7 +352,7 @@ impl Queue<'_> {
 /// # Errors
 ///
 /// A frame a client must never receive; the connection is closed.
-fn on_frame(frame: Frame, pending: &mut Calls, state: &ConnState) -> Result<(), String> {
+fn on_frame(frame: Frame, shared: &mut Shared, handle: &ConnHandle) -> Result<(), String> {
     let flags = frame.header.flags;
     if flags.contains(Flags::HEARTBEAT) {
         return Ok(());
@@ -355,14 +360,15 @@ fn on_frame(frame: Frame, pending: &mut Calls, state: &ConnState) -> Result<(), 
     if flags.contains(Flags::EVENT) {
         if Event::from_code(frame.header.status) == Event::GoAway {
             tracing::debug!("server announced shutdown (GOAWAY)");
-            state.draining.store(true, Ordering::Release);
+            shared.draining = true;
+            handle.draining.store(true, Ordering::Release);
         }
         return Ok(());
     }
     if !flags.contains(Flags::RESPONSE) {
         return Err("the server sent a request frame".to_owned());
     }
-    if let Some(call) = pending.remove(frame.header.request_id) {
+    if let Some(call) = shared.calls.remove(frame.header.request_id) {
         let _ = call.slot.send(Ok(frame));
     }
     Ok(())

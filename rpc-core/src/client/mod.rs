@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -39,7 +39,7 @@ use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
 use crate::error::RpcError;
 use crate::protocol::{Frame, DEFAULT_MAX_FRAME_LEN};
 use crate::runtime::OwnedRuntime;
-use connection::{ConnSettings, Connection, Outgoing};
+use connection::{ConnSettings, Connection};
 
 /// Client settings. Build with [`ClientBuilder`] or start from `ClientConfig::default()`.
 #[derive(Debug, Clone)]
@@ -498,21 +498,28 @@ impl Client {
     }
 
     /// Sends a request and waits for its response frame (or, for oneway requests,
-    /// until it is written). Over several providers, the balancer picks one per
+    /// until it is written). `encode` writes the request with a given request id; it
+    /// runs once per attempt. Over several providers, the balancer picks one per
     /// attempt; a call that certainly did not run (the provider could not be reached or
     /// is shutting down) is retried on another provider.
-    pub(crate) async fn call_frame(
+    pub(crate) async fn call_frame<F>(
         &self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<(), RpcError>,
+        encode: F,
         oneway: bool,
         timeout: Duration,
         hash_key: Option<u64>,
-    ) -> Result<Option<Frame>, RpcError> {
+    ) -> Result<Option<Frame>, RpcError>
+    where
+        F: Fn(&mut BytesMut, u64) -> Result<(), RpcError>,
+    {
         let inner = &*self.inner;
-        // Encoded once with request id 0; each attempt stamps its own id.
-        let request = crate::protocol::scratch::encode_with(encode)?;
         let cluster = match &inner.route {
-            Route::Single(endpoint) => return endpoint.call(inner, request, oneway, timeout).await,
+            Route::Single(endpoint) => {
+                let conn = endpoint.connection(inner).await?;
+                return Waiting::submit(&conn, &encode, oneway, timeout)?
+                    .wait(&conn)
+                    .await;
+            }
             Route::Cluster(cluster) => cluster,
         };
         let deadline = Instant::now() + timeout;
@@ -520,6 +527,10 @@ impl Client {
         if let Some(key) = hash_key {
             ctx = ctx.hash_key(key);
         }
+        let pause = inner
+            .config
+            .reconnect_backoff
+            .max(Duration::from_millis(50));
         let attempts = cluster.balancer.providers().len().max(1);
         let mut last_error = None;
         for _ in 0..attempts {
@@ -534,10 +545,6 @@ impl Client {
                 .get(&addr)
                 .cloned();
             let Some(endpoint) = endpoint else { continue };
-            let pause = inner
-                .config
-                .reconnect_backoff
-                .max(Duration::from_millis(50));
             if endpoint.is_draining() {
                 // It announced shutdown (GOAWAY): no new calls; try it again later.
                 cluster.balancer.mark_unhealthy_for(addr, pause);
@@ -545,7 +552,14 @@ impl Client {
             }
             let started = Instant::now();
             let left = deadline.saturating_duration_since(started);
-            match endpoint.call(inner, request.clone(), oneway, left).await {
+            let attempt = match endpoint.connection(inner).await {
+                Ok(conn) => match Waiting::submit(&conn, &encode, oneway, left) {
+                    Ok(waiting) => waiting.wait(&conn).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match attempt {
                 Ok(frame) => {
                     picked.record_success(started.elapsed());
                     return Ok(frame);
@@ -555,10 +569,6 @@ impl Client {
                     if !e.is_safe_to_retry() {
                         return Err(e);
                     }
-                    let pause = inner
-                        .config
-                        .reconnect_backoff
-                        .max(Duration::from_millis(50));
                     cluster.balancer.mark_unhealthy_for(addr, pause);
                     tracing::debug!(%addr, error = %e, ?pause, "provider skipped");
                     last_error = Some(e);
@@ -568,6 +578,46 @@ impl Client {
         Err(last_error.unwrap_or_else(|| RpcError::NoProvider {
             service: cluster.balancer.service().to_owned(),
         }))
+    }
+}
+
+/// A request handed to a connection, waiting for its outcome.
+enum Waiting {
+    /// A call: its response frame (or failure, timeout included) arrives here.
+    Reply(oneshot::Receiver<Result<Frame, RpcError>>),
+    /// A oneway request: told when it has been written; gives up after the timeout.
+    Written(oneshot::Receiver<Result<(), RpcError>>, Duration),
+}
+
+impl Waiting {
+    /// Queues the request on `conn`. Synchronous, so `encode` is borrowed only here.
+    fn submit(
+        conn: &Connection,
+        encode: connection::Encode<'_>,
+        oneway: bool,
+        timeout: Duration,
+    ) -> Result<Waiting, RpcError> {
+        if oneway {
+            Ok(Waiting::Written(conn.submit_oneway(encode)?, timeout))
+        } else {
+            Ok(Waiting::Reply(conn.submit_call(encode, timeout)?))
+        }
+    }
+
+    /// Waits for the outcome.
+    async fn wait(self, conn: &Connection) -> Result<Option<Frame>, RpcError> {
+        match self {
+            // The connection task enforces the deadline: no timer per call here.
+            Waiting::Reply(rx) => match rx.await {
+                Ok(result) => result.map(Some),
+                Err(_) => Err(conn.lost()),
+            },
+            Waiting::Written(rx, timeout) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(result)) => result.map(|()| None),
+                Ok(Err(_)) => Err(conn.lost()),
+                Err(_) => Err(RpcError::Timeout(timeout)),
+            },
+        }
     }
 }
 
@@ -661,38 +711,6 @@ impl Endpoint {
                 .as_ref()
                 .is_some_and(Connection::is_draining)
         })
-    }
-
-    /// One attempt of a call on this endpoint.
-    async fn call(
-        &self,
-        client: &ClientInner,
-        request: BytesMut,
-        oneway: bool,
-        timeout: Duration,
-    ) -> Result<Option<Frame>, RpcError> {
-        let conn = self.connection(client).await?;
-        let frame: Bytes = request.freeze();
-        if oneway {
-            let (tx, rx) = oneshot::channel();
-            conn.send(Outgoing::Oneway { frame, written: tx })?;
-            return match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => result.map(|()| None),
-                Ok(Err(_)) => Err(conn.lost()),
-                Err(_) => Err(RpcError::Timeout(timeout)),
-            };
-        }
-        let (tx, rx) = oneshot::channel();
-        conn.send(Outgoing::Call {
-            frame,
-            reply: tx,
-            timeout,
-        })?;
-        // The connection task enforces the deadline: no timer per call here.
-        match rx.await {
-            Ok(result) => result.map(Some),
-            Err(_) => Err(conn.lost()),
-        }
     }
 }
 
