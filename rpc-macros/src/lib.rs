@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! - `parse`: reads the trait into our own small structs ([`parse::ServiceDef`]),
+//! - `parse`: reads the trait into our own small structs (`parse::ServiceDef`),
 //!   collecting every unsupported signature as a spanned error;
 //! - `gen`: one generator per emitted item: the rewritten trait, the client stub, the
 //!   server skeleton.
