@@ -169,13 +169,14 @@ where
         let args = self.args;
         let attachments = self.attachments;
         let (service, method) = (self.service, self.method);
+        let auth_token = self.client.config().auth_token.clone();
         let encode = move |buf: &mut bytes::BytesMut, id: u64| {
             let target = RequestTarget {
                 service,
                 method,
                 timeout: Some(timeout),
                 trace: None,
-                auth_token: None,
+                auth_token: auth_token.as_deref(),
                 attachments: &attachments,
             };
             encode_request(buf, id, oneway, &target, &args, max_frame_len).map_err(|e| match e {

@@ -66,6 +66,9 @@ pub struct ClientConfig {
     pub reconnect_backoff: Duration,
     /// Upper bound of the reconnect wait. Default: 5 s.
     pub max_reconnect_backoff: Duration,
+    /// Authentication token sent with every call (handlers read it from
+    /// [`CallContext`](crate::server::CallContext)). Default: none.
+    pub auth_token: Option<Vec<u8>>,
 }
 
 impl Default for ClientConfig {
@@ -79,6 +82,7 @@ impl Default for ClientConfig {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             reconnect_backoff: Duration::from_millis(100),
             max_reconnect_backoff: Duration::from_secs(5),
+            auth_token: None,
         }
     }
 }
@@ -241,6 +245,16 @@ impl ClientBuilder {
         let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned);
         client.update_providers(providers);
         client
+    }
+
+    /// Sends `token` as the authentication token of every call.
+    ///
+    /// ```
+    /// let b = rpc_core::Client::builder().auth_token("s3cr3t");
+    /// ```
+    pub fn auth_token(mut self, token: impl Into<Vec<u8>>) -> Self {
+        self.config.auth_token = Some(token.into());
+        self
     }
 
     /// Connects from async code. Connection tasks run on the current tokio runtime.

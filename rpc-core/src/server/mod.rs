@@ -28,6 +28,7 @@
 //! # }
 //! ```
 
+mod context;
 mod service;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use context::enter as enter_context;
+pub use context::CallContext;
 pub use service::{
     dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,
     Reply, Service,

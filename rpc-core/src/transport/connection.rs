@@ -30,7 +30,7 @@ use crate::protocol::{
     encode_event, encode_heartbeat, encode_raw_response, encode_response, encode_response_with,
     Event, Flags, FrameCodec, Header, ResponseError, Status, HEADER_LEN, SERIALIZATION_MSGPACK,
 };
-use crate::server::{Dispatched, Reply, Service};
+use crate::server::{enter_context, CallContext, Dispatched, Reply, Service};
 
 use super::ServerShared;
 
@@ -55,6 +55,8 @@ struct InFlight {
     oneway: bool,
     /// The running call; taken out when it finishes.
     call: Option<Dispatched>,
+    /// Made current while the handler is polled (see [`CallContext`]).
+    context: Option<CallContext>,
     /// The caller's deadline, armed once the handler did not finish at once.
     deadline: Option<Pin<Box<Sleep>>>,
     /// The caller's timeout, reported when the deadline passes.
@@ -77,7 +79,7 @@ impl Future for InFlight {
         let Some(call) = this.call.as_mut() else {
             return Poll::Pending;
         };
-        let outcome = match poll_guarded(call, cx) {
+        let outcome = match poll_guarded(call, &mut this.context, cx) {
             Ok(Poll::Ready(())) => Outcome::Finished(this.call.take().expect("present")),
             Ok(Poll::Pending) => {
                 let passed = this
@@ -100,9 +102,15 @@ impl Future for InFlight {
 }
 
 /// Polls a handler, turning a panic into an internal-error reply.
-fn poll_guarded(call: &mut Dispatched, cx: &mut Context<'_>) -> Result<Poll<()>, Reply> {
-    std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll_done(cx)))
-        .map_err(|panic| panicked(&*panic))
+fn poll_guarded(
+    call: &mut Dispatched,
+    context: &mut Option<CallContext>,
+    cx: &mut Context<'_>,
+) -> Result<Poll<()>, Reply> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        enter_context(context, || call.as_mut().poll_done(cx))
+    }))
+    .map_err(|panic| panicked(&*panic))
 }
 
 fn deadline_passed(timeout: Option<Duration>) -> Reply {
@@ -348,17 +356,19 @@ impl Conn<'_> {
             }
         };
         let timeout = meta.timeout;
+        let mut context = Some(CallContext::from_request(self.peer, &meta));
         match &self.shared.pool {
             None => {
                 // Most handlers finish on their first poll: encode the result right
                 // away, straight into the write buffer.
                 let mut cx = Context::from_waker(std::task::Waker::noop());
-                match poll_guarded(&mut call, &mut cx) {
+                match poll_guarded(&mut call, &mut context, &mut cx) {
                     Ok(Poll::Ready(())) => self.write_outcome(id, oneway, Outcome::Finished(call)),
                     Ok(Poll::Pending) => self.inflight.push(InFlight {
                         id,
                         oneway,
                         call: Some(call),
+                        context,
                         deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
                         timeout,
                     }),
@@ -369,10 +379,12 @@ impl Conn<'_> {
                 self.pool_pending += 1;
                 let tx = self.pool_tx.clone();
                 pool.spawn(async move {
-                    let run = std::future::poll_fn(|cx| match poll_guarded(&mut call, cx) {
-                        Ok(Poll::Pending) => Poll::Pending,
-                        Ok(Poll::Ready(())) => Poll::Ready(None),
-                        Err(reply) => Poll::Ready(Some(reply)),
+                    let run = std::future::poll_fn(|cx| {
+                        match poll_guarded(&mut call, &mut context, cx) {
+                            Ok(Poll::Pending) => Poll::Pending,
+                            Ok(Poll::Ready(())) => Poll::Ready(None),
+                            Err(reply) => Poll::Ready(Some(reply)),
+                        }
                     });
                     let failed = match timeout {
                         Some(t) => tokio::time::timeout(t, run)
