@@ -55,6 +55,9 @@ struct Shared {
     out: BytesMut,
     /// Calls waiting for their responses.
     calls: Calls,
+    /// Ids of the calls whose requests are still in `out`: never sent, so safe to
+    /// send elsewhere if the connection ends now.
+    unsent: Vec<u64>,
     /// Oneway callers whose frames are in `out`.
     written: Vec<WrittenSlot>,
     /// Request ids for oneway frames (no response ever refers to them).
@@ -160,6 +163,7 @@ impl Connection {
             calls.remove(id);
             return Err(e);
         }
+        shared.unsent.push(id);
         drop(shared);
         if was_empty {
             self.inner.wake.notify_one();
@@ -245,6 +249,7 @@ async fn run(
                 if !shared.out.is_empty() {
                     std::mem::swap(&mut writing, &mut shared.out);
                     writing_oneway.append(&mut shared.written);
+                    shared.unsent.clear();
                 }
             }
             if shared.draining
@@ -336,6 +341,20 @@ async fn run(
         shared.closed = Some(reason.clone());
         handle.closed.store(true, Ordering::Release);
         let lost = || RpcError::ConnectionLost(reason.clone());
+        // Requests never written did not reach the server: say so, so that they can be
+        // retried elsewhere without running twice.
+        let unsent = std::mem::take(&mut shared.unsent);
+        for id in unsent {
+            if let Some(call) = shared.calls.remove(id) {
+                let _ = call.slot.send(Err(RpcError::Connect {
+                    addr: peer,
+                    source: Arc::new(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        format!("the connection ended before the request was sent: {reason}"),
+                    )),
+                }));
+            }
+        }
         for call in shared.calls.drain() {
             let _ = call.slot.send(Err(lost()));
         }
