@@ -1,48 +1,19 @@
 //! A consumer over three provider processes keeps working when one is killed with
 //! SIGKILL mid-run: once the dead provider is marked unhealthy no call fails.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rpc_core::lb::{Provider, Strategy};
 use rpc_core::Client;
 use rpc_examples::InventoryClient;
-
-/// Kills the child by PID when dropped, so a failing test leaves no process behind.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_provider() -> (Reaper, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-provider"))
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start provider");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .parse()
-        .unwrap();
-    (Reaper(child), addr)
-}
+use support::{start_provider, Reaper};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_provider_is_skipped() {
-    let providers: Vec<(Reaper, SocketAddr)> = (0..3).map(|_| start_provider()).collect();
+    let providers: Vec<(Reaper, SocketAddr)> = (0..3).map(|_| start_provider(1)).collect();
     let client = Client::builder()
         .timeout(Duration::from_secs(2))
         .balancer(Strategy::RoundRobin)

@@ -1,53 +1,16 @@
 //! Runs the example provider and consumer as two real processes over TCP.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-/// Kills the child by PID when dropped, so a failing test leaves no process behind.
-struct Reaper(Child);
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {} did not exit in {limit:?}",
-            child.id()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use support::{start_provider, wait_with_deadline, Reaper};
 
 #[test]
 fn provider_and_consumer_processes() {
-    let mut provider = Reaper(
-        Command::new(env!("CARGO_BIN_EXE_inventory-provider"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start provider"),
-    );
-    let mut line = String::new();
-    BufReader::new(provider.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_owned();
+    let (mut provider, addr) = start_provider(2);
+    let addr = addr.to_string();
 
     for prefix in ["first", "second"] {
         let consumer = Command::new(env!("CARGO_BIN_EXE_inventory-consumer"))
