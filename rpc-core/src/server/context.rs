@@ -63,11 +63,15 @@ impl CallContext {
             .map(|(_, v)| v.as_slice())
     }
 
-    /// The context of a request, as the server builds it.
-    pub(crate) fn from_request(peer: SocketAddr, meta: &RequestMeta<'_>) -> CallContext {
+    /// The context of a request read at `received`, as the server builds it.
+    pub(crate) fn from_request(
+        peer: SocketAddr,
+        received: Instant,
+        meta: &RequestMeta<'_>,
+    ) -> CallContext {
         CallContext {
             peer,
-            deadline: meta.timeout.map(|t| Instant::now() + t),
+            deadline: meta.timeout.map(|t| received + t),
             trace: meta.trace,
             auth_token: meta.auth_token.map(<[u8]>::to_vec),
             attachments: meta

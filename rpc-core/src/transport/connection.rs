@@ -144,12 +144,15 @@ struct Conn<'a> {
     wbuf: BytesMut,
     /// Handlers running on this worker.
     inflight: FuturesUnordered<InFlight>,
-    /// Handlers running on the business pool report here.
-    pool_tx: mpsc::UnboundedSender<(u64, bool, Reply)>,
+    /// Handlers running on the business pool report here: the request id and the
+    /// reply, `None` for oneway calls (nothing to write).
+    pool_tx: mpsc::UnboundedSender<(u64, Option<Reply>)>,
     /// How many handlers are running on the business pool.
     pool_pending: usize,
     /// The service last called on this connection, to skip the map lookup.
     last_service: Option<(Box<str>, Arc<dyn Service>)>,
+    /// When the current batch of requests was read; their deadlines count from here.
+    received: std::time::Instant,
 }
 
 /// Serves one connection until the peer closes it, it breaks the protocol, it goes
@@ -173,6 +176,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
         pool_tx,
         pool_pending: 0,
         last_service: None,
+        received: std::time::Instant::now(),
     };
     let mut draining = false;
     let mut read_closed = false;
@@ -203,9 +207,11 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             Some((id, oneway, outcome)) = conn.inflight.next(), if !conn.inflight.is_empty() => {
                 conn.write_outcome(id, oneway, outcome);
             }
-            Some((id, oneway, reply)) = pool_rx.recv(), if conn.pool_pending > 0 => {
+            Some((id, reply)) = pool_rx.recv(), if conn.pool_pending > 0 => {
                 conn.pool_pending -= 1;
-                conn.write_reply(id, oneway, &reply);
+                if let Some(reply) = reply {
+                    conn.write_reply(id, false, &reply);
+                }
             }
             res = wr.write_buf(&mut conn.wbuf), if !conn.wbuf.is_empty() => {
                 if let Err(e) = res {
@@ -222,6 +228,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 }
                 Ok(_) => {
                     last_read = Instant::now();
+                    conn.received = last_read.into_std();
                     let mut since_flush = 0usize;
                     loop {
                         match codec.peek(&mut rbuf) {
@@ -356,7 +363,7 @@ impl Conn<'_> {
             }
         };
         let timeout = meta.timeout;
-        let mut context = Some(CallContext::from_request(self.peer, &meta));
+        let mut context = Some(CallContext::from_request(self.peer, self.received, &meta));
         match &self.shared.pool {
             None => {
                 // Most handlers finish on their first poll: encode the result right
@@ -393,14 +400,14 @@ impl Conn<'_> {
                         None => run.await,
                     };
                     let reply = match failed {
-                        Some(reply) => reply,
-                        None if oneway => Reply::error(Status::Ok, ""),
-                        None => {
+                        _ if oneway => None,
+                        Some(reply) => Some(reply),
+                        None => Some(
                             std::panic::catch_unwind(AssertUnwindSafe(|| Reply::finished(call)))
-                                .unwrap_or_else(|panic| panicked(&*panic))
-                        }
+                                .unwrap_or_else(|panic| panicked(&*panic)),
+                        ),
                     };
-                    let _ = tx.send((id, oneway, reply));
+                    let _ = tx.send((id, reply));
                 });
             }
         }
