@@ -1,6 +1,8 @@
-//! A per-thread encode buffer: frames are written into one large allocation and split
-//! off it, so encoding a message costs no allocation of its own and never regrows a
-//! small buffer (as a fresh `Vec` would, several times, for a 1 KiB payload).
+//! A per-thread encode buffer for messages that cannot be encoded straight into a
+//! connection's write buffer (replies of handlers on the business pool): they are
+//! written into one large allocation and split off it, so encoding one costs no
+//! allocation of its own and never regrows a small buffer (as a fresh `Vec` would,
+//! several times, for a 1 KiB payload).
 
 use std::cell::RefCell;
 
