@@ -5,14 +5,22 @@
 //! under a short lock, registering the call (and getting its request id) in the same
 //! step; the first caller to find the buffer empty wakes the connection task. The task
 //! takes the whole buffer at once (many requests, one syscall, no per-request copy or
-//! channel), routes responses back by request id as they arrive in any order, fails
-//! calls whose deadline passes, sends heartbeats when the peer has been quiet, closes
-//! the connection when the peer stays silent past the idle timeout, and on any ending
-//! fails every call still waiting with [`RpcError::ConnectionLost`].
+//! channel), puts responses into their calls' slots by request id as they arrive in any
+//! order and wakes the callers, fails calls whose deadline passes, sends heartbeats when
+//! the peer has been quiet, closes the connection when the peer stays silent past the
+//! idle timeout, and on any ending fails every call still waiting with
+//! [`RpcError::ConnectionLost`].
+//!
+//! A call's deadline counts from when the connection task first sees the request (one
+//! clock reading per batch of requests, not one per call); the task is woken for every
+//! batch, including while a write is stalled.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -25,7 +33,7 @@ use tokio_util::codec::Decoder;
 use crate::error::RpcError;
 use crate::protocol::{encode_heartbeat, Event, Flags, Frame, FrameCodec};
 
-use super::pending::{Calls, Pending};
+use super::pending::Calls;
 
 /// Reads are made into at least this much free buffer space.
 const READ_CHUNK: usize = 64 * 1024;
@@ -58,6 +66,11 @@ struct Shared {
     /// Ids of the calls whose requests are still in `out`: never sent, so safe to
     /// send elsewhere if the connection ends now.
     unsent: Vec<u64>,
+    /// How many of `unsent` (from the front) have their deadline scheduled.
+    scheduled: usize,
+    /// Wake the connection task on the next submission even though `out` is not empty:
+    /// the task is waiting on a stalled write and must schedule new calls' deadlines.
+    wake_on_submit: bool,
     /// Oneway callers whose frames are in `out`.
     written: Vec<WrittenSlot>,
     /// Request ids for oneway frames (no response ever refers to them).
@@ -137,10 +150,10 @@ impl Connection {
         self.inner.draining.load(Ordering::Acquire) && !self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Queues a call: encodes its request into the output buffer and registers it.
-    /// The response (or the failure) arrives on the returned receiver; the connection
-    /// task fails the call with [`RpcError::Timeout`] when `timeout` passes, so the
-    /// caller needs no timer of its own.
+    /// Queues a call: encodes its request into the output buffer and registers it,
+    /// with `waker` to be woken when its outcome arrives. The connection task fails the
+    /// call with [`RpcError::Timeout`] when `timeout` passes, so the caller needs no
+    /// timer.
     ///
     /// # Errors
     ///
@@ -149,26 +162,29 @@ impl Connection {
         &self,
         encode: Encode<'_>,
         timeout: Duration,
-    ) -> Result<oneshot::Receiver<Result<Frame, RpcError>>, RpcError> {
-        let (tx, rx) = oneshot::channel();
+        waker: &Waker,
+    ) -> Result<PendingReply, RpcError> {
         let mut shared = self.inner.lock();
         if let Some(refusal) = shared.refusal() {
             return Err(refusal);
         }
-        let was_empty = shared.out.is_empty();
-        let call = Pending { slot: tx, timeout };
-        let id = shared.calls.insert(call, Instant::now() + timeout);
+        let notify = shared.out.is_empty() || std::mem::take(&mut shared.wake_on_submit);
+        let id = shared.calls.insert(timeout, Some(waker.clone()));
         let Shared { out, calls, .. } = &mut *shared;
         if let Err(e) = encode(out, id) {
-            calls.remove(id);
+            calls.cancel(id);
             return Err(e);
         }
         shared.unsent.push(id);
         drop(shared);
-        if was_empty {
+        if notify {
             self.inner.wake.notify_one();
         }
-        Ok(rx)
+        Ok(PendingReply {
+            conn: self.clone(),
+            id,
+            taken: false,
+        })
     }
 
     /// Queues a oneway request; the receiver is told once it has been written.
@@ -185,13 +201,13 @@ impl Connection {
         if let Some(refusal) = shared.refusal() {
             return Err(refusal);
         }
-        let was_empty = shared.out.is_empty();
+        let notify = shared.out.is_empty() || std::mem::take(&mut shared.wake_on_submit);
         shared.oneway_id = shared.oneway_id.wrapping_add(1);
         let id = shared.oneway_id;
         encode(&mut shared.out, id)?;
         shared.written.push(tx);
         drop(shared);
-        if was_empty {
+        if notify {
             self.inner.wake.notify_one();
         }
         Ok(rx)
@@ -206,6 +222,48 @@ impl Connection {
                 .cloned()
                 .unwrap_or_else(|| "connection closed".to_owned()),
         )
+    }
+}
+
+/// A call queued on a connection, until its outcome is taken. Polling it (it is a
+/// future) gives the response frame or why there is none; dropping it first gives the
+/// call up and frees its slot at once.
+#[derive(Debug)]
+pub(crate) struct PendingReply {
+    /// The connection the call is on.
+    conn: Connection,
+    /// The call's request id.
+    id: u64,
+    /// The outcome has been taken.
+    taken: bool,
+}
+
+impl Future for PendingReply {
+    type Output = Result<Frame, RpcError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.taken {
+            return Poll::Ready(Err(RpcError::Internal(
+                "a call's outcome was asked for after it was taken".to_owned(),
+            )));
+        }
+        let polled = self.conn.inner.lock().calls.poll(self.id, cx.waker());
+        let outcome = match polled {
+            Poll::Ready(Some(outcome)) => outcome,
+            // Not a call of this connection (any more): it has been failed and taken.
+            Poll::Ready(None) => Err(self.conn.lost()),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.taken = true;
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.conn.inner.lock().calls.cancel(self.id);
+        }
     }
 }
 
@@ -235,6 +293,8 @@ async fn run(
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
     let mut yield_now = false;
+    // Callers to wake, collected under the lock and woken after it is released.
+    let mut wake: Vec<Waker> = Vec::new();
 
     let reason: String = loop {
         if std::mem::take(&mut yield_now) {
@@ -242,6 +302,7 @@ async fn run(
         }
         let next_deadline = {
             let mut shared = handle.lock();
+            schedule_deadlines(&mut shared);
             if writing.is_empty() {
                 for waiter in writing_oneway.drain(..) {
                     let _ = waiter.send(Ok(()));
@@ -250,8 +311,12 @@ async fn run(
                     std::mem::swap(&mut writing, &mut shared.out);
                     writing_oneway.append(&mut shared.written);
                     shared.unsent.clear();
+                    shared.scheduled = 0;
                 }
             }
+            // While a write is pending, requests queue up behind it without waking
+            // this task; have the next one wake it, to schedule its deadline.
+            shared.wake_on_submit = !writing.is_empty();
             if shared.draining
                 && shared.calls.is_empty()
                 && shared.out.is_empty()
@@ -285,7 +350,7 @@ async fn run(
                     loop {
                         match codec.decode(&mut rbuf) {
                             Ok(Some(frame)) => {
-                                if let Err(reason) = on_frame(frame, &mut shared, &handle) {
+                                if let Err(reason) = on_frame(frame, &mut shared, &handle, &mut wake) {
                                     failure = Some(reason);
                                     break;
                                 }
@@ -301,6 +366,7 @@ async fn run(
                     // before reading on.
                     yield_now = shared.calls.len() < waiting;
                     drop(shared);
+                    wake.drain(..).for_each(Waker::wake);
                     if let Some(reason) = failure {
                         tracing::warn!(%peer, %reason, "closing connection");
                         break reason;
@@ -311,7 +377,8 @@ async fn run(
             () = handle.wake.notified() => {}
             () = &mut timer, if armed.is_some() => {
                 armed = None;
-                handle.lock().calls.expire(Instant::now());
+                handle.lock().calls.expire(Instant::now(), &mut wake);
+                wake.drain(..).for_each(Waker::wake);
             }
             _ = tick.tick() => {
                 let silent = last_read.elapsed();
@@ -324,8 +391,6 @@ async fn run(
                     encode_heartbeat(&mut shared.out, heartbeat_id, false);
                     last_heartbeat = Instant::now();
                 }
-                // Callers that gave up (dropped the call) dropped their receivers.
-                shared.calls.forget_abandoned();
                 // Only this task holds the handle: the client is gone.
                 if Arc::strong_count(&handle) == 1 && shared.calls.is_empty() && shared.out.is_empty() && writing.is_empty() {
                     break "client dropped".to_owned();
@@ -344,25 +409,24 @@ async fn run(
         // Requests never written did not reach the server: say so, so that they can be
         // retried elsewhere without running twice.
         let unsent = std::mem::take(&mut shared.unsent);
+        let not_sent = Arc::new(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("the connection ended before the request was sent: {reason}"),
+        ));
         for id in unsent {
-            if let Some(call) = shared.calls.remove(id) {
-                let _ = call.slot.send(Err(RpcError::Connect {
-                    addr: peer,
-                    source: Arc::new(std::io::Error::new(
-                        std::io::ErrorKind::NotConnected,
-                        format!("the connection ended before the request was sent: {reason}"),
-                    )),
-                }));
-            }
+            let outcome = Err(RpcError::Connect {
+                addr: peer,
+                source: Arc::clone(&not_sent),
+            });
+            wake.extend(shared.calls.complete(id, outcome));
         }
-        for call in shared.calls.drain() {
-            let _ = call.slot.send(Err(lost()));
-        }
+        shared.calls.fail_all(|_| lost(), &mut wake);
         for waiter in writing_oneway.drain(..).chain(shared.written.drain(..)) {
             let _ = waiter.send(Err(lost()));
         }
         shared.out.clear();
     }
+    wake.drain(..).for_each(Waker::wake);
     let _ = wr.shutdown().await;
 }
 
@@ -371,7 +435,12 @@ async fn run(
 /// # Errors
 ///
 /// A frame a client must never receive; the connection is closed.
-fn on_frame(frame: Frame, shared: &mut Shared, handle: &ConnHandle) -> Result<(), String> {
+fn on_frame(
+    frame: Frame,
+    shared: &mut Shared,
+    handle: &ConnHandle,
+    wake: &mut Vec<Waker>,
+) -> Result<(), String> {
     let flags = frame.header.flags;
     if flags.contains(Flags::HEARTBEAT) {
         return Ok(());
@@ -387,8 +456,26 @@ fn on_frame(frame: Frame, shared: &mut Shared, handle: &ConnHandle) -> Result<()
     if !flags.contains(Flags::RESPONSE) {
         return Err("the server sent a request frame".to_owned());
     }
-    if let Some(call) = shared.calls.remove(frame.header.request_id) {
-        let _ = call.slot.send(Ok(frame));
-    }
+    // A response to a call that timed out or was given up matches no waiting call.
+    wake.extend(shared.calls.complete(frame.header.request_id, Ok(frame)));
     Ok(())
+}
+
+/// Schedules the deadlines of the calls queued since the last time, counting from now
+/// (one clock reading for the whole batch).
+fn schedule_deadlines(shared: &mut Shared) {
+    if shared.scheduled == shared.unsent.len() {
+        return;
+    }
+    let now = Instant::now();
+    let Shared {
+        calls,
+        unsent,
+        scheduled,
+        ..
+    } = shared;
+    for &id in &unsent[*scheduled..] {
+        calls.schedule(id, now);
+    }
+    *scheduled = unsent.len();
 }

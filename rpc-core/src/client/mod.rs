@@ -26,6 +26,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -39,7 +40,7 @@ use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
 use crate::error::RpcError;
 use crate::protocol::{Frame, DEFAULT_MAX_FRAME_LEN};
 use crate::runtime::OwnedRuntime;
-use connection::{ConnSettings, Connection};
+use connection::{ConnSettings, Connection, PendingReply};
 
 /// Client settings. Build with [`ClientBuilder`] or start from `ClientConfig::default()`.
 #[derive(Debug, Clone)]
@@ -527,10 +528,13 @@ impl Client {
         F: Fn(&mut BytesMut, u64) -> Result<(), RpcError>,
     {
         let inner = &*self.inner;
+        // This task's waker, registered with the call as it is queued (polling the
+        // reply updates it should the call move to another task).
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let cluster = match &inner.route {
             Route::Single(endpoint) => {
                 let conn = endpoint.connection(inner).await?;
-                return Waiting::submit(&conn, &encode, oneway, timeout)?
+                return Waiting::submit(&conn, &encode, oneway, timeout, &waker)?
                     .wait(&conn)
                     .await;
             }
@@ -567,7 +571,7 @@ impl Client {
             let started = Instant::now();
             let left = deadline.saturating_duration_since(started);
             let attempt = match endpoint.connection(inner).await {
-                Ok(conn) => match Waiting::submit(&conn, &encode, oneway, left) {
+                Ok(conn) => match Waiting::submit(&conn, &encode, oneway, left, &waker) {
                     Ok(waiting) => waiting.wait(&conn).await,
                     Err(e) => Err(e),
                 },
@@ -598,7 +602,7 @@ impl Client {
 /// A request handed to a connection, waiting for its outcome.
 enum Waiting {
     /// A call: its response frame (or failure, timeout included) arrives here.
-    Reply(oneshot::Receiver<Result<Frame, RpcError>>),
+    Reply(PendingReply),
     /// A oneway request: told when it has been written; gives up after the timeout.
     Written(oneshot::Receiver<Result<(), RpcError>>, Duration),
 }
@@ -610,11 +614,12 @@ impl Waiting {
         encode: connection::Encode<'_>,
         oneway: bool,
         timeout: Duration,
+        waker: &Waker,
     ) -> Result<Waiting, RpcError> {
         if oneway {
             Ok(Waiting::Written(conn.submit_oneway(encode)?, timeout))
         } else {
-            Ok(Waiting::Reply(conn.submit_call(encode, timeout)?))
+            Ok(Waiting::Reply(conn.submit_call(encode, timeout, waker)?))
         }
     }
 
@@ -622,10 +627,7 @@ impl Waiting {
     async fn wait(self, conn: &Connection) -> Result<Option<Frame>, RpcError> {
         match self {
             // The connection task enforces the deadline: no timer per call here.
-            Waiting::Reply(rx) => match rx.await {
-                Ok(result) => result.map(Some),
-                Err(_) => Err(conn.lost()),
-            },
+            Waiting::Reply(reply) => reply.await.map(Some),
             Waiting::Written(rx, timeout) => match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(result)) => result.map(|()| None),
                 Ok(Err(_)) => Err(conn.lost()),

@@ -1,29 +1,33 @@
-//! The calls a connection is waiting on: a slab indexed by request id, and their
-//! deadlines in order.
+//! The calls a connection is waiting on: a slab indexed by request id, each slot
+//! holding the waiting caller's waker and then its outcome, and the calls' deadlines in
+//! order.
 //!
-//! The connection task assigns request ids itself: an id is a slab index plus a
-//! generation (`generation << 32 | index`), so finding a call is an array access, and a
-//! late response to a call that timed out can never match the call that reused its slot.
+//! An id is a slab index plus a generation (`generation << 32 | index`), so finding a
+//! call is an array access, and a late response to a call that timed out can never
+//! match the call that reused its slot. The outcome is left in the slot for the caller
+//! to take when it is next polled: no channel, no allocation per call.
 
 use std::collections::VecDeque;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::RpcError;
 use crate::protocol::Frame;
 
-/// Where a call's response goes.
-pub(crate) type ReplySlot = oneshot::Sender<Result<Frame, RpcError>>;
-
-/// A call waiting for its response.
+/// What a call's slot holds.
 #[derive(Debug)]
-pub(crate) struct Pending {
-    /// Where the response goes.
-    pub(crate) slot: ReplySlot,
-    /// The call's timeout, for the error when it passes.
-    pub(crate) timeout: Duration,
+enum State {
+    /// The call waits for its response.
+    Waiting {
+        /// Wakes the caller; `None` until the caller is first polled.
+        waker: Option<Waker>,
+        /// The call's timeout, for the error when it passes.
+        timeout: Duration,
+    },
+    /// The outcome, until the caller takes it.
+    Done(Result<Frame, RpcError>),
 }
 
 /// One slab slot.
@@ -32,7 +36,7 @@ struct Entry {
     /// Bumped on every insert, so stale ids miss.
     generation: u32,
     /// The call occupying the slot.
-    call: Option<Pending>,
+    state: Option<State>,
 }
 
 /// Pending calls of one connection.
@@ -42,8 +46,8 @@ pub(crate) struct Calls {
     entries: Vec<Entry>,
     /// Indices of empty slots.
     free: Vec<u32>,
-    /// Calls waiting.
-    len: usize,
+    /// Calls still waiting (slots whose outcome has not arrived).
+    waiting: usize,
     /// `(deadline, id)`, earliest first; entries of answered calls are dropped when they
     /// reach the front. Calls usually share one timeout, so deadlines arrive in order
     /// and insertion is a push at the back.
@@ -51,8 +55,9 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
-    /// Registers a call and returns its request id.
-    pub(crate) fn insert(&mut self, call: Pending, deadline: Instant) -> u64 {
+    /// Registers a waiting call and returns its request id. Its deadline is set later,
+    /// with [`schedule`](Calls::schedule).
+    pub(crate) fn insert(&mut self, timeout: Duration, waker: Option<Waker>) -> u64 {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -62,9 +67,21 @@ impl Calls {
         };
         let entry = &mut self.entries[index as usize];
         entry.generation = entry.generation.wrapping_add(1);
-        entry.call = Some(call);
-        self.len += 1;
-        let id = u64::from(entry.generation) << 32 | u64::from(index);
+        entry.state = Some(State::Waiting { waker, timeout });
+        self.waiting += 1;
+        u64::from(entry.generation) << 32 | u64::from(index)
+    }
+
+    /// Sets the deadline of call `id` to `start` plus its timeout, if it still waits.
+    pub(crate) fn schedule(&mut self, id: u64, start: Instant) {
+        let Some(Entry {
+            state: Some(State::Waiting { timeout, .. }),
+            ..
+        }) = self.entry_mut(id)
+        else {
+            return;
+        };
+        let deadline = start + *timeout;
         match self.deadlines.back() {
             Some(&(last, _)) if last > deadline => {
                 let at = self.deadlines.partition_point(|&(d, _)| d <= deadline);
@@ -72,43 +89,89 @@ impl Calls {
             }
             _ => self.deadlines.push_back((deadline, id)),
         }
-        id
     }
 
-    /// Takes the call with this id out, if it is still waiting.
-    pub(crate) fn remove(&mut self, id: u64) -> Option<Pending> {
-        let index = (id & u64::from(u32::MAX)) as usize;
-        let generation = (id >> 32) as u32;
-        let entry = self.entries.get_mut(index)?;
-        if entry.generation != generation {
+    /// Gives call `id` its outcome if it still waits, and returns the waker to wake
+    /// (wake it after releasing the lock around these calls).
+    #[must_use = "the caller must be woken"]
+    pub(crate) fn complete(&mut self, id: u64, outcome: Result<Frame, RpcError>) -> Option<Waker> {
+        let entry = self.entry_mut(id)?;
+        let Some(State::Waiting { waker, .. }) = &mut entry.state else {
             return None;
-        }
-        let call = entry.call.take()?;
-        self.free.push(index as u32);
-        self.len -= 1;
-        Some(call)
+        };
+        let waker = waker.take();
+        entry.state = Some(State::Done(outcome));
+        self.waiting -= 1;
+        waker
     }
 
-    /// Calls waiting.
+    /// The caller's side: takes the outcome of call `id` if it has arrived (freeing the
+    /// slot), or records `waker` to be woken when it does. `Ready(None)` when there is
+    /// no such call (its slot was released: the connection forgot it).
+    pub(crate) fn poll(&mut self, id: u64, waker: &Waker) -> Poll<Option<Result<Frame, RpcError>>> {
+        let Some(entry) = self.entry_mut(id) else {
+            return Poll::Ready(None);
+        };
+        match &mut entry.state {
+            Some(State::Waiting {
+                waker: Some(stored),
+                ..
+            }) if stored.will_wake(waker) => Poll::Pending,
+            Some(State::Waiting { waker: stored, .. }) => {
+                *stored = Some(waker.clone());
+                Poll::Pending
+            }
+            Some(State::Done(_)) => {
+                let Some(State::Done(outcome)) = entry.state.take() else {
+                    unreachable!("matched Done just above");
+                };
+                self.release(id);
+                Poll::Ready(Some(outcome))
+            }
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// The caller gave up on call `id` (dropped it): frees its slot whatever its state.
+    /// A response that arrives later misses, because the slot's generation moves on.
+    pub(crate) fn cancel(&mut self, id: u64) {
+        let Some(entry) = self.entry_mut(id) else {
+            return;
+        };
+        match entry.state.take() {
+            Some(State::Waiting { .. }) => self.waiting -= 1,
+            Some(State::Done(_)) => {}
+            None => return,
+        }
+        self.release(id);
+    }
+
+    /// Calls still waiting for their outcome.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.waiting
     }
 
     /// Whether no call is waiting.
     pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
+        self.waiting == 0
     }
 
-    /// Fails every call whose deadline is not after `now` with a timeout.
-    pub(crate) fn expire(&mut self, now: Instant) {
+    /// Fails every call whose deadline is not after `now` with a timeout; their wakers
+    /// are pushed onto `wake`.
+    pub(crate) fn expire(&mut self, now: Instant, wake: &mut Vec<Waker>) {
         while let Some(&(deadline, id)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
-            if let Some(call) = self.remove(id) {
-                let _ = call.slot.send(Err(RpcError::Timeout(call.timeout)));
-            }
+            let timeout = match self.entry_mut(id) {
+                Some(Entry {
+                    state: Some(State::Waiting { timeout, .. }),
+                    ..
+                }) => *timeout,
+                _ => continue,
+            };
+            wake.extend(self.complete(id, Err(RpcError::Timeout(timeout))));
         }
     }
 
@@ -123,80 +186,178 @@ impl Calls {
         None
     }
 
-    /// Forgets calls whose callers gave up (dropped the call future).
-    pub(crate) fn forget_abandoned(&mut self) {
-        for index in 0..self.entries.len() {
-            let entry = &mut self.entries[index];
-            if entry.call.as_ref().is_some_and(|c| c.slot.is_closed()) {
-                entry.call = None;
-                self.free.push(index as u32);
-                self.len -= 1;
+    /// Gives every waiting call the outcome `outcome(id)`; wakers are pushed onto
+    /// `wake`. Used when the connection ends.
+    pub(crate) fn fail_all(
+        &mut self,
+        mut outcome: impl FnMut(u64) -> RpcError,
+        wake: &mut Vec<Waker>,
+    ) {
+        self.deadlines.clear();
+        for (index, entry) in self.entries.iter_mut().enumerate() {
+            if let Some(State::Waiting { waker, .. }) = &mut entry.state {
+                let id = u64::from(entry.generation) << 32 | index as u64;
+                wake.extend(waker.take());
+                entry.state = Some(State::Done(Err(outcome(id))));
             }
         }
+        self.waiting = 0;
     }
 
-    /// Takes every waiting call out.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Pending> + '_ {
-        self.len = 0;
-        self.deadlines.clear();
-        self.free.clear();
-        self.entries.drain(..).filter_map(|entry| entry.call)
+    /// The slot of `id`, if the id is current.
+    fn entry_mut(&mut self, id: u64) -> Option<&mut Entry> {
+        let index = (id & u64::from(u32::MAX)) as usize;
+        self.entries
+            .get_mut(index)
+            .filter(|e| e.generation == (id >> 32) as u32)
+    }
+
+    /// Returns the (already emptied) slot of `id` to the free list.
+    fn release(&mut self, id: u64) {
+        self.free.push((id & u64::from(u32::MAX)) as u32);
     }
 
     fn is_waiting(&self, id: u64) -> bool {
         let index = (id & u64::from(u32::MAX)) as usize;
-        self.entries
-            .get(index)
-            .is_some_and(|e| e.generation == (id >> 32) as u32 && e.call.is_some())
+        self.entries.get(index).is_some_and(|e| {
+            e.generation == (id >> 32) as u32 && matches!(e.state, Some(State::Waiting { .. }))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
 
-    fn call() -> (Pending, oneshot::Receiver<Result<Frame, RpcError>>) {
-        let (slot, rx) = oneshot::channel();
-        (
-            Pending {
-                slot,
-                timeout: Duration::from_secs(1),
-            },
-            rx,
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::protocol::Flags;
+
+    /// A waker counting its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Counter>, Waker) {
+        let counter = Arc::new(Counter::default());
+        (Arc::clone(&counter), Waker::from(counter))
+    }
+
+    fn frame(id: u64) -> Frame {
+        Frame::new(
+            Flags::RESPONSE,
+            0,
+            id,
+            Bytes::new(),
+            Bytes::from_static(b"\x01"),
         )
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn outcome_waits_in_the_slot_until_the_caller_takes_it() {
+        let mut calls = Calls::default();
+        let (count, w) = waker();
+        let id = calls.insert(SECOND, Some(w.clone()));
+        assert!(calls.poll(id, &w).is_pending());
+        let woken = calls.complete(id, Ok(frame(id))).expect("a waker to wake");
+        woken.wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(calls.is_empty(), "no call waits once its outcome is in");
+        match calls.poll(id, &w) {
+            Poll::Ready(Some(Ok(f))) => assert_eq!(f.header.request_id, id),
+            other => panic!("expected the frame, got {other:?}"),
+        }
+        assert!(
+            matches!(calls.poll(id, &w), Poll::Ready(None)),
+            "taken once"
+        );
     }
 
     #[test]
     fn ids_are_unique_and_stale_ids_miss() {
         let mut calls = Calls::default();
-        let now = Instant::now();
-        let (a, _ra) = call();
-        let id_a = calls.insert(a, now);
-        assert!(calls.remove(id_a).is_some());
-        let (b, _rb) = call();
-        let id_b = calls.insert(b, now);
+        let (_, w) = waker();
+        let id_a = calls.insert(SECOND, None);
+        calls.cancel(id_a);
+        let id_b = calls.insert(SECOND, None);
         assert_ne!(id_a, id_b, "a reused slot gets a new generation");
         assert!(
-            calls.remove(id_a).is_none(),
+            calls.complete(id_a, Ok(frame(id_a))).is_none(),
             "a late reply to the old call misses"
         );
+        assert!(
+            calls.poll(id_b, &w).is_pending(),
+            "and leaves the new call waiting"
+        );
         assert_eq!(calls.len(), 1);
-        assert!(calls.remove(id_b).is_some());
+        calls.cancel(id_b);
         assert!(calls.is_empty());
+        assert_eq!(calls.free.len(), 1, "both calls used the one slot");
     }
 
     #[test]
     fn expiry_follows_deadlines_even_out_of_order() {
         let mut calls = Calls::default();
         let now = Instant::now();
-        let (late, mut r_late) = call();
-        let (early, mut r_early) = call();
-        calls.insert(late, now + Duration::from_secs(10));
-        calls.insert(early, now + Duration::from_secs(1));
-        assert_eq!(calls.next_deadline(), Some(now + Duration::from_secs(1)));
-        calls.expire(now + Duration::from_secs(2));
-        assert!(matches!(r_early.try_recv(), Ok(Err(RpcError::Timeout(_)))));
-        assert!(r_late.try_recv().is_err(), "not yet");
+        let (_, w) = waker();
+        let late = calls.insert(Duration::from_secs(10), None);
+        let early = calls.insert(SECOND, None);
+        calls.schedule(late, now);
+        calls.schedule(early, now);
+        assert_eq!(calls.next_deadline(), Some(now + SECOND));
+        let mut wake = Vec::new();
+        calls.expire(now + Duration::from_secs(2), &mut wake);
+        assert!(matches!(
+            calls.poll(early, &w),
+            Poll::Ready(Some(Err(RpcError::Timeout(t)))) if t == SECOND
+        ));
+        assert!(calls.poll(late, &w).is_pending(), "not yet");
         assert_eq!(calls.next_deadline(), Some(now + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn answered_and_cancelled_calls_leave_the_deadline_queue() {
+        let mut calls = Calls::default();
+        let now = Instant::now();
+        let answered = calls.insert(SECOND, None);
+        let cancelled = calls.insert(SECOND, None);
+        calls.schedule(answered, now);
+        calls.schedule(cancelled, now);
+        let _ = calls.complete(answered, Ok(frame(answered)));
+        calls.cancel(cancelled);
+        assert_eq!(calls.next_deadline(), None);
+        assert!(calls.deadlines.is_empty());
+    }
+
+    #[test]
+    fn fail_all_wakes_every_waiting_caller_and_keeps_their_outcomes() {
+        let mut calls = Calls::default();
+        let (count, w) = waker();
+        let a = calls.insert(SECOND, Some(w.clone()));
+        let b = calls.insert(SECOND, Some(w.clone()));
+        let _ = calls.complete(b, Ok(frame(b)));
+        let mut wake = Vec::new();
+        calls.fail_all(|_| RpcError::ConnectionLost("gone".into()), &mut wake);
+        assert_eq!(wake.len(), 1, "only the call still waiting");
+        wake.into_iter().for_each(Waker::wake);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            calls.poll(a, &w),
+            Poll::Ready(Some(Err(RpcError::ConnectionLost(_))))
+        ));
+        assert!(
+            matches!(calls.poll(b, &w), Poll::Ready(Some(Ok(_)))),
+            "an outcome already in stays"
+        );
     }
 }
