@@ -72,7 +72,7 @@ mod runtime;
 pub mod server;
 mod transport;
 
-pub use client::{Call, Client, ClientBuilder, ClientConfig};
+pub use client::{Call, CallFuture, Client, ClientBuilder, ClientConfig};
 
 pub use error::{NoError, RpcError};
 /// Client-side load balancing (the `rpc-lb` crate): strategies, providers, the balancer.

@@ -110,6 +110,45 @@ async fn many_calls_in_flight_are_multiplexed_and_answered_out_of_order() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_calls_late_responses_never_reach_the_calls_that_reuse_their_slots() {
+    bounded(async {
+        let (server, _) = start().await;
+        let calc = CalculatorClient::new(Client::connect(server.local_addr()).await.unwrap());
+        for round in 0..3u64 {
+            // Calls given up before their responses come back (their futures are
+            // dropped by the timeout)...
+            let mut abandoned = tokio::task::JoinSet::new();
+            for i in 0..100 {
+                let calc = calc.clone();
+                abandoned.spawn(async move {
+                    let call = calc.sleep(30 + i % 3);
+                    tokio::time::timeout(Duration::from_millis(5), call).await
+                });
+            }
+            while let Some(outcome) = abandoned.join_next().await {
+                assert!(outcome.unwrap().is_err(), "given up before the reply");
+            }
+            // ...and new calls, on the freed slots, in flight while the late
+            // responses arrive: each gets its own answer.
+            let mut fresh = tokio::task::JoinSet::new();
+            for i in 0..300i64 {
+                let calc = calc.clone();
+                fresh.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis((i % 40) as u64)).await;
+                    (i, calc.add(i, round as i64).await)
+                });
+            }
+            while let Some(joined) = fresh.join_next().await {
+                let (i, sum) = joined.unwrap();
+                assert_eq!(sum.unwrap(), i + round as i64);
+            }
+        }
+        server.shutdown().await.unwrap();
+    })
+    .await;
+}
+
 #[test]
 fn sync_mode_from_plain_thread() {
     let rt = tokio::runtime::Runtime::new().unwrap();

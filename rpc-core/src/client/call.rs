@@ -4,11 +4,15 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::connection::PendingReply;
 use super::Client;
 use crate::error::RpcError;
 use crate::protocol::{
@@ -138,7 +142,7 @@ where
     /// an async runtime (blocking there could deadlock; `.await` instead).
     pub fn blocking(self) -> Result<T, RpcError<E>> {
         let client = self.client.clone();
-        client.block_on(self.run())
+        client.block_on(self.into_future())
     }
 
     /// Callback mode: starts the call and returns at once. `callback` runs exactly once,
@@ -154,39 +158,72 @@ where
             _result: PhantomData,
         };
         runtime.spawn(async move {
-            let result = self.run().await;
+            let result = self.await;
             if let Some(callback) = guard.callback.take() {
                 callback(result);
             }
         });
     }
 
-    /// Makes the call; what `.await` runs.
-    async fn run(self) -> Result<T, RpcError<E>> {
-        let timeout = self.timeout.unwrap_or(self.client.config().timeout);
-        let max_frame_len = self.client.config().max_frame_len;
-        let oneway = self.oneway;
-        let args = self.args;
-        let attachments = self.attachments;
-        let (service, method) = (self.service, self.method);
-        let auth_token = self.client.config().auth_token.clone();
-        let encode = move |buf: &mut bytes::BytesMut, id: u64| {
-            let target = RequestTarget {
-                service,
-                method,
-                timeout: Some(timeout),
-                trace: None,
-                auth_token: auth_token.as_deref(),
-                attachments: &attachments,
-            };
-            encode_request(buf, id, oneway, &target, &args, max_frame_len).map_err(|e| match e {
-                EncodeError::Protocol(p) => RpcError::Protocol(p),
-                other => RpcError::Serialization(other.to_string()),
-            })
+    /// This call's timeout: its own, or the client's default.
+    fn effective_timeout(&self) -> Duration {
+        self.timeout.unwrap_or(self.client.config().timeout)
+    }
+
+    /// Appends this call's request frame, with request id `id`, to `buf`.
+    fn encode(&self, buf: &mut BytesMut, id: u64, timeout: Duration) -> Result<(), RpcError> {
+        let config = self.client.config();
+        let target = RequestTarget {
+            service: self.service,
+            method: self.method,
+            timeout: Some(timeout),
+            trace: None,
+            auth_token: config.auth_token.as_deref(),
+            attachments: &self.attachments,
         };
-        let frame = self
-            .client
-            .call_frame(encode, oneway, timeout, self.hash_key)
+        encode_request(
+            buf,
+            id,
+            self.oneway,
+            &target,
+            &self.args,
+            config.max_frame_len,
+        )
+        .map_err(|e| match e {
+            EncodeError::Protocol(p) => RpcError::Protocol(p),
+            other => RpcError::Serialization(other.to_string()),
+        })
+    }
+
+    /// Starts the call in the first poll of its future. The common case, a call to an
+    /// already connected single server, is queued on the connection right here, with
+    /// no allocation; everything else (connecting, reconnecting, picking a provider,
+    /// failing over, oneway) runs [`Call::run`].
+    fn start(self, cx: &Context<'_>) -> CallState<A, T, E> {
+        if !self.oneway {
+            if let Some(conn) = self.client.ready_connection() {
+                let timeout = self.effective_timeout();
+                let encode = |buf: &mut BytesMut, id: u64| self.encode(buf, id, timeout);
+                // On any failure (the connection just closed, or the request cannot be
+                // encoded), the general path decides what to do and reports it.
+                if let Ok(reply) = conn.submit_call(&encode, timeout, cx.waker()) {
+                    return CallState::Reply { reply, timeout };
+                }
+            }
+        }
+        CallState::Run(Box::pin(self.run()))
+    }
+
+    /// Makes the call, whatever it takes: connecting, picking a provider and failing
+    /// over, oneway.
+    async fn run(self) -> Result<T, RpcError<E>> {
+        let timeout = self.effective_timeout();
+        let (oneway, hash_key) = (self.oneway, self.hash_key);
+        let client = self.client.clone();
+        // The closure owns the call, so the future needs only `A: Send`.
+        let encode = move |buf: &mut BytesMut, id: u64| self.encode(buf, id, timeout);
+        let frame = client
+            .call_frame(encode, oneway, timeout, hash_key)
             .await
             .map_err(RpcError::widen)?;
         let Some(frame) = frame else {
@@ -232,12 +269,100 @@ where
     E: DeserializeOwned + Send + 'static,
 {
     type Output = Result<T, RpcError<E>>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    type IntoFuture = CallFuture<A, T, E>;
 
     /// Future mode: the call is made when the future is first polled; dropping the
     /// future abandons the call.
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.run())
+        CallFuture {
+            state: CallState::Start(self),
+        }
+    }
+}
+
+/// The future of a [`Call`] (what `call.await` awaits): the call is made when it is
+/// first polled, and dropping it abandons the call (a response that arrives later is
+/// discarded).
+#[must_use = "a call does nothing until its future is polled"]
+pub struct CallFuture<A, T, E = crate::error::NoError> {
+    /// Where the call is.
+    state: CallState<A, T, E>,
+}
+
+/// The stages of a [`CallFuture`].
+enum CallState<A, T, E> {
+    /// Not polled yet.
+    Start(Call<A, T, E>),
+    /// Queued on a connection, waiting for the response (the fast path).
+    Reply {
+        /// The call's slot on its connection.
+        reply: PendingReply,
+        /// The call's timeout, for errors.
+        timeout: Duration,
+    },
+    /// Everything else, run by [`Call::run`].
+    Run(Pin<Box<dyn Future<Output = Result<T, RpcError<E>>> + Send>>),
+    /// Completed.
+    Done,
+}
+
+// No field is ever pinned in place: the call is moved out when it starts, and the
+// general path is a future of its own, pinned in its box.
+impl<A, T, E> Unpin for CallFuture<A, T, E> {}
+
+impl<A, T, E> fmt::Debug for CallFuture<A, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stage = match &self.state {
+            CallState::Start(_) => "not started",
+            CallState::Reply { .. } => "waiting for the response",
+            CallState::Run(_) => "running",
+            CallState::Done => "done",
+        };
+        f.debug_struct("CallFuture").field("stage", &stage).finish()
+    }
+}
+
+impl<A, T, E> Future for CallFuture<A, T, E>
+where
+    A: Serialize + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    type Output = Result<T, RpcError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                CallState::Start(_) => {
+                    let CallState::Start(call) =
+                        std::mem::replace(&mut this.state, CallState::Done)
+                    else {
+                        unreachable!("matched Start just above");
+                    };
+                    this.state = call.start(cx);
+                    if let CallState::Reply { .. } = this.state {
+                        // Just queued: the response cannot be in yet.
+                        return Poll::Pending;
+                    }
+                }
+                CallState::Reply { reply, timeout } => {
+                    let outcome = ready!(Pin::new(reply).poll(cx));
+                    let timeout = *timeout;
+                    this.state = CallState::Done;
+                    return Poll::Ready(match outcome {
+                        Ok(frame) => decode_reply(&frame, timeout),
+                        Err(e) => Err(e.widen()),
+                    });
+                }
+                CallState::Run(run) => {
+                    let outcome = ready!(run.as_mut().poll(cx));
+                    this.state = CallState::Done;
+                    return Poll::Ready(outcome);
+                }
+                CallState::Done => panic!("a call's future was polled after it completed"),
+            }
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-pub use call::Call;
+pub use call::{Call, CallFuture};
 use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
 
 use crate::error::RpcError;
@@ -484,6 +484,20 @@ impl Client {
     /// The runtime this client's connections and callbacks run on.
     pub(crate) fn runtime(&self) -> &Handle {
         &self.inner.runtime
+    }
+
+    /// The connection a call would use right now if this client talks to one server
+    /// and that connection is open and takes calls: the fast path of a call. `None`
+    /// for a cluster of providers, or when the call must connect first.
+    pub(crate) fn ready_connection(&self) -> Option<Connection> {
+        match &self.inner.route {
+            Route::Single(endpoint) => {
+                let index =
+                    endpoint.next_slot.fetch_add(1, Ordering::Relaxed) % endpoint.slots.len();
+                endpoint.slots[index].current()
+            }
+            Route::Cluster(_) => None,
+        }
     }
 
     /// Runs `fut` to completion on this thread, with the client's runtime entered so
