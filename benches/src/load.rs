@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -142,7 +143,7 @@ impl Measurement {
 /// One way of making an echo call; cloned once per load task.
 pub(crate) trait EchoCaller: Clone + Send + Sync + 'static {
     /// Sends `payload` and returns the length of what came back.
-    fn echo(&self, payload: &[u8]) -> impl Future<Output = Result<usize, String>> + Send;
+    fn echo(&self, payload: &Bytes) -> impl Future<Output = Result<usize, String>> + Send;
 }
 
 /// Runs `load` through `caller` as `load.in_flight` tasks, each making calls one after
@@ -151,12 +152,12 @@ pub(crate) trait EchoCaller: Clone + Send + Sync + 'static {
 pub(crate) async fn closed_loop<C: EchoCaller>(caller: C, load: &Load) -> Measurement {
     let window = Window::starting_now(load);
     let tally = Arc::new(Mutex::new(Tally::new()));
-    let payload: Arc<[u8]> = vec![0xA5; load.payload].into();
+    let payload = Bytes::from(vec![0xA5; load.payload]);
     let mut tasks = JoinSet::new();
     for _ in 0..load.in_flight.max(1) {
         let caller = caller.clone();
         let tally = Arc::clone(&tally);
-        let payload = Arc::clone(&payload);
+        let payload = payload.clone();
         tasks.spawn(async move {
             let mut started = Instant::now();
             loop {

@@ -13,7 +13,8 @@
 //!   dispatch, encode, write);
 //! - [`server`]: [`Server`], its settings, and the [`Service`](server::Service) contract
 //!   the macro implements;
-//! - `error`: [`RpcError`], the one error type callers see.
+//! - `error`: [`RpcError`], the one error type callers see;
+//! - [`Blob`]: byte payloads, encoded as one `bin` and received without a copy.
 //!
 //! # Example
 //!
@@ -65,6 +66,7 @@
 
 #![forbid(unsafe_code)]
 
+mod blob;
 mod client;
 mod error;
 pub mod protocol;
@@ -72,6 +74,7 @@ mod runtime;
 pub mod server;
 mod transport;
 
+pub use blob::Blob;
 pub use client::{Call, CallFuture, Client, ClientBuilder, ClientConfig};
 
 pub use error::{NoError, RpcError};

@@ -243,6 +243,37 @@ proptest! {
         prop_assert_eq!(wire.len() as u64, expected_len);
         let decoded = feed(&mut codec, &wire, &sizes, Buffer::Reused, usize::MAX).unwrap();
         prop_assert_eq!(decoded, frames);
+
+    }
+
+    /// (a') The same through `split_frames`, the server's way: whole frames come out in
+    /// batches, back to back, and a partial frame stays behind until it is whole.
+    #[test]
+    fn split_frames_round_trip_in_any_chunking(
+        frames in prop::collection::vec(any_frame(), 1..5),
+        sizes in chunk_sizes(),
+    ) {
+        let mut codec = FrameCodec::default();
+        let mut wire = BytesMut::new();
+        for frame in &frames {
+            codec.encode(frame, &mut wire).unwrap();
+        }
+        let mut src = BytesMut::new();
+        let mut decoded = Vec::new();
+        for chunk in chunks(&wire, &sizes) {
+            src.extend_from_slice(chunk);
+            let (batch, error) = codec.split_frames(&mut src);
+            prop_assert!(error.is_none());
+            let Some(mut batch) = batch else { continue };
+            while !batch.is_empty() {
+                let mut one = BytesMut::from(&batch[..]);
+                let frame = FrameCodec::default().decode(&mut one).unwrap().expect("a whole frame");
+                let _ = batch.split_to(frame.header.frame_len() as usize);
+                decoded.push(frame);
+            }
+        }
+        prop_assert!(src.is_empty(), "nothing left over");
+        prop_assert_eq!(decoded, frames);
     }
 }
 

@@ -53,7 +53,6 @@ use rpc_core::protocol::{
     encode_request, Flags, Header, RequestTarget, Status, DEFAULT_MAX_FRAME_LEN, HEADER_LEN,
 };
 use rpc_core::{Client, ServerConfig};
-use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -424,7 +423,7 @@ async fn open_idle(addr: SocketAddr, via: Via, payload: usize) -> io::Result<Idl
                 .map_err(io::Error::other)?;
             let echo = EchoClient::new(client.clone());
             let reply = echo
-                .echo(ByteBuf::from(vec![7u8; payload]))
+                .echo(rpc_core::Blob::from(vec![7u8; payload]))
                 .await
                 .map_err(io::Error::other)?;
             if reply.len() != payload {
@@ -450,7 +449,7 @@ async fn raw_echo_once(addr: SocketAddr, payload: usize) -> io::Result<TcpStream
         auth_token: None,
         attachments: &[],
     };
-    let args = (ByteBuf::from(vec![7u8; payload]),);
+    let args = (rpc_core::Blob::from(vec![7u8; payload]),);
     encode_request(
         &mut request,
         REQUEST_ID,

@@ -4,8 +4,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rpc_core::{Client, Server, ServerConfig};
-use serde_bytes::ByteBuf;
+use bytes::Bytes;
+use rpc_core::{Blob, Client, Server, ServerConfig};
 
 use super::LISTEN_ADDR;
 use crate::load::{closed_loop, EchoCaller, Load, Measurement};
@@ -14,7 +14,7 @@ use crate::load::{closed_loop, EchoCaller, Load, Measurement};
 #[rpc_core::service(name = "bench.Echo")]
 pub trait Echo {
     /// Returns `data` unchanged.
-    async fn echo(&self, data: ByteBuf) -> ByteBuf;
+    async fn echo(&self, data: Blob) -> Blob;
     /// Sleeps `ms` milliseconds, then returns `ms`: holds a call open on the server
     /// (`rpc-mem` measures the memory of calls in flight with it).
     async fn hold(&self, ms: u64) -> u64;
@@ -25,7 +25,7 @@ pub trait Echo {
 pub struct EchoImpl;
 
 impl Echo for EchoImpl {
-    async fn echo(&self, data: ByteBuf) -> ByteBuf {
+    async fn echo(&self, data: Blob) -> Blob {
         data
     }
 
@@ -87,9 +87,11 @@ pub(super) async fn drive(addr: SocketAddr, load: &Load) -> io::Result<Measureme
 struct Caller(EchoClient);
 
 impl EchoCaller for Caller {
-    async fn echo(&self, payload: &[u8]) -> Result<usize, String> {
+    async fn echo(&self, payload: &Bytes) -> Result<usize, String> {
+        // A `Blob` shares the caller's buffer: no copy (as the raw echo sends its
+        // `Bytes`).
         self.0
-            .echo(ByteBuf::from(payload.to_vec()))
+            .echo(Blob::from(payload.clone()))
             .await
             .map(|echo| echo.len())
             .map_err(|e| e.to_string())

@@ -195,23 +195,21 @@ where
         })
     }
 
-    /// Starts the call in the first poll of its future. The common case, a call to an
-    /// already connected single server, is queued on the connection right here, with
-    /// no allocation; everything else (connecting, reconnecting, picking a provider,
-    /// failing over, oneway) runs [`Call::run`].
-    fn start(self, cx: &Context<'_>) -> CallState<A, T, E> {
-        if !self.oneway {
-            if let Some(conn) = self.client.ready_connection() {
-                let timeout = self.effective_timeout();
-                let encode = |buf: &mut BytesMut, id: u64| self.encode(buf, id, timeout);
-                // On any failure (the connection just closed, or the request cannot be
-                // encoded), the general path decides what to do and reports it.
-                if let Ok(reply) = conn.submit_call(&encode, timeout, cx.waker()) {
-                    return CallState::Reply { reply, timeout };
-                }
-            }
+    /// The fast start of a call, in the first poll of its future: a call to an already
+    /// connected single server is queued on the connection right here, with no
+    /// allocation. `None` when the call needs more (connecting, reconnecting, picking
+    /// a provider, failing over, oneway): then [`Call::run`] makes it.
+    fn try_queue(&self, cx: &Context<'_>) -> Option<CallState<A, T, E>> {
+        if self.oneway {
+            return None;
         }
-        CallState::Run(Box::pin(self.run()))
+        let conn = self.client.ready_connection()?;
+        let timeout = self.effective_timeout();
+        let encode = |buf: &mut BytesMut, id: u64| self.encode(buf, id, timeout);
+        // On any failure (the connection just closed, or the request cannot be
+        // encoded), the general path decides what to do and reports it.
+        let reply = conn.submit_call(&encode, timeout, cx.waker()).ok()?;
+        Some(CallState::Reply { reply, timeout })
     }
 
     /// Makes the call, whatever it takes: connecting, picking a provider and failing
@@ -231,13 +229,14 @@ where
             return rmp_serde::from_slice(&[0xc0])
                 .map_err(|e| RpcError::Serialization(e.to_string()));
         };
-        decode_reply(&frame, timeout)
+        decode_reply(frame, timeout)
     }
 }
 
-/// Turns a response frame into the call's result.
+/// Turns a response frame into the call's result. [`Blob`](crate::Blob)s in the result
+/// share the frame's buffer.
 fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
-    frame: &Frame,
+    frame: Frame,
     timeout: Duration,
 ) -> Result<T, RpcError<E>> {
     if frame.header.serialization != SERIALIZATION_MSGPACK {
@@ -246,14 +245,17 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
         )));
     }
     match Status::from_code(frame.header.status) {
-        Status::Ok => rmp_serde::from_slice(&frame.body)
+        Status::Ok => crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body))
+            .0
             .map_err(|e| RpcError::Serialization(format!("cannot decode the result: {e}"))),
-        Status::ApplicationError => match rmp_serde::from_slice(&frame.body) {
-            Ok(e) => Err(RpcError::Application(e)),
-            Err(e) => Err(RpcError::Serialization(format!(
-                "cannot decode the service's error: {e}"
-            ))),
-        },
+        Status::ApplicationError => {
+            match crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body)).0 {
+                Ok(e) => Err(RpcError::Application(e)),
+                Err(e) => Err(RpcError::Serialization(format!(
+                    "cannot decode the service's error: {e}"
+                ))),
+            }
+        }
         status => {
             let message: String = rmp_serde::from_slice(&frame.body)
                 .unwrap_or_else(|_| "(no readable message)".to_owned());
@@ -334,24 +336,26 @@ where
         let this = self.get_mut();
         loop {
             match &mut this.state {
-                CallState::Start(_) => {
+                CallState::Start(call) => {
+                    // Encoded where it lies: the call is not moved out for this.
+                    if let Some(queued) = call.try_queue(cx) {
+                        this.state = queued;
+                        // Just queued: the response cannot be in yet.
+                        return Poll::Pending;
+                    }
                     let CallState::Start(call) =
                         std::mem::replace(&mut this.state, CallState::Done)
                     else {
                         unreachable!("matched Start just above");
                     };
-                    this.state = call.start(cx);
-                    if let CallState::Reply { .. } = this.state {
-                        // Just queued: the response cannot be in yet.
-                        return Poll::Pending;
-                    }
+                    this.state = CallState::Run(Box::pin(call.run()));
                 }
                 CallState::Reply { reply, timeout } => {
                     let outcome = ready!(Pin::new(reply).poll(cx));
                     let timeout = *timeout;
                     this.state = CallState::Done;
                     return Poll::Ready(match outcome {
-                        Ok(frame) => decode_reply(&frame, timeout),
+                        Ok(frame) => decode_reply(frame, timeout),
                         Err(e) => Err(e.widen()),
                     });
                 }

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -36,6 +36,43 @@ impl FrameCodec {
         self.max_frame_len
     }
 
+    /// Takes the whole frames at the front of `src` out as one buffer (one
+    /// reference-counted split per read, not one per frame), leaving a trailing partial
+    /// frame in `src`, which grows to exactly that frame's length if it must (as in
+    /// [`peek`](FrameCodec::peek)). Frames in the batch lie back to back: a header,
+    /// metadata and body each, as [`Header::parse`] reads them.
+    ///
+    /// A malformed header after the whole frames is returned as the error, alongside
+    /// the frames before it: handle those, then end the stream.
+    pub fn split_frames(&mut self, src: &mut BytesMut) -> (Option<Bytes>, Option<CodecError>) {
+        let mut whole = 0;
+        let mut partial = None;
+        let mut error = None;
+        loop {
+            let rest = &src[whole..];
+            match Header::parse(rest, self.max_frame_len) {
+                Ok(Some(header)) if rest.len() >= header.frame_len() as usize => {
+                    whole += header.frame_len() as usize;
+                }
+                Ok(Some(header)) => {
+                    partial = Some(header);
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e.into());
+                    break;
+                }
+            }
+        }
+        let batch = (whole > 0).then(|| src.split_to(whole).freeze());
+        self.pending = partial;
+        if let Some(header) = partial {
+            grow_to_frame(src, &header);
+        }
+        (batch, error)
+    }
+
     /// Checks whether a whole frame sits at the front of `src` without taking it out:
     /// returns its header, and the frame is `src[..header.frame_len()]` (metadata from
     /// [`HEADER_LEN`], then the body). The caller advances `src` past it when done.
@@ -57,13 +94,7 @@ impl FrameCodec {
         let total = header.frame_len() as usize;
         if src.len() < total {
             self.pending = Some(header);
-            if src.capacity() < total {
-                // Grow to exactly the frame: `reserve` may double the buffer, which
-                // would let a peer make us hold twice the cap.
-                let mut exact = BytesMut::with_capacity(total);
-                exact.extend_from_slice(src);
-                *src = exact;
-            }
+            grow_to_frame(src, &header);
             return Ok(None);
         }
         self.pending = None;
@@ -83,6 +114,19 @@ impl FrameCodec {
             Some(header) if buf.capacity() >= header.frame_len() as usize => {}
             _ => buf.reserve(chunk),
         }
+    }
+}
+
+/// Makes `src`, holding the start of the frame `header` describes, able to hold the
+/// whole frame: exactly that much, because `reserve` may double the buffer, which would
+/// let a peer make us hold twice the frame cap.
+fn grow_to_frame(src: &mut BytesMut, header: &Header) {
+    // Bounded by max_frame_len, which Header::parse checked.
+    let total = header.frame_len() as usize;
+    if src.capacity() < total {
+        let mut exact = BytesMut::with_capacity(total);
+        exact.extend_from_slice(src);
+        *src = exact;
     }
 }
 
@@ -151,8 +195,6 @@ impl Encoder<&Frame> for FrameCodec {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
     use crate::protocol::Flags;
 

@@ -21,6 +21,7 @@ use bytes::{Buf, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
@@ -229,41 +230,28 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 Ok(_) => {
                     last_read = Instant::now();
                     conn.received = last_read.into_std();
-                    let mut since_flush = 0usize;
-                    loop {
-                        match codec.peek(&mut rbuf) {
-                            Ok(Some(header)) => {
-                                let total = header.frame_len() as usize;
-                                let meta_end = HEADER_LEN + header.metadata_len as usize;
-                                let handled = conn.on_frame(header, &rbuf[HEADER_LEN..meta_end], &rbuf[meta_end..total]);
-                                rbuf.advance(total);
-                                if let Err(reason) = handled {
-                                    tracing::warn!(%peer, %reason, "closing connection: unexpected frame");
-                                    close_after_flush(&mut wr, &conn.wbuf).await;
-                                    return;
-                                }
-                                // A big batch of requests: send the replies ready so far
-                                // now, so the client works on them while we do the rest.
-                                since_flush += 1;
-                                if since_flush >= EARLY_FLUSH_FRAMES || conn.wbuf.len() >= EARLY_FLUSH_BYTES {
-                                    since_flush = 0;
-                                    match wr.try_write(&conn.wbuf) {
-                                        Ok(n) => conn.wbuf.advance(n),
-                                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                                        Err(e) => {
-                                            tracing::debug!(%peer, error = %e, "write failed; closing connection");
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(%peer, error = %e, "closing connection: malformed input");
+                    // The whole frames read so far, as one buffer that `Blob` arguments
+                    // can point into instead of copying.
+                    let (batch, malformed) = codec.split_frames(&mut rbuf);
+                    if let Some(batch) = batch {
+                        let (handled, _) = crate::blob::decode_from(batch, |frames| conn.on_batch(frames, &wr));
+                        match handled {
+                            Ok(()) => {}
+                            Err(BatchEnd::Unexpected(reason)) => {
+                                tracing::warn!(%peer, %reason, "closing connection: unexpected frame");
                                 close_after_flush(&mut wr, &conn.wbuf).await;
                                 return;
                             }
+                            Err(BatchEnd::WriteFailed(e)) => {
+                                tracing::debug!(%peer, error = %e, "write failed; closing connection");
+                                return;
+                            }
                         }
+                    }
+                    if let Some(e) = malformed {
+                        tracing::warn!(%peer, error = %e, "closing connection: malformed input");
+                        close_after_flush(&mut wr, &conn.wbuf).await;
+                        return;
                     }
                 }
                 Err(e) => {
@@ -302,7 +290,42 @@ async fn close_after_flush(wr: &mut tokio::net::tcp::WriteHalf<'_>, pending: &[u
     let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
 }
 
+/// Why handling a batch of frames ended the connection.
+enum BatchEnd {
+    /// A frame a server must never receive.
+    Unexpected(&'static str),
+    /// Sending the replies ready so far failed.
+    WriteFailed(std::io::Error),
+}
+
 impl Conn<'_> {
+    /// Handles a batch of whole frames lying back to back (from
+    /// [`FrameCodec::split_frames`]). Every [`EARLY_FLUSH_FRAMES`] frames or
+    /// [`EARLY_FLUSH_BYTES`] of replies, sends the replies ready so far, so that the
+    /// client works on them while the rest are handled.
+    fn on_batch(&mut self, frames: &[u8], wr: &WriteHalf<'_>) -> Result<(), BatchEnd> {
+        let mut at = 0;
+        let mut since_flush = 0usize;
+        while let Ok(Some(header)) = Header::parse(&frames[at..], self.shared.config.max_frame_len)
+        {
+            let frame = &frames[at..at + header.frame_len() as usize];
+            at += frame.len();
+            let meta_end = HEADER_LEN + header.metadata_len as usize;
+            self.on_frame(header, &frame[HEADER_LEN..meta_end], &frame[meta_end..])
+                .map_err(BatchEnd::Unexpected)?;
+            since_flush += 1;
+            if since_flush >= EARLY_FLUSH_FRAMES || self.wbuf.len() >= EARLY_FLUSH_BYTES {
+                since_flush = 0;
+                match wr.try_write(&self.wbuf) {
+                    Ok(n) => self.wbuf.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(BatchEnd::WriteFailed(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Handles one decoded frame.
     ///
     /// # Errors
