@@ -35,8 +35,12 @@ use crate::protocol::{encode_heartbeat, Event, Flags, Frame, FrameCodec};
 
 use super::pending::Calls;
 
-/// Reads are made into at least this much free buffer space.
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads are made into at least a quarter of this much free buffer space. Responses
+/// stay in the buffer until their callers take them, so a fresh chunk is allocated
+/// about once per chunk read; bigger chunks mean fewer, larger reads. 120 KiB (rather
+/// than 64) gave 1 KiB × 256-in-flight echoes ~12 % more calls/s; 256 KiB gained
+/// nothing more, and 120 KiB stays under glibc's initial mmap threshold (128 KiB).
+const READ_CHUNK: usize = 120 * 1024;
 
 /// Where a oneway caller learns that its frame was written.
 type WrittenSlot = oneshot::Sender<Result<(), RpcError>>;
