@@ -12,6 +12,9 @@ use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use rpc_lb::Picked;
+use tokio::time::Instant;
+
 use super::connection::PendingReply;
 use super::Client;
 use crate::error::RpcError;
@@ -195,33 +198,41 @@ where
         })
     }
 
-    /// The fast start of a call, in the first poll of its future: a call to an already
-    /// connected single server is queued on the connection right here, with no
-    /// allocation. `None` when the call needs more (connecting, reconnecting, picking
-    /// a provider, failing over, oneway): then [`Call::run`] makes it.
-    fn try_queue(&self, cx: &Context<'_>) -> Option<CallState<A, T, E>> {
+    /// The fast start of a call, in the first poll of its future: a call to a server
+    /// (or, for a cluster, a provider just picked) with an open connection is queued on
+    /// it right here, with no allocation. `None` when the call needs more (connecting,
+    /// reconnecting, a provider that cannot take it, oneway): then [`Call::run`] makes
+    /// it, starting with the provider already picked, if any (so that a provider not
+    /// connected yet gets its turn). Returns the queued call, its timeout and the
+    /// provider picked.
+    fn try_queue(
+        &self,
+        cx: &Context<'_>,
+    ) -> Result<(PendingReply, Duration, Option<Picked>), Option<Picked>> {
         if self.oneway {
-            return None;
+            return Err(None);
         }
-        let conn = self.client.ready_connection()?;
+        let ready = self.client.ready_connection(self.hash_key)?;
         let timeout = self.effective_timeout();
         let encode = |buf: &mut BytesMut, id: u64| self.encode(buf, id, timeout);
         // On any failure (the connection just closed, or the request cannot be
         // encoded), the general path decides what to do and reports it.
-        let reply = conn.submit_call(&encode, timeout, cx.waker()).ok()?;
-        Some(CallState::Reply { reply, timeout })
+        match ready.conn.submit_call(&encode, timeout, cx.waker()) {
+            Ok(reply) => Ok((reply, timeout, ready.picked)),
+            Err(_) => Err(ready.picked),
+        }
     }
 
-    /// Makes the call, whatever it takes: connecting, picking a provider and failing
-    /// over, oneway.
-    async fn run(self) -> Result<T, RpcError<E>> {
+    /// Makes the call, whatever it takes: connecting, picking a provider (the first
+    /// attempt goes to `picked`, if given) and failing over, oneway.
+    async fn run(self, picked: Option<Picked>) -> Result<T, RpcError<E>> {
         let timeout = self.effective_timeout();
         let (oneway, hash_key) = (self.oneway, self.hash_key);
         let client = self.client.clone();
         // The closure owns the call, so the future needs only `A: Send`.
         let encode = move |buf: &mut BytesMut, id: u64| self.encode(buf, id, timeout);
         let frame = client
-            .call_frame(encode, oneway, timeout, hash_key)
+            .call_frame(encode, oneway, timeout, hash_key, picked)
             .await
             .map_err(RpcError::widen)?;
         let Some(frame) = frame else {
@@ -301,11 +312,24 @@ enum CallState<A, T, E> {
         reply: PendingReply,
         /// The call's timeout, for errors.
         timeout: Duration,
+        /// For a cluster: the provider picked, to record the outcome on and to fail
+        /// over from.
+        attempt: Option<Attempt<A, T, E>>,
     },
     /// Everything else, run by [`Call::run`].
     Run(Pin<Box<dyn Future<Output = Result<T, RpcError<E>>> + Send>>),
     /// Completed.
     Done,
+}
+
+/// A call queued on a provider a balancer picked.
+struct Attempt<A, T, E> {
+    /// The provider; counts the call in flight until dropped.
+    picked: Picked,
+    /// When the call was queued, for the latency recorded.
+    started: Instant,
+    /// The call itself, to run elsewhere if this provider certainly did not run it.
+    call: Call<A, T, E>,
 }
 
 // No field is ever pinned in place: the call is moved out when it starts, and the
@@ -324,6 +348,16 @@ impl<A, T, E> fmt::Debug for CallFuture<A, T, E> {
     }
 }
 
+impl<A, T, E> CallFuture<A, T, E> {
+    /// Takes the call out of the `Start` state.
+    fn take_call(&mut self) -> Call<A, T, E> {
+        match std::mem::replace(&mut self.state, CallState::Done) {
+            CallState::Start(call) => call,
+            _ => unreachable!("only called in the Start state"),
+        }
+    }
+}
+
 impl<A, T, E> Future for CallFuture<A, T, E>
 where
     A: Serialize + Send + 'static,
@@ -338,26 +372,61 @@ where
             match &mut this.state {
                 CallState::Start(call) => {
                     // Encoded where it lies: the call is not moved out for this.
-                    if let Some(queued) = call.try_queue(cx) {
-                        this.state = queued;
-                        // Just queued: the response cannot be in yet.
-                        return Poll::Pending;
-                    }
-                    let CallState::Start(call) =
-                        std::mem::replace(&mut this.state, CallState::Done)
-                    else {
-                        unreachable!("matched Start just above");
+                    let (reply, timeout, picked) = match call.try_queue(cx) {
+                        Ok(queued) => queued,
+                        Err(picked) => {
+                            let call = this.take_call();
+                            this.state = CallState::Run(Box::pin(call.run(picked)));
+                            continue;
+                        }
                     };
-                    this.state = CallState::Run(Box::pin(call.run()));
-                }
-                CallState::Reply { reply, timeout } => {
-                    let outcome = ready!(Pin::new(reply).poll(cx));
-                    let timeout = *timeout;
-                    this.state = CallState::Done;
-                    return Poll::Ready(match outcome {
-                        Ok(frame) => decode_reply(frame, timeout),
-                        Err(e) => Err(e.widen()),
+                    // A single server's call is dropped where it lies; a cluster's is
+                    // kept in case it must fail over.
+                    let attempt = picked.map(|picked| Attempt {
+                        picked,
+                        started: Instant::now(),
+                        call: this.take_call(),
                     });
+                    this.state = CallState::Reply {
+                        reply,
+                        timeout,
+                        attempt,
+                    };
+                    // Just queued: the response cannot be in yet.
+                    return Poll::Pending;
+                }
+                CallState::Reply { reply, .. } => {
+                    let outcome = ready!(Pin::new(reply).poll(cx));
+                    let CallState::Reply {
+                        timeout, attempt, ..
+                    } = std::mem::replace(&mut this.state, CallState::Done)
+                    else {
+                        unreachable!("matched Reply just above");
+                    };
+                    let error = match (outcome, attempt) {
+                        (Ok(frame), attempt) => {
+                            if let Some(attempt) = attempt {
+                                attempt.picked.record_success(attempt.started.elapsed());
+                            }
+                            return Poll::Ready(decode_reply(frame, timeout));
+                        }
+                        (Err(e), None) => e,
+                        (Err(e), Some(attempt)) => {
+                            let spent = attempt.started.elapsed();
+                            attempt.picked.record_failure(spent);
+                            if !e.is_safe_to_retry() {
+                                return Poll::Ready(Err(e.widen()));
+                            }
+                            // The provider certainly did not run it: try the others, in
+                            // the time left.
+                            let mut call = attempt.call;
+                            call.client.skip_provider(attempt.picked.addr(), &e);
+                            call.timeout = Some(timeout.saturating_sub(spent));
+                            this.state = CallState::Run(Box::pin(call.run(None)));
+                            continue;
+                        }
+                    };
+                    return Poll::Ready(Err(error.widen()));
                 }
                 CallState::Run(run) => {
                     let outcome = ready!(run.as_mut().poll(cx));

@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use call::{Call, CallFuture};
-use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
+use rpc_lb::{LoadBalancer, PickContext, Picked, Provider, Strategy};
 
 use crate::error::RpcError;
 use crate::protocol::{Frame, DEFAULT_MAX_FRAME_LEN};
@@ -486,18 +486,57 @@ impl Client {
         &self.inner.runtime
     }
 
-    /// The connection a call would use right now if this client talks to one server
-    /// and that connection is open and takes calls: the fast path of a call. `None`
-    /// for a cluster of providers, or when the call must connect first.
-    pub(crate) fn ready_connection(&self) -> Option<Connection> {
+    /// Where a call can be queued right now with nothing to wait for: the fast path
+    /// of a call. For a cluster, a provider is picked (with `hash_key` for `ip-hash`)
+    /// and must have an open connection that takes calls. `None` when the call must
+    /// connect first, or the provider picked cannot take it now; then the general path
+    /// ([`Client::call_frame`]) decides, starting with the provider picked, returned
+    /// as the error.
+    pub(crate) fn ready_connection(&self, hash_key: Option<u64>) -> Result<Ready, Option<Picked>> {
         match &self.inner.route {
-            Route::Single(endpoint) => {
-                let index =
-                    endpoint.next_slot.fetch_add(1, Ordering::Relaxed) % endpoint.slots.len();
-                endpoint.slots[index].current()
+            Route::Single(endpoint) => Ok(Ready {
+                conn: endpoint.ready().ok_or(None)?,
+                picked: None,
+            }),
+            Route::Cluster(cluster) => {
+                let mut ctx = PickContext::new();
+                if let Some(key) = hash_key {
+                    ctx = ctx.hash_key(key);
+                }
+                let picked = cluster.balancer.pick(&ctx).map_err(|_| None)?;
+                let conn = cluster
+                    .endpoints
+                    .read()
+                    .expect("endpoints lock")
+                    .get(&picked.addr())
+                    .and_then(|endpoint| endpoint.ready());
+                match conn {
+                    Some(conn) => Ok(Ready {
+                        conn,
+                        picked: Some(picked),
+                    }),
+                    None => Err(Some(picked)),
+                }
             }
-            Route::Cluster(_) => None,
         }
+    }
+
+    /// A provider failed a call in a way that is safe to retry elsewhere (it did not
+    /// run it): the balancer skips it for a while.
+    pub(crate) fn skip_provider(&self, addr: SocketAddr, error: &RpcError) {
+        if let Route::Cluster(cluster) = &self.inner.route {
+            let pause = self.skip_pause();
+            cluster.balancer.mark_unhealthy_for(addr, pause);
+            tracing::debug!(%addr, %error, ?pause, "provider skipped");
+        }
+    }
+
+    /// How long a provider that failed (or announced shutdown) is skipped.
+    fn skip_pause(&self) -> Duration {
+        self.inner
+            .config
+            .reconnect_backoff
+            .max(Duration::from_millis(50))
     }
 
     /// Runs `fut` to completion on this thread, with the client's runtime entered so
@@ -530,13 +569,15 @@ impl Client {
     /// until it is written). `encode` writes the request with a given request id; it
     /// runs once per attempt. Over several providers, the balancer picks one per
     /// attempt; a call that certainly did not run (the provider could not be reached or
-    /// is shutting down) is retried on another provider.
+    /// is shutting down) is retried on another provider. The first attempt goes to
+    /// `picked` when the caller has already picked a provider.
     pub(crate) async fn call_frame<F>(
         &self,
         encode: F,
         oneway: bool,
         timeout: Duration,
         hash_key: Option<u64>,
+        mut picked: Option<Picked>,
     ) -> Result<Option<Frame>, RpcError>
     where
         F: Fn(&mut BytesMut, u64) -> Result<(), RpcError>,
@@ -559,15 +600,16 @@ impl Client {
         if let Some(key) = hash_key {
             ctx = ctx.hash_key(key);
         }
-        let pause = inner
-            .config
-            .reconnect_backoff
-            .max(Duration::from_millis(50));
+        let pause = self.skip_pause();
         let attempts = cluster.balancer.providers().len().max(1);
         let mut last_error = None;
         for _ in 0..attempts {
-            let Ok(picked) = cluster.balancer.pick(&ctx) else {
-                break;
+            let picked = match picked.take() {
+                Some(picked) => picked,
+                None => match cluster.balancer.pick(&ctx) {
+                    Ok(picked) => picked,
+                    Err(_) => break,
+                },
             };
             let addr = picked.addr();
             let endpoint = cluster
@@ -601,8 +643,7 @@ impl Client {
                     if !e.is_safe_to_retry() {
                         return Err(e);
                     }
-                    cluster.balancer.mark_unhealthy_for(addr, pause);
-                    tracing::debug!(%addr, error = %e, ?pause, "provider skipped");
+                    self.skip_provider(addr, &e);
                     last_error = Some(e);
                 }
             }
@@ -732,6 +773,12 @@ impl Endpoint {
         }
     }
 
+    /// The next pooled connection (round-robin), if it is open and takes calls.
+    fn ready(&self) -> Option<Connection> {
+        let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.slots[index].current()
+    }
+
     /// Whether the server announced shutdown on one of our connections to it.
     fn is_draining(&self) -> bool {
         self.slots.iter().any(|slot| {
@@ -742,6 +789,15 @@ impl Endpoint {
                 .is_some_and(Connection::is_draining)
         })
     }
+}
+
+/// A connection ready to take a call now, from [`Client::ready_connection`].
+pub(crate) struct Ready {
+    /// The connection.
+    pub(crate) conn: Connection,
+    /// The provider picked, for a cluster: its in-flight count includes this call until
+    /// this is dropped, and the call's outcome is recorded on it.
+    pub(crate) picked: Option<Picked>,
 }
 
 impl Slot {
