@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::stats::ProviderStats;
 
@@ -71,6 +71,23 @@ impl Picked {
     /// [`ProviderStats::record_failure`]).
     pub fn record_failure(&self, latency: Duration) {
         self.stats.record_failure(latency);
+    }
+
+    /// Records that the call, sent at `started`, succeeded just now; returns its
+    /// latency. One clock reading serves both the latency and the sample's time.
+    pub fn record_success_since(&self, started: Instant) -> Duration {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
+        self.stats.record_success_at(now, latency);
+        latency
+    }
+
+    /// Records that the call, sent at `started`, failed just now; returns its latency.
+    pub fn record_failure_since(&self, started: Instant) -> Duration {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
+        self.stats.record_failure_at(now, latency);
+        latency
     }
 }
 

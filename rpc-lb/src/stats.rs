@@ -93,8 +93,14 @@ impl ProviderStats {
 
     /// Records a successful call that took `latency`.
     pub fn record_success(&self, latency: Duration) {
+        self.record_success_at(Instant::now(), latency);
+    }
+
+    /// Records a successful call that took `latency` and ended at `now` (saves a
+    /// clock reading when the caller has one).
+    pub fn record_success_at(&self, now: Instant, latency: Duration) {
         self.successes.fetch_add(1, Ordering::Relaxed);
-        self.observe(Instant::now(), latency.as_nanos() as f64, false);
+        self.observe(now, latency.as_nanos() as f64, false);
     }
 
     /// Records a failed call that took `latency`.
@@ -103,8 +109,14 @@ impl ProviderStats {
     /// provider that fails fast is not mistaken for a fast one, and repeated
     /// failures push its estimate up exponentially.
     pub fn record_failure(&self, latency: Duration) {
+        self.record_failure_at(Instant::now(), latency);
+    }
+
+    /// Records a failed call that took `latency` and ended at `now` (see
+    /// [`record_failure`](ProviderStats::record_failure)).
+    pub fn record_failure_at(&self, now: Instant, latency: Duration) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        self.observe(Instant::now(), latency.as_nanos() as f64, true);
+        self.observe(now, latency.as_nanos() as f64, true);
     }
 
     /// Marks the provider down until `until`, or indefinitely for `None`.

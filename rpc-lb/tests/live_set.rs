@@ -168,6 +168,21 @@ fn update_keeps_stats_and_in_flight_calls() {
 }
 
 #[test]
+fn outcomes_recorded_since_a_start_count_and_measure_from_it() {
+    let lb = balancer(Strategy::Adaptive, &[100]);
+    let picked = lb.pick(&PickContext::new()).unwrap();
+    let started = Instant::now() - Duration::from_millis(40);
+    let latency = picked.record_success_since(started);
+    assert!(latency >= Duration::from_millis(40), "{latency:?}");
+    let failed = picked.record_failure_since(Instant::now());
+    assert!(failed < Duration::from_millis(40), "{failed:?}");
+    let stats = picked.stats();
+    assert_eq!((stats.successes(), stats.failures()), (1, 1));
+    let estimate = stats.latency().expect("a latency estimate");
+    assert!(estimate >= Duration::from_millis(40), "{estimate:?}");
+}
+
+#[test]
 fn update_applies_weight_changes() {
     let lb = balancer(Strategy::WeightedRoundRobin, &[1, 1]);
     lb.update(providers(&[3, 1]));

@@ -5,7 +5,7 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use rpc_lb::Picked;
-use tokio::time::Instant;
 
 use super::connection::PendingReply;
 use super::Client;
@@ -313,8 +312,8 @@ enum CallState<A, T, E> {
         /// The call's timeout, for errors.
         timeout: Duration,
         /// For a cluster: the provider picked, to record the outcome on and to fail
-        /// over from.
-        attempt: Option<Attempt<A, T, E>>,
+        /// over from. Boxed, so that a single server's calls (`None`) stay small.
+        attempt: Option<Box<Attempt<A, T, E>>>,
     },
     /// Everything else, run by [`Call::run`].
     Run(Pin<Box<dyn Future<Output = Result<T, RpcError<E>>> + Send>>),
@@ -382,10 +381,12 @@ where
                     };
                     // A single server's call is dropped where it lies; a cluster's is
                     // kept in case it must fail over.
-                    let attempt = picked.map(|picked| Attempt {
-                        picked,
-                        started: Instant::now(),
-                        call: this.take_call(),
+                    let attempt = picked.map(|picked| {
+                        Box::new(Attempt {
+                            picked,
+                            started: Instant::now(),
+                            call: this.take_call(),
+                        })
                     });
                     this.state = CallState::Reply {
                         reply,
@@ -395,32 +396,34 @@ where
                     // Just queued: the response cannot be in yet.
                     return Poll::Pending;
                 }
-                CallState::Reply { reply, .. } => {
+                CallState::Reply {
+                    reply,
+                    timeout,
+                    attempt,
+                } => {
                     let outcome = ready!(Pin::new(reply).poll(cx));
-                    let CallState::Reply {
-                        timeout, attempt, ..
-                    } = std::mem::replace(&mut this.state, CallState::Done)
-                    else {
-                        unreachable!("matched Reply just above");
-                    };
+                    let (timeout, attempt) = (*timeout, attempt.take());
+                    this.state = CallState::Done;
                     let error = match (outcome, attempt) {
                         (Ok(frame), attempt) => {
                             if let Some(attempt) = attempt {
-                                attempt.picked.record_success(attempt.started.elapsed());
+                                attempt.picked.record_success_since(attempt.started);
                             }
                             return Poll::Ready(decode_reply(frame, timeout));
                         }
                         (Err(e), None) => e,
                         (Err(e), Some(attempt)) => {
-                            let spent = attempt.started.elapsed();
-                            attempt.picked.record_failure(spent);
+                            let spent = attempt.picked.record_failure_since(attempt.started);
                             if !e.is_safe_to_retry() {
                                 return Poll::Ready(Err(e.widen()));
                             }
                             // The provider certainly did not run it: try the others, in
                             // the time left.
-                            let mut call = attempt.call;
-                            call.client.skip_provider(attempt.picked.addr(), &e);
+                            let Attempt {
+                                picked, mut call, ..
+                            } = *attempt;
+                            call.client.skip_provider(picked.addr(), &e);
+                            drop(picked);
                             call.timeout = Some(timeout.saturating_sub(spent));
                             this.state = CallState::Run(Box::pin(call.run(None)));
                             continue;
