@@ -12,8 +12,9 @@
 //! It takes about 5½ minutes. `--quick` is the CI smoke run (about 20 s; exits non-zero
 //! if any call fails); `--systems`, `--in-flight` and `--payloads` narrow the grid (for
 //! profiling one cell); `--cpus shared` runs client and servers on one CPU. The machine
-//! is shared and noisy: `--rounds 3` reports each system's median run, and a table whose
-//! p99s are all in milliseconds was disturbed by something else and should be rerun.
+//! is shared and noisy: `--rounds 3` reports the median of each figure over the rounds,
+//! and a table whose p99s are all in milliseconds was disturbed by something else and
+//! should be rerun.
 //!
 //! # Layout
 //!

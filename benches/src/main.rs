@@ -60,8 +60,9 @@ struct RunArgs {
     /// --duration and --warmup).
     #[arg(long)]
     quick: bool,
-    /// Repeat each cell this many times (still interleaved) and report each system's
-    /// median run by calls per second.
+    /// Repeat each cell this many times (still interleaved) and report, for each
+    /// system, the median over the rounds of calls per second and of each latency
+    /// percentile (each taken on its own: one disturbed round moves none of them).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
     /// Where the client and the servers run.
@@ -175,7 +176,7 @@ fn run(args: &RunArgs) -> ExitCode {
     }
     println!(
         "rpc-bench: {:.2} s measured after {:.2} s warm-up per system and cell, {rounds} round(s) \
-         (median by calls/s), {cpus} CPUs, --cpus {}; one TCP connection on 127.0.0.1; one \
+         (median of each figure), {cpus} CPUs, --cpus {}; one TCP connection on 127.0.0.1; one \
          busy thread per side per system.\n",
         duration.as_secs_f64(),
         warmup.as_secs_f64(),
@@ -207,7 +208,9 @@ fn run_one(
         .map_err(|e| e.to_string())
 }
 
-/// The run with the median calls per second; any failed run makes the cell failed.
+/// The median over the runs of calls per second and of each latency percentile, each
+/// taken on its own (so one round disturbed by something else on the machine moves
+/// none of them); any failed run makes the cell failed.
 fn median(mut runs: Vec<Result<Measurement, String>>) -> Result<Measurement, String> {
     if let Some(position) = runs
         .iter()
@@ -216,9 +219,24 @@ fn median(mut runs: Vec<Result<Measurement, String>>) -> Result<Measurement, Str
         return runs.swap_remove(position);
     }
     let mut runs: Vec<Measurement> = runs.into_iter().filter_map(Result::ok).collect();
+    fn middle<T: Copy + PartialOrd>(runs: &[Measurement], of: impl Fn(&Measurement) -> T) -> T {
+        let mut values: Vec<T> = runs.iter().map(of).collect();
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values[values.len() / 2]
+    }
+    let (p50, p99, p999) = (
+        middle(&runs, |m| m.p50),
+        middle(&runs, |m| m.p99),
+        middle(&runs, |m| m.p999),
+    );
     runs.sort_by(|a, b| a.calls_per_sec().total_cmp(&b.calls_per_sec()));
-    let middle = runs.len() / 2;
-    Ok(runs.swap_remove(middle))
+    let mid = runs.len() / 2;
+    Ok(Measurement {
+        p50,
+        p99,
+        p999,
+        ..runs.swap_remove(mid)
+    })
 }
 
 /// One line per measurement on stderr, so a long run shows it is alive.
