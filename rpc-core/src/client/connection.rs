@@ -299,6 +299,8 @@ async fn run(
     let mut yield_now = false;
     // Callers to wake, collected under the lock and woken after it is released.
     let mut wake: Vec<Waker> = Vec::new();
+    // Frames of one read, decoded before the lock is taken.
+    let mut frames: Vec<Frame> = Vec::new();
 
     let reason: String = loop {
         if std::mem::take(&mut yield_now) {
@@ -348,17 +350,11 @@ async fn run(
                 Ok(0) => break "the server closed the connection".to_owned(),
                 Ok(_) => {
                     last_read = Instant::now();
-                    let mut shared = handle.lock();
-                    let waiting = shared.calls.len();
+                    // Decode outside the lock that callers queue their calls under.
                     let mut failure = None;
                     loop {
                         match codec.decode(&mut rbuf) {
-                            Ok(Some(frame)) => {
-                                if let Err(reason) = on_frame(frame, &mut shared, &handle, &mut wake) {
-                                    failure = Some(reason);
-                                    break;
-                                }
-                            }
+                            Ok(Some(frame)) => frames.push(frame),
                             Ok(None) => break,
                             Err(e) => {
                                 failure = Some(format!("malformed response from {peer}: {e}"));
@@ -366,10 +362,19 @@ async fn run(
                             }
                         }
                     }
+                    let mut shared = handle.lock();
+                    let waiting = shared.calls.len();
+                    for frame in frames.drain(..) {
+                        if let Err(reason) = on_frame(frame, &mut shared, &handle, &mut wake) {
+                            failure.get_or_insert(reason);
+                            break;
+                        }
+                    }
                     // Let the callers just answered run (and queue their next calls)
                     // before reading on.
                     yield_now = shared.calls.len() < waiting;
                     drop(shared);
+                    frames.clear();
                     wake.drain(..).for_each(Waker::wake);
                     if let Some(reason) = failure {
                         tracing::warn!(%peer, %reason, "closing connection");

@@ -25,7 +25,9 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwapOption;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -355,7 +357,8 @@ struct Endpoint {
 #[derive(Default)]
 struct Slot {
     /// The live connection, if any.
-    conn: Mutex<Option<Connection>>,
+    /// Read on every call, from any thread: lock-free loads.
+    conn: ArcSwapOption<Connection>,
     /// Serializes connection attempts and holds the backoff.
     connecting: tokio::sync::Mutex<Backoff>,
 }
@@ -753,7 +756,7 @@ impl Endpoint {
         match result {
             Ok(conn) => {
                 *backoff = Backoff::default();
-                *slot.conn.lock().expect("slot lock") = Some(conn.clone());
+                slot.conn.store(Some(Arc::new(conn.clone())));
                 tracing::debug!(%addr, "connected");
                 Ok(conn)
             }
@@ -783,9 +786,8 @@ impl Endpoint {
     fn is_draining(&self) -> bool {
         self.slots.iter().any(|slot| {
             slot.conn
-                .lock()
-                .expect("slot lock")
-                .as_ref()
+                .load()
+                .as_deref()
                 .is_some_and(Connection::is_draining)
         })
     }
@@ -803,7 +805,7 @@ pub(crate) struct Ready {
 impl Slot {
     /// The slot's connection if it can take new calls.
     fn current(&self) -> Option<Connection> {
-        let guard = self.conn.lock().expect("slot lock");
-        guard.as_ref().filter(|c| c.is_usable()).cloned()
+        let guard = self.conn.load();
+        guard.as_deref().filter(|c| c.is_usable()).cloned()
     }
 }
