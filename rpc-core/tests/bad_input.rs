@@ -336,3 +336,72 @@ async fn oversized_frames_are_refused_in_both_directions() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_frames_stay_with_their_connection_while_others_share_the_worker() {
+    bounded(async {
+        // One worker: every connection reads through the same spare buffer.
+        let (server, _) = start_with(rpc_core::Server::builder().workers(1)).await;
+        let addr = server.local_addr();
+        let calc = CalculatorClient::new(Client::connect(addr).await.unwrap());
+        let payload = serde_bytes::ByteBuf::from(vec![0x5a; 100_000]);
+        let mut wire = BytesMut::new();
+        encode_request(
+            &mut wire,
+            7,
+            false,
+            &target("test.Calculator", "echo"),
+            &(&payload,),
+            usize::MAX,
+        )
+        .unwrap();
+        encode_request(
+            &mut wire,
+            8,
+            false,
+            &target("test.Calculator", "add"),
+            &(40, 2),
+            usize::MAX,
+        )
+        .unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut framed = Framed::new(stream, FrameCodec::default());
+        // The big frame in pieces (the last piece also carries the start of the next
+        // frame), with the other connection's traffic through the worker in between.
+        let cuts = [
+            10,
+            HEADER_LEN + 3,
+            40_000,
+            99_000,
+            wire.len() - 5,
+            wire.len(),
+        ];
+        let mut sent = 0;
+        for (round, &cut) in cuts.iter().enumerate() {
+            framed.get_mut().write_all(&wire[sent..cut]).await.unwrap();
+            framed.get_mut().flush().await.unwrap();
+            sent = cut;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for i in 0..20i64 {
+                assert_eq!(calc.add(i, round as i64).await.unwrap(), i + round as i64);
+            }
+        }
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let frame = tokio::time::timeout(Duration::from_secs(5), framed.next())
+                .await
+                .expect("a response")
+                .expect("not closed")
+                .expect("a valid frame");
+            assert_eq!(Status::from_code(frame.header.status), Status::Ok);
+            answers.push(frame);
+        }
+        answers.sort_by_key(|f| f.header.request_id);
+        let echoed: serde_bytes::ByteBuf = rmp_serde::from_slice(&answers[0].body).unwrap();
+        assert!(echoed == payload, "the big frame arrived intact");
+        assert_eq!(rmp_serde::from_slice::<i64>(&answers[1].body).unwrap(), 42);
+        drop(framed);
+        server.shutdown().await.unwrap();
+    })
+    .await;
+}

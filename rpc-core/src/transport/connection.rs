@@ -1,13 +1,15 @@
 //! One server-side connection: reading, decoding, dispatching, encoding and writing,
 //! all on the worker reactor that owns it.
 //!
-//! The loop keeps one read buffer and one write buffer. Every frame that a read brings
-//! in is decoded and dispatched at once; a handler that finishes on its first poll has
+//! The loop reads into its worker's spare read buffer (keeping a buffer of its own only
+//! while a partial frame waits for the rest) and keeps one write buffer. Every frame
+//! that a read brings in is decoded and dispatched at once; a handler that finishes on its first poll has
 //! its response encoded straight into the write buffer, and the rest run concurrently
 //! in a `FuturesUnordered` (or on the business pool) and are encoded as they finish,
 //! in any order. The write buffer is flushed whenever the socket can take it, so
 //! responses that finish together leave in one syscall.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -20,7 +22,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::WriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -163,10 +165,12 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     let max_frame_len = shared.config.max_frame_len;
     let idle_timeout = shared.config.idle_timeout.max(Duration::from_millis(10));
     let max_in_flight = shared.config.max_in_flight_per_connection;
-    let (mut rd, mut wr) = stream.split();
+    let (rd, mut wr) = stream.split();
     let mut codec = FrameCodec::new(max_frame_len);
-    // Buffers start empty and are released after a quiet spell, so an idle connection
-    // holds a few KiB, not two read-chunk-sized buffers.
+    // Reads go into the worker's spare buffer, handed back after each read unless a
+    // partial frame is left in it (then this connection keeps it until the frame is
+    // whole): an idle connection holds no read buffer. The write buffer starts empty
+    // and is released after a quiet spell.
     let mut rbuf = BytesMut::new();
     let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
@@ -189,7 +193,6 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     tracing::debug!(%peer, "connection accepted");
 
     loop {
-        codec.reserve_for_read(&mut rbuf, READ_CHUNK);
         let in_flight = conn.inflight.len() + conn.pool_pending;
         let can_read =
             !read_closed && conn.wbuf.len() < WRITE_HIGH_WATER && in_flight < max_in_flight;
@@ -220,12 +223,22 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                     break;
                 }
             }
-            res = rd.read_buf(&mut rbuf), if can_read => match res {
+            res = rd.readable(), if can_read => match res.and_then(|()| {
+                if rbuf.is_empty() {
+                    rbuf = take_spare_read_buffer();
+                }
+                codec.reserve_for_read(&mut rbuf, READ_CHUNK);
+                rd.try_read_buf(&mut rbuf)
+            }) {
                 Ok(0) => {
                     read_closed = true;
                     if !rbuf.is_empty() {
                         tracing::warn!(%peer, buffered = rbuf.len(), "peer closed the connection in the middle of a frame");
                     }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Readiness was stale; the next wait re-arms it.
+                    give_back_read_buffer(&mut rbuf);
                 }
                 Ok(_) => {
                     last_read = Instant::now();
@@ -253,6 +266,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
                         close_after_flush(&mut wr, &conn.wbuf).await;
                         return;
                     }
+                    give_back_read_buffer(&mut rbuf);
                 }
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "read failed; closing connection");
@@ -261,8 +275,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
             },
             _ = idle_check.tick() => {
                 let quiet = last_read.elapsed() >= RELEASE_AFTER;
-                if quiet && rbuf.is_empty() && conn.wbuf.is_empty() && in_flight == 0 && rbuf.capacity() > 0 {
-                    rbuf = BytesMut::new();
+                if quiet && conn.wbuf.is_empty() && in_flight == 0 && conn.wbuf.capacity() > 0 {
                     conn.wbuf = BytesMut::new();
                 }
                 if !read_closed && last_read.elapsed() >= idle_timeout && in_flight == 0 {
@@ -278,6 +291,31 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<S
     }
     let _ = wr.shutdown().await;
     tracing::debug!(%peer, "connection closed");
+}
+
+thread_local! {
+    /// This worker's spare read buffer, shared by its connections in turn.
+    static SPARE_READ_BUFFER: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// The worker's spare read buffer (empty, possibly with no capacity yet).
+fn take_spare_read_buffer() -> BytesMut {
+    SPARE_READ_BUFFER.with(|spare| std::mem::take(&mut *spare.borrow_mut()))
+}
+
+/// Hands `buf` back to the worker if it holds no partial frame (else the connection
+/// keeps it). Keeps the roomier of it and the worker's current spare.
+fn give_back_read_buffer(buf: &mut BytesMut) {
+    if !buf.is_empty() {
+        return;
+    }
+    let buf = std::mem::take(buf);
+    SPARE_READ_BUFFER.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.capacity() < buf.capacity() {
+            *spare = buf;
+        }
+    });
 }
 
 /// Sends the responses already encoded (answers to the well-formed frames that came
