@@ -314,6 +314,38 @@ proptest! {
         }
     }
 
+    /// (b') The same through `split_frames`, the server's way: no panic, no growth past
+    /// the cap, only stream errors, and every byte before an error in a whole frame.
+    #[test]
+    fn hostile_bytes_never_make_split_frames_panic_or_overallocate(
+        wire in hostile_bytes(),
+        sizes in chunk_sizes(),
+    ) {
+        let mut codec = FrameCodec::new(SMALL_MAX);
+        let mut src = BytesMut::new();
+        let mut whole = 0usize;
+        for chunk in chunks(&wire, &sizes) {
+            src.extend_from_slice(chunk);
+            // Exactly what is held, so any growth is the codec's.
+            src = BytesMut::from(&src[..]);
+            let before = src.capacity();
+            let (batch, error) = codec.split_frames(&mut src);
+            prop_assert!(
+                src.capacity() <= before.max(GROWTH_BOUND),
+                "split_frames grew the buffer from {} to {} bytes", before, src.capacity()
+            );
+            whole += batch.map_or(0, |b| b.len());
+            if let Some(error) = error {
+                prop_assert!(
+                    matches!(error, CodecError::Protocol(_)),
+                    "not a protocol error: {:?}", error
+                );
+                break;
+            }
+        }
+        prop_assert!(whole <= wire.len());
+    }
+
     /// (c) The metadata parser never panics, whatever it is given.
     #[test]
     fn metadata_parse_never_panics(
