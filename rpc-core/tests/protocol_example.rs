@@ -369,7 +369,7 @@ enum E {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Blob {
+struct Chunk {
     #[serde(with = "serde_bytes")]
     b: Vec<u8>,
 }
@@ -410,7 +410,11 @@ fn serde_rows() -> Vec<(&'static str, Vec<u8>)> {
         ("None::<u8>", msgpack(&None::<u8>)),
         ("Some(None::<u8>)", msgpack(&Some(None::<u8>))),
         ("vec![1u8, 2]", msgpack(&vec![1u8, 2])),
-        ("Blob { b: vec![1, 2] }", msgpack(&Blob { b: vec![1, 2] })),
+        ("Chunk { b: vec![1, 2] }", msgpack(&Chunk { b: vec![1, 2] })),
+        (
+            "rpc_core::Blob::from(vec![1, 2])",
+            msgpack(&rpc_core::Blob::from(vec![1, 2])),
+        ),
         (
             "serde_bytes::Bytes::new(&[1, 2])",
             msgpack(serde_bytes::Bytes::new(&[1, 2])),
@@ -464,8 +468,10 @@ fn lenient_reading_is_as_documented() {
         rmp_serde::from_slice::<Vec<u8>>(&hex("c4 02 01 02")).unwrap(),
         vec![1, 2]
     );
-    let blob: Blob = rmp_serde::from_slice(&hex("81 a162 92 01 02")).unwrap();
-    assert_eq!(blob.b, vec![1, 2]);
+    let chunk: Chunk = rmp_serde::from_slice(&hex("81 a162 92 01 02")).unwrap();
+    assert_eq!(chunk.b, vec![1, 2]);
+    let blob: rpc_core::Blob = rmp_serde::from_slice(&hex("92 01 02")).unwrap();
+    assert_eq!(&blob[..], &[1, 2]);
     // Integers of any width and floats from integers.
     assert_eq!(
         rmp_serde::from_slice::<i32>(&hex("d3 0000000000000005")).unwrap(),
