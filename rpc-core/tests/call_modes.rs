@@ -367,3 +367,55 @@ fn oneway_sync_mode_from_plain_thread() {
     }
     rt.block_on(server.shutdown()).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_stalled_write_still_time_out() {
+    bounded(async {
+        // A peer that accepts and never reads: once the socket buffers are full, writes
+        // stall.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(stream);
+        });
+        let calc = CalculatorClient::new(Client::connect(addr).await.unwrap());
+        let chunk = serde_bytes::ByteBuf::from(vec![1u8; 1 << 20]);
+        let timeout = Duration::from_millis(300);
+        // Oneway requests complete once written, until the write stalls.
+        let mut stalled = None;
+        for sent in 0..256 {
+            let started = std::time::Instant::now();
+            match calc.echo(chunk.clone()).timeout(timeout).oneway().await {
+                Ok(()) => {}
+                Err(e) => {
+                    stalled = Some((sent, e, started.elapsed()));
+                    break;
+                }
+            }
+        }
+        let (sent, error, took) = stalled.expect("the write never stalled");
+        assert!(sent > 0, "the first request was written");
+        assert!(matches!(error, RpcError::Timeout(_)), "{error:?}");
+        assert!(took < Duration::from_secs(3), "timed out late: {took:?}");
+        // Calls queued behind the stalled write time out on their own deadlines: a
+        // short one queued after a long one is not held up by it.
+        let long = tokio::spawn({
+            let calc = calc.clone();
+            async move { calc.add(1, 2).timeout(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let err = calc.add(3, 4).timeout(timeout).await.unwrap_err();
+        assert!(matches!(err, RpcError::Timeout(_)), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "timed out late: {:?}",
+            started.elapsed()
+        );
+        long.abort();
+        holder.abort();
+    })
+    .await;
+}

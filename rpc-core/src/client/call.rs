@@ -197,26 +197,23 @@ where
         })
     }
 
-    /// The fast start of a call, in the first poll of its future: a call to a server
-    /// (or, for a cluster, a provider just picked) with an open connection is queued on
-    /// it right here, with no allocation. `None` when the call needs more (connecting,
-    /// reconnecting, a provider that cannot take it, oneway): then [`Call::run`] makes
-    /// it, starting with the provider already picked, if any (so that a provider not
+    /// The fast start of a call, in the first poll of its future: a call (or oneway
+    /// request) to a server (or, for a cluster, a provider just picked) with an open
+    /// connection is queued on it right here, with no allocation. An error when the
+    /// call needs more (connecting, reconnecting, a provider that cannot take it): then
+    /// [`Call::run`] makes it, starting with the provider already picked, if any (so that a provider not
     /// connected yet gets its turn). Returns the queued call, its timeout and the
     /// provider picked.
     fn try_queue(
         &self,
         cx: &Context<'_>,
     ) -> Result<(PendingReply, Duration, Option<Picked>), Option<Picked>> {
-        if self.oneway {
-            return Err(None);
-        }
         let ready = self.client.ready_connection(self.hash_key)?;
         let timeout = self.effective_timeout();
         let encode = |buf: &mut BytesMut, id: u64| self.encode(buf, id, timeout);
         // On any failure (the connection just closed, or the request cannot be
         // encoded), the general path decides what to do and reports it.
-        match ready.conn.submit_call(&encode, timeout, cx.waker()) {
+        match ready.conn.submit(&encode, self.oneway, timeout, cx.waker()) {
             Ok(reply) => Ok((reply, timeout, ready.picked)),
             Err(_) => Err(ready.picked),
         }
@@ -234,12 +231,19 @@ where
             .call_frame(encode, oneway, timeout, hash_key, picked)
             .await
             .map_err(RpcError::widen)?;
-        let Some(frame) = frame else {
-            // A oneway call, written; `T` is `()`, decoded from nil.
-            return rmp_serde::from_slice(&[0xc0])
-                .map_err(|e| RpcError::Serialization(e.to_string()));
-        };
-        decode_reply(frame, timeout)
+        decode_outcome(frame, timeout)
+    }
+}
+
+/// Turns a call's outcome into its result: the response frame decoded, or, for a
+/// oneway request (`None`, written), `()` (`T` is `()` then, decoded from nil).
+fn decode_outcome<T: DeserializeOwned, E: DeserializeOwned>(
+    frame: Option<Frame>,
+    timeout: Duration,
+) -> Result<T, RpcError<E>> {
+    match frame {
+        Some(frame) => decode_reply(frame, timeout),
+        None => rmp_serde::from_slice(&[0xc0]).map_err(|e| RpcError::Serialization(e.to_string())),
     }
 }
 
@@ -339,7 +343,9 @@ impl<A, T, E> fmt::Debug for CallFuture<A, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let stage = match &self.state {
             CallState::Start(_) => "not started",
-            CallState::Reply { .. } => "waiting for the response",
+            CallState::Reply { .. } => {
+                "queued (waiting for the response, or for the write if oneway)"
+            }
             CallState::Run(_) => "running",
             CallState::Done => "done",
         };
@@ -409,7 +415,7 @@ where
                             if let Some(attempt) = attempt {
                                 attempt.picked.record_success_since(attempt.started);
                             }
-                            return Poll::Ready(decode_reply(frame, timeout));
+                            return Poll::Ready(decode_outcome(frame, timeout));
                         }
                         (Err(e), None) => e,
                         (Err(e), Some(attempt)) => {

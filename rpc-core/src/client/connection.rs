@@ -26,14 +26,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use crate::error::RpcError;
 use crate::protocol::{encode_heartbeat, Event, Flags, Frame, FrameCodec};
 
-use super::pending::Calls;
+use super::pending::{Calls, Outcome};
 
 /// Reads are made into at least a quarter of this much free buffer space. Responses
 /// stay in the buffer until their callers take them, so a fresh chunk is allocated
@@ -41,9 +41,6 @@ use super::pending::Calls;
 /// than 64) gave 1 KiB × 256-in-flight echoes ~12 % more calls/s; 256 KiB gained
 /// nothing more, and 120 KiB stays under glibc's initial mmap threshold (128 KiB).
 const READ_CHUNK: usize = 120 * 1024;
-
-/// Where a oneway caller learns that its frame was written.
-type WrittenSlot = oneshot::Sender<Result<(), RpcError>>;
 
 /// Encodes a request frame with the given request id at the end of the buffer; leaves
 /// the buffer as it was on error.
@@ -75,8 +72,8 @@ struct Shared {
     /// Wake the connection task on the next submission even though `out` is not empty:
     /// the task is waiting on a stalled write and must schedule new calls' deadlines.
     wake_on_submit: bool,
-    /// Oneway callers whose frames are in `out`.
-    written: Vec<WrittenSlot>,
+    /// Calls (slab ids) of the oneway requests in `out`: done once written.
+    written: Vec<u64>,
     /// Request ids for oneway frames (no response ever refers to them).
     oneway_id: u64,
     /// The server announced shutdown (GOAWAY): no new calls.
@@ -191,7 +188,29 @@ impl Connection {
         })
     }
 
-    /// Queues a oneway request; the receiver is told once it has been written.
+    /// Queues a request: a call ([`submit_call`](Connection::submit_call)) or a oneway
+    /// request ([`submit_oneway`](Connection::submit_oneway)).
+    ///
+    /// # Errors
+    ///
+    /// The connection has ended or is draining, or the request cannot be encoded.
+    pub(crate) fn submit(
+        &self,
+        encode: Encode<'_>,
+        oneway: bool,
+        timeout: Duration,
+        waker: &Waker,
+    ) -> Result<PendingReply, RpcError> {
+        if oneway {
+            self.submit_oneway(encode, timeout, waker)
+        } else {
+            self.submit_call(encode, timeout, waker)
+        }
+    }
+
+    /// Queues a oneway request, registered like a call (with `waker`) whose outcome
+    /// is `None` once the request has been written; it fails with
+    /// [`RpcError::Timeout`] if that takes longer than `timeout`.
     ///
     /// # Errors
     ///
@@ -199,22 +218,34 @@ impl Connection {
     pub(crate) fn submit_oneway(
         &self,
         encode: Encode<'_>,
-    ) -> Result<oneshot::Receiver<Result<(), RpcError>>, RpcError> {
-        let (tx, rx) = oneshot::channel();
+        timeout: Duration,
+        waker: &Waker,
+    ) -> Result<PendingReply, RpcError> {
         let mut shared = self.inner.lock();
         if let Some(refusal) = shared.refusal() {
             return Err(refusal);
         }
         let notify = shared.out.is_empty() || std::mem::take(&mut shared.wake_on_submit);
+        // The wire id comes from a counter of its own: no response refers to it.
         shared.oneway_id = shared.oneway_id.wrapping_add(1);
-        let id = shared.oneway_id;
-        encode(&mut shared.out, id)?;
-        shared.written.push(tx);
+        let wire_id = shared.oneway_id;
+        let id = shared.calls.insert(timeout, Some(waker.clone()));
+        let Shared { out, calls, .. } = &mut *shared;
+        if let Err(e) = encode(out, wire_id) {
+            calls.cancel(id);
+            return Err(e);
+        }
+        shared.written.push(id);
+        shared.unsent.push(id);
         drop(shared);
         if notify {
             self.inner.wake.notify_one();
         }
-        Ok(rx)
+        Ok(PendingReply {
+            conn: self.clone(),
+            id,
+            taken: false,
+        })
     }
 
     /// The error for calls on a connection that has ended.
@@ -243,7 +274,8 @@ pub(crate) struct PendingReply {
 }
 
 impl Future for PendingReply {
-    type Output = Result<Frame, RpcError>;
+    /// The response frame; `None` for a oneway request, once written.
+    type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.taken {
@@ -283,8 +315,8 @@ async fn run(
     let mut rbuf = BytesMut::new();
     // The buffer being written, taken from `Shared::out` whole.
     let mut writing = BytesMut::new();
-    // Oneway callers whose frames are in `writing`.
-    let mut writing_oneway: Vec<WrittenSlot> = Vec::new();
+    // Oneway requests (slab ids) in `writing`.
+    let mut writing_oneway: Vec<u64> = Vec::new();
     let mut last_read = Instant::now();
     let mut last_heartbeat = Instant::now();
     let mut heartbeat_id: u64 = 0;
@@ -310,8 +342,8 @@ async fn run(
             let mut shared = handle.lock();
             schedule_deadlines(&mut shared);
             if writing.is_empty() {
-                for waiter in writing_oneway.drain(..) {
-                    let _ = waiter.send(Ok(()));
+                for id in writing_oneway.drain(..) {
+                    wake.extend(shared.calls.complete(id, Ok(None)));
                 }
                 if !shared.out.is_empty() {
                     std::mem::swap(&mut writing, &mut shared.out);
@@ -332,6 +364,7 @@ async fn run(
             }
             shared.calls.next_deadline()
         };
+        wake.drain(..).for_each(Waker::wake);
         if let Some(deadline) = next_deadline {
             if armed != Some(deadline) {
                 timer.as_mut().reset(deadline);
@@ -429,10 +462,10 @@ async fn run(
             });
             wake.extend(shared.calls.complete(id, outcome));
         }
+        // Everything else, oneway requests being written included, may have reached
+        // the server.
         shared.calls.fail_all(|_| lost(), &mut wake);
-        for waiter in writing_oneway.drain(..).chain(shared.written.drain(..)) {
-            let _ = waiter.send(Err(lost()));
-        }
+        shared.written.clear();
         shared.out.clear();
     }
     wake.drain(..).for_each(Waker::wake);
@@ -466,7 +499,11 @@ fn on_frame(
         return Err("the server sent a request frame".to_owned());
     }
     // A response to a call that timed out or was given up matches no waiting call.
-    wake.extend(shared.calls.complete(frame.header.request_id, Ok(frame)));
+    wake.extend(
+        shared
+            .calls
+            .complete(frame.header.request_id, Ok(Some(frame))),
+    );
     Ok(())
 }
 

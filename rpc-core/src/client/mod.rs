@@ -28,12 +28,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwapOption;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use call::{Call, CallFuture};
@@ -42,7 +41,7 @@ use rpc_lb::{LoadBalancer, PickContext, Picked, Provider, Strategy};
 use crate::error::RpcError;
 use crate::protocol::{Frame, DEFAULT_MAX_FRAME_LEN};
 use crate::runtime::OwnedRuntime;
-use connection::{ConnSettings, Connection, PendingReply};
+use connection::{ConnSettings, Connection};
 
 /// Client settings. Build with [`ClientBuilder`] or start from `ClientConfig::default()`.
 #[derive(Debug, Clone)]
@@ -592,9 +591,8 @@ impl Client {
         let cluster = match &inner.route {
             Route::Single(endpoint) => {
                 let conn = endpoint.connection(inner).await?;
-                return Waiting::submit(&conn, &encode, oneway, timeout, &waker)?
-                    .wait(&conn)
-                    .await;
+                // The connection task enforces the deadline: no timer per call here.
+                return conn.submit(&encode, oneway, timeout, &waker)?.await;
             }
             Route::Cluster(cluster) => cluster,
         };
@@ -630,8 +628,8 @@ impl Client {
             let started = Instant::now();
             let left = deadline.saturating_duration_since(started);
             let attempt = match endpoint.connection(inner).await {
-                Ok(conn) => match Waiting::submit(&conn, &encode, oneway, left, &waker) {
-                    Ok(waiting) => waiting.wait(&conn).await,
+                Ok(conn) => match conn.submit(&encode, oneway, left, &waker) {
+                    Ok(reply) => reply.await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
@@ -654,44 +652,6 @@ impl Client {
         Err(last_error.unwrap_or_else(|| RpcError::NoProvider {
             service: cluster.balancer.service().to_owned(),
         }))
-    }
-}
-
-/// A request handed to a connection, waiting for its outcome.
-enum Waiting {
-    /// A call: its response frame (or failure, timeout included) arrives here.
-    Reply(PendingReply),
-    /// A oneway request: told when it has been written; gives up after the timeout.
-    Written(oneshot::Receiver<Result<(), RpcError>>, Duration),
-}
-
-impl Waiting {
-    /// Queues the request on `conn`. Synchronous, so `encode` is borrowed only here.
-    fn submit(
-        conn: &Connection,
-        encode: connection::Encode<'_>,
-        oneway: bool,
-        timeout: Duration,
-        waker: &Waker,
-    ) -> Result<Waiting, RpcError> {
-        if oneway {
-            Ok(Waiting::Written(conn.submit_oneway(encode)?, timeout))
-        } else {
-            Ok(Waiting::Reply(conn.submit_call(encode, timeout, waker)?))
-        }
-    }
-
-    /// Waits for the outcome.
-    async fn wait(self, conn: &Connection) -> Result<Option<Frame>, RpcError> {
-        match self {
-            // The connection task enforces the deadline: no timer per call here.
-            Waiting::Reply(reply) => reply.await.map(Some),
-            Waiting::Written(rx, timeout) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => result.map(|()| None),
-                Ok(Err(_)) => Err(conn.lost()),
-                Err(_) => Err(RpcError::Timeout(timeout)),
-            },
-        }
     }
 }
 

@@ -16,6 +16,10 @@ use tokio::time::Instant;
 use crate::error::RpcError;
 use crate::protocol::Frame;
 
+/// How a call ended: its response frame (`None` for a oneway request, once written), or
+/// why there is none.
+pub(crate) type Outcome = Result<Option<Frame>, RpcError>;
+
 /// What a call's slot holds.
 #[derive(Debug)]
 enum State {
@@ -26,8 +30,9 @@ enum State {
         /// The call's timeout, for the error when it passes.
         timeout: Duration,
     },
-    /// The outcome, until the caller takes it.
-    Done(Result<Frame, RpcError>),
+    /// The outcome, until the caller takes it: the response frame, or `None` for a
+    /// oneway request that has been written.
+    Done(Outcome),
 }
 
 /// One slab slot.
@@ -94,7 +99,7 @@ impl Calls {
     /// Gives call `id` its outcome if it still waits, and returns the waker to wake
     /// (wake it after releasing the lock around these calls).
     #[must_use = "the caller must be woken"]
-    pub(crate) fn complete(&mut self, id: u64, outcome: Result<Frame, RpcError>) -> Option<Waker> {
+    pub(crate) fn complete(&mut self, id: u64, outcome: Outcome) -> Option<Waker> {
         let entry = self.entry_mut(id)?;
         let Some(State::Waiting { waker, .. }) = &mut entry.state else {
             return None;
@@ -108,7 +113,7 @@ impl Calls {
     /// The caller's side: takes the outcome of call `id` if it has arrived (freeing the
     /// slot), or records `waker` to be woken when it does. `Ready(None)` when there is
     /// no such call (its slot was released: the connection forgot it).
-    pub(crate) fn poll(&mut self, id: u64, waker: &Waker) -> Poll<Option<Result<Frame, RpcError>>> {
+    pub(crate) fn poll(&mut self, id: u64, waker: &Waker) -> Poll<Option<Outcome>> {
         let Some(entry) = self.entry_mut(id) else {
             return Poll::Ready(None);
         };
@@ -269,12 +274,14 @@ mod tests {
         let (count, w) = waker();
         let id = calls.insert(SECOND, Some(w.clone()));
         assert!(calls.poll(id, &w).is_pending());
-        let woken = calls.complete(id, Ok(frame(id))).expect("a waker to wake");
+        let woken = calls
+            .complete(id, Ok(Some(frame(id))))
+            .expect("a waker to wake");
         woken.wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(calls.is_empty(), "no call waits once its outcome is in");
         match calls.poll(id, &w) {
-            Poll::Ready(Some(Ok(f))) => assert_eq!(f.header.request_id, id),
+            Poll::Ready(Some(Ok(Some(f)))) => assert_eq!(f.header.request_id, id),
             other => panic!("expected the frame, got {other:?}"),
         }
         assert!(
@@ -292,7 +299,7 @@ mod tests {
         let id_b = calls.insert(SECOND, None);
         assert_ne!(id_a, id_b, "a reused slot gets a new generation");
         assert!(
-            calls.complete(id_a, Ok(frame(id_a))).is_none(),
+            calls.complete(id_a, Ok(Some(frame(id_a)))).is_none(),
             "a late reply to the old call misses"
         );
         assert!(
@@ -333,7 +340,7 @@ mod tests {
         let cancelled = calls.insert(SECOND, None);
         calls.schedule(answered, now);
         calls.schedule(cancelled, now);
-        let _ = calls.complete(answered, Ok(frame(answered)));
+        let _ = calls.complete(answered, Ok(Some(frame(answered))));
         calls.cancel(cancelled);
         assert_eq!(calls.next_deadline(), None);
         assert!(calls.deadlines.is_empty());
@@ -345,7 +352,7 @@ mod tests {
         let (count, w) = waker();
         let a = calls.insert(SECOND, Some(w.clone()));
         let b = calls.insert(SECOND, Some(w.clone()));
-        let _ = calls.complete(b, Ok(frame(b)));
+        let _ = calls.complete(b, Ok(Some(frame(b))));
         let mut wake = Vec::new();
         calls.fail_all(|_| RpcError::ConnectionLost("gone".into()), &mut wake);
         assert_eq!(wake.len(), 1, "only the call still waiting");
@@ -356,7 +363,7 @@ mod tests {
             Poll::Ready(Some(Err(RpcError::ConnectionLost(_))))
         ));
         assert!(
-            matches!(calls.poll(b, &w), Poll::Ready(Some(Ok(_)))),
+            matches!(calls.poll(b, &w), Poll::Ready(Some(Ok(Some(_))))),
             "an outcome already in stays"
         );
     }
