@@ -11,7 +11,8 @@
 //!
 //! It takes about 5½ minutes. `--quick` is the CI smoke run (about 20 s; exits non-zero
 //! if any call fails); `--systems`, `--in-flight` and `--payloads` narrow the grid (for
-//! profiling one cell); `--cpus shared` runs client and servers on one CPU. The machine
+//! profiling one cell); `--cpus shared` runs client and servers on one CPU;
+//! `--client-threads N` gives the clients a multi-threaded runtime. The machine
 //! is shared and noisy: `--rounds 3` reports the median of each figure over the rounds,
 //! and a table whose p99s are all in milliseconds was disturbed by something else and
 //! should be rerun.

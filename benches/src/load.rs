@@ -21,6 +21,8 @@ pub struct Load {
     pub warmup: Duration,
     /// How long calls are measured.
     pub duration: Duration,
+    /// Worker threads of the client's runtime (1: a current-thread runtime).
+    pub client_threads: usize,
 }
 
 /// The measured stretch of one run: calls completing inside it count.
@@ -209,6 +211,7 @@ mod tests {
             payload: 16,
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(2),
+            client_threads: 1,
         }
     }
 

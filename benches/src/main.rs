@@ -77,6 +77,11 @@ struct RunArgs {
     /// Payload sizes in bytes.
     #[arg(long, value_delimiter = ',', default_values_t = [16usize, 1024, 65536])]
     payloads: Vec<usize>,
+    /// Worker threads of the client's runtime: 1 (the default) is a current-thread
+    /// runtime; more is a multi-threaded one, as `#[tokio::main]` gives (use with
+    /// `--cpus none`, or every client thread shares CPU 0).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +157,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 payload,
                 warmup,
                 duration,
+                client_threads: args.client_threads.max(1),
             };
             let mut runs: BTreeMap<System, Vec<Result<Measurement, String>>> = BTreeMap::new();
             for _ in 0..rounds {
@@ -174,10 +180,14 @@ fn run(args: &RunArgs) -> ExitCode {
             });
         }
     }
+    let client = match args.client_threads {
+        0 | 1 => "one busy thread per side per system".to_owned(),
+        n => format!("servers on one thread, clients on a {n}-thread runtime"),
+    };
     println!(
         "rpc-bench: {:.2} s measured after {:.2} s warm-up per system and cell, {rounds} round(s) \
-         (median of each figure), {cpus} CPUs, --cpus {}; one TCP connection on 127.0.0.1; one \
-         busy thread per side per system.\n",
+         (median of each figure), {cpus} CPUs, --cpus {}; one TCP connection on 127.0.0.1; \
+         {client}.\n",
         duration.as_secs_f64(),
         warmup.as_secs_f64(),
         args.cpus

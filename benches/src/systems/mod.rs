@@ -68,9 +68,15 @@ impl System {
     /// If the runtime cannot start, connecting fails, or the run takes 30 s longer than
     /// planned (a stuck server).
     pub fn measure(self, addr: SocketAddr, load: &Load) -> io::Result<Measurement> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtime = match load.client_threads {
+            0 | 1 => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            threads => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?,
+        };
         let limit = load.warmup + load.duration + Duration::from_secs(30);
         runtime.block_on(async {
             let run = async {
