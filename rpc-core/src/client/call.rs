@@ -122,6 +122,10 @@ where
     /// Makes this a oneway call: the request is sent with the oneway flag, the server
     /// sends no response, and the call completes with `()` as soon as the request is
     /// written to the socket. Then await it, block on it, or give it a callback.
+    ///
+    /// If the request cannot be written within the call's timeout (the peer stopped
+    /// reading), the call fails with [`RpcError::Timeout`]; the request stays queued
+    /// and is still sent if the connection recovers.
     pub fn oneway(self) -> Call<A, (), crate::error::NoError> {
         Call {
             client: self.client,
