@@ -87,6 +87,13 @@ impl Calls {
             return;
         };
         let deadline = start + *timeout;
+        // Answered calls leave the queue only from its front, so behind one slow call
+        // they pile up (a second's worth at a million calls a second). Sweep them out
+        // whenever they outnumber the waiting calls: amortized O(1) per call.
+        if self.deadlines.len() >= 2 * self.waiting + 1024 {
+            let entries = &self.entries;
+            self.deadlines.retain(|&(_, id)| waiting_in(entries, id));
+        }
         match self.deadlines.back() {
             Some(&(last, _)) if last > deadline => {
                 let at = self.deadlines.partition_point(|&(d, _)| d <= deadline);
@@ -223,11 +230,16 @@ impl Calls {
     }
 
     fn is_waiting(&self, id: u64) -> bool {
-        let index = (id & u64::from(u32::MAX)) as usize;
-        self.entries.get(index).is_some_and(|e| {
-            e.generation == (id >> 32) as u32 && matches!(e.state, Some(State::Waiting { .. }))
-        })
+        waiting_in(&self.entries, id)
     }
+}
+
+/// Whether call `id` is in `entries` and still waits.
+fn waiting_in(entries: &[Entry], id: u64) -> bool {
+    let index = (id & u64::from(u32::MAX)) as usize;
+    entries.get(index).is_some_and(|e| {
+        e.generation == (id >> 32) as u32 && matches!(e.state, Some(State::Waiting { .. }))
+    })
 }
 
 #[cfg(test)]
@@ -344,6 +356,30 @@ mod tests {
         calls.cancel(cancelled);
         assert_eq!(calls.next_deadline(), None);
         assert!(calls.deadlines.is_empty());
+    }
+
+    #[test]
+    fn answered_calls_behind_a_slow_one_do_not_pile_up_in_the_deadline_queue() {
+        let mut calls = Calls::default();
+        let now = Instant::now();
+        // A call that is taking its time, at the front of the queue...
+        let slow = calls.insert(SECOND, None);
+        calls.schedule(slow, now);
+        // ...and many answered calls behind it, as the connection task sees them.
+        let (_, w) = waker();
+        for i in 0..100_000 {
+            let fast = calls.insert(SECOND, None);
+            calls.schedule(fast, now + Duration::from_micros(i));
+            let _ = calls.complete(fast, Ok(None));
+            assert!(calls.poll(fast, &w).is_ready());
+            assert_eq!(calls.next_deadline(), Some(now + SECOND));
+        }
+        assert!(
+            calls.deadlines.len() <= 2 * calls.len() + 1024,
+            "{} entries for {} waiting calls",
+            calls.deadlines.len(),
+            calls.len()
+        );
     }
 
     #[test]
