@@ -178,6 +178,15 @@ enum Buffer {
     Exact,
 }
 
+/// `frames` encoded back to back.
+fn encode_all(frames: &[Frame]) -> BytesMut {
+    let mut wire = BytesMut::new();
+    for frame in frames {
+        FrameCodec::default().encode(frame, &mut wire).unwrap();
+    }
+    wire
+}
+
 /// Feeds `wire` to `codec` in the given chunks and returns every decoded frame. With
 /// [`Buffer::Exact`], checks after every call that the decoder left the buffer no
 /// larger than `max(buffered bytes, growth_bound)`.
@@ -235,15 +244,11 @@ proptest! {
         sizes in chunk_sizes(),
     ) {
         let mut codec = FrameCodec::default();
-        let mut wire = BytesMut::new();
-        for frame in &frames {
-            codec.encode(frame, &mut wire).unwrap();
-        }
+        let wire = encode_all(&frames);
         let expected_len: u64 = frames.iter().map(|f| f.header.frame_len()).sum();
         prop_assert_eq!(wire.len() as u64, expected_len);
         let decoded = feed(&mut codec, &wire, &sizes, Buffer::Reused, usize::MAX).unwrap();
         prop_assert_eq!(decoded, frames);
-
     }
 
     /// (a') The same through `split_frames`, the server's way: whole frames come out in
@@ -254,10 +259,7 @@ proptest! {
         sizes in chunk_sizes(),
     ) {
         let mut codec = FrameCodec::default();
-        let mut wire = BytesMut::new();
-        for frame in &frames {
-            codec.encode(frame, &mut wire).unwrap();
-        }
+        let wire = encode_all(&frames);
         let mut src = BytesMut::new();
         let mut decoded = Vec::new();
         for chunk in chunks(&wire, &sizes) {

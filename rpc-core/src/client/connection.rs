@@ -152,45 +152,11 @@ impl Connection {
         self.inner.draining.load(Ordering::Acquire) && !self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Queues a call: encodes its request into the output buffer and registers it,
-    /// with `waker` to be woken when its outcome arrives. The connection task fails the
-    /// call with [`RpcError::Timeout`] when `timeout` passes, so the caller needs no
-    /// timer.
-    ///
-    /// # Errors
-    ///
-    /// The connection has ended or is draining, or the request cannot be encoded.
-    pub(crate) fn submit_call(
-        &self,
-        encode: Encode<'_>,
-        timeout: Duration,
-        waker: &Waker,
-    ) -> Result<PendingReply, RpcError> {
-        let mut shared = self.inner.lock();
-        if let Some(refusal) = shared.refusal() {
-            return Err(refusal);
-        }
-        let notify = shared.out.is_empty() || std::mem::take(&mut shared.wake_on_submit);
-        let id = shared.calls.insert(timeout, Some(waker.clone()));
-        let Shared { out, calls, .. } = &mut *shared;
-        if let Err(e) = encode(out, id) {
-            calls.cancel(id);
-            return Err(e);
-        }
-        shared.unsent.push(id);
-        drop(shared);
-        if notify {
-            self.inner.wake.notify_one();
-        }
-        Ok(PendingReply {
-            conn: self.clone(),
-            id,
-            taken: false,
-        })
-    }
-
-    /// Queues a request: a call ([`submit_call`](Connection::submit_call)) or a oneway
-    /// request ([`submit_oneway`](Connection::submit_oneway)).
+    /// Queues a request: encodes it into the output buffer and registers it, with
+    /// `waker` to be woken when its outcome arrives. For a call that is the response
+    /// frame; for a oneway request (`oneway`), `None` once the request has been
+    /// written. The connection task fails it with [`RpcError::Timeout`] when `timeout`
+    /// passes first, so the caller needs no timer.
     ///
     /// # Errors
     ///
@@ -202,41 +168,28 @@ impl Connection {
         timeout: Duration,
         waker: &Waker,
     ) -> Result<PendingReply, RpcError> {
-        if oneway {
-            self.submit_oneway(encode, timeout, waker)
-        } else {
-            self.submit_call(encode, timeout, waker)
-        }
-    }
-
-    /// Queues a oneway request, registered like a call (with `waker`) whose outcome
-    /// is `None` once the request has been written; it fails with
-    /// [`RpcError::Timeout`] if that takes longer than `timeout`.
-    ///
-    /// # Errors
-    ///
-    /// The connection has ended or is draining, or the request cannot be encoded.
-    pub(crate) fn submit_oneway(
-        &self,
-        encode: Encode<'_>,
-        timeout: Duration,
-        waker: &Waker,
-    ) -> Result<PendingReply, RpcError> {
         let mut shared = self.inner.lock();
         if let Some(refusal) = shared.refusal() {
             return Err(refusal);
         }
         let notify = shared.out.is_empty() || std::mem::take(&mut shared.wake_on_submit);
-        // The wire id comes from a counter of its own: no response refers to it.
-        shared.oneway_id = shared.oneway_id.wrapping_add(1);
-        let wire_id = shared.oneway_id;
         let id = shared.calls.insert(timeout, Some(waker.clone()));
+        // A call's request id is its slot; a oneway request's comes from a counter of
+        // its own, since no response refers to it.
+        let wire_id = if oneway {
+            shared.oneway_id = shared.oneway_id.wrapping_add(1);
+            shared.oneway_id
+        } else {
+            id
+        };
         let Shared { out, calls, .. } = &mut *shared;
         if let Err(e) = encode(out, wire_id) {
             calls.cancel(id);
             return Err(e);
         }
-        shared.written.push(id);
+        if oneway {
+            shared.written.push(id);
+        }
         shared.unsent.push(id);
         drop(shared);
         if notify {

@@ -668,8 +668,7 @@ impl Endpoint {
 
     /// A usable connection from the pool, connecting if needed.
     async fn connection(&self, client: &ClientInner) -> Result<Connection, RpcError> {
-        let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let slot = &self.slots[index];
+        let slot = self.next_slot();
         if let Some(conn) = slot.current() {
             return Ok(conn);
         }
@@ -738,8 +737,13 @@ impl Endpoint {
 
     /// The next pooled connection (round-robin), if it is open and takes calls.
     fn ready(&self) -> Option<Connection> {
+        self.next_slot().current()
+    }
+
+    /// The next slot of the pool, round-robin.
+    fn next_slot(&self) -> &Slot {
         let index = self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        self.slots[index].current()
+        &self.slots[index]
     }
 
     /// Whether the server announced shutdown on one of our connections to it.
