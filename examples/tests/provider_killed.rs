@@ -20,7 +20,9 @@ async fn killed_provider_is_skipped() {
         .connect_providers(
             "example.Inventory",
             providers.iter().map(|(_, addr)| Provider::new(*addr)),
-        );
+        )
+        .await
+        .unwrap();
     let inventory = InventoryClient::new(client);
     let mut providers = providers;
     let mut failures = Vec::new();

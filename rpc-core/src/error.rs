@@ -38,8 +38,10 @@ impl std::error::Error for NoError {}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError<E = NoError> {
-    /// The service answered with its own error.
-    #[error("application error: {0}")]
+    /// The service answered with its own error. Shown with `E`'s `Debug` form, so
+    /// any error type a service can return (`Debug + Serialize + Deserialize`) makes
+    /// `RpcError<E>` a [`std::error::Error`] that `?` turns into `Box<dyn Error>`.
+    #[error("application error: {0:?}")]
     Application(E),
     /// No response arrived within the call's timeout (or the server, told the
     /// deadline, gave up on the call when it passed).
@@ -51,13 +53,44 @@ pub enum RpcError<E = NoError> {
         /// The service that has no provider.
         service: String,
     },
-    /// Connecting to the server failed.
+    /// Connecting to the server failed (or a recent attempt did, and the client is
+    /// waiting out its reconnect backoff). The call was not sent.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         /// The address that could not be reached.
         addr: SocketAddr,
         /// Why (shared so the error can be cloned to every waiting caller).
+        #[source]
         source: Arc<io::Error>,
+    },
+    /// A server address did not resolve to any socket address.
+    #[error("cannot resolve `{addr}`: {source}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The connection ended before the request was written: the server never saw the
+    /// call, so it is safe to retry elsewhere.
+    #[error("request to {addr} not sent: {reason}")]
+    NotSent {
+        /// The server the request was queued for.
+        addr: SocketAddr,
+        /// Why the connection ended.
+        reason: String,
+    },
+    /// The encoded request is longer than the maximum frame length; nothing was sent.
+    #[error(
+        "request too large: {len} bytes encoded, the maximum frame length is {max} \
+         (raise it with max_frame_len on both client and server, or send less)"
+    )]
+    RequestTooLarge {
+        /// The encoded frame's length, header included.
+        len: usize,
+        /// The client's maximum frame length.
+        max: usize,
     },
     /// The connection broke (closed by the peer, reset, or silent past the idle
     /// timeout) before the response arrived. The call may or may not have run.
@@ -101,9 +134,38 @@ pub enum RpcError<E = NoError> {
          (or call from a thread without a runtime, e.g. std::thread::spawn)"
     )]
     BlockingInAsyncContext,
-    /// The client has been closed.
-    #[error("client is closed")]
+    /// The client can make no more calls: the tokio runtime its connections and
+    /// callbacks ran on has shut down. Create clients on a runtime that outlives them,
+    /// or with [`Client::connect_blocking`](crate::Client::connect_blocking), which
+    /// owns its runtime.
+    #[error(
+        "client is closed: the tokio runtime it was created on has shut down (create \
+         the client on a runtime that outlives it, or with Client::connect_blocking)"
+    )]
     ClientClosed,
+    /// A client or server was built outside a tokio runtime, where it has nothing to
+    /// run its connections on. Build it from async code, or use the `_blocking`
+    /// constructor, which starts a runtime of its own.
+    #[error(
+        "no tokio runtime: {0} must be called from async code running on a tokio runtime \
+         (or use its _blocking variant, which owns a runtime)"
+    )]
+    NoRuntime(&'static str),
+    /// A setting is invalid (zero where a positive value is needed, and so on).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The server could not listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Serving failed: accepting connections hit an error it cannot recover from.
+    #[error("server failed: {0}")]
+    Serve(#[source] Arc<io::Error>),
 }
 
 impl RpcError {
@@ -115,6 +177,13 @@ impl RpcError {
             RpcError::Timeout(d) => RpcError::Timeout(d),
             RpcError::NoProvider { service } => RpcError::NoProvider { service },
             RpcError::Connect { addr, source } => RpcError::Connect { addr, source },
+            RpcError::Resolve { addr, source } => RpcError::Resolve { addr, source },
+            RpcError::NotSent { addr, reason } => RpcError::NotSent { addr, reason },
+            RpcError::RequestTooLarge { len, max } => RpcError::RequestTooLarge { len, max },
+            RpcError::NoRuntime(what) => RpcError::NoRuntime(what),
+            RpcError::InvalidConfig(m) => RpcError::InvalidConfig(m),
+            RpcError::Bind { addr, source } => RpcError::Bind { addr, source },
+            RpcError::Serve(e) => RpcError::Serve(e),
             RpcError::ConnectionLost(m) => RpcError::ConnectionLost(m),
             RpcError::ShuttingDown => RpcError::ShuttingDown,
             RpcError::ServiceNotFound(m) => RpcError::ServiceNotFound(m),
@@ -161,6 +230,7 @@ impl<E> RpcError<E> {
         matches!(
             self,
             RpcError::Connect { .. }
+                | RpcError::NotSent { .. }
                 | RpcError::ShuttingDown
                 | RpcError::NoProvider { .. }
                 | RpcError::ServiceNotFound(_)

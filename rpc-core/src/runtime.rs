@@ -5,7 +5,9 @@
 //! there. So each owned runtime runs on a dedicated thread that builds it, parks on a
 //! stop signal, and drops it there; the owner keeps only a [`Handle`].
 
+use std::cell::Cell;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
 use std::time::Duration;
@@ -13,11 +15,21 @@ use std::time::Duration;
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 
+/// Numbers owned runtimes, so a thread can tell which one it belongs to.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The id of the owned runtime this thread works for; 0 for other threads.
+    static RUNTIME_ID: Cell<u64> = const { Cell::new(0) };
+}
+
 /// A multi-threaded runtime owned by a background thread; dropping this stops it.
 #[derive(Debug)]
 pub(crate) struct OwnedRuntime {
     /// Where tasks are spawned.
     handle: Handle,
+    /// Tells this runtime's threads apart from all others.
+    id: u64,
     /// Dropping (or sending on) this tells the owning thread to shut the runtime down.
     stop: Option<oneshot::Sender<()>>,
 }
@@ -32,12 +44,14 @@ impl OwnedRuntime {
         let (handle_tx, handle_rx) = std_mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread_name = name.to_owned();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         thread::Builder::new()
             .name(format!("{name}-owner"))
             .spawn(move || {
                 let runtime = Builder::new_multi_thread()
                     .worker_threads(threads.max(1))
                     .thread_name(thread_name)
+                    .on_thread_start(move || RUNTIME_ID.with(|current| current.set(id)))
                     .enable_all()
                     .build();
                 match runtime {
@@ -57,8 +71,15 @@ impl OwnedRuntime {
             .map_err(|_| io::Error::other("runtime thread exited before starting"))??;
         Ok(OwnedRuntime {
             handle,
+            id,
             stop: Some(stop_tx),
         })
+    }
+
+    /// Whether the calling thread is one of this runtime's (a worker or a blocking
+    /// thread): blocking it on work this runtime must do could deadlock.
+    pub(crate) fn is_current_thread(&self) -> bool {
+        RUNTIME_ID.with(Cell::get) == self.id
     }
 
     /// The runtime's handle.

@@ -81,7 +81,9 @@ async fn round_robin_spreads_evenly_over_tcp() {
     );
     let client = Client::builder()
         .balancer(Strategy::RoundRobin)
-        .connect_providers("test.Whoami", providers(&[&a, &b, &c]));
+        .connect_providers("test.Whoami", providers(&[&a, &b, &c]))
+        .await
+        .unwrap();
     let counts = spread(&client, 300, 1).await;
     for h in [&a, &b, &c] {
         assert_eq!(counts[&h.local_addr().port()], 100, "{counts:?}");
@@ -98,7 +100,9 @@ async fn slow_share(strategy: Strategy) -> f64 {
     let slow = provider(Duration::from_millis(40)).await;
     let client = Client::builder()
         .balancer(strategy)
-        .connect_providers("test.Whoami", providers(&[&fast1, &fast2, &fast3, &slow]));
+        .connect_providers("test.Whoami", providers(&[&fast1, &fast2, &fast3, &slow]))
+        .await
+        .unwrap();
     let counts = spread(&client, 800, 16).await;
     let slow_calls = counts.get(&slow.local_addr().port()).copied().unwrap_or(0);
     for h in [fast1, fast2, fast3, slow] {
@@ -137,7 +141,9 @@ async fn a_provider_killed_mid_run_is_skipped_without_failed_calls() {
     let dead_port = c.local_addr().port();
     let client = Client::builder()
         .balancer(Strategy::RoundRobin)
-        .connect_providers("test.Whoami", providers(&[&a, &b, &c]));
+        .connect_providers("test.Whoami", providers(&[&a, &b, &c]))
+        .await
+        .unwrap();
     let before = spread(&client, 30, 1).await;
     assert_eq!(before.len(), 3);
     c.shutdown().await.unwrap();
@@ -160,7 +166,9 @@ async fn providers_join_and_leave_without_restarting_the_consumer() {
     );
     let client = Client::builder()
         .balancer("round-robin".parse().unwrap())
-        .connect_providers("test.Whoami", providers(&[&a]));
+        .connect_providers("test.Whoami", providers(&[&a]))
+        .await
+        .unwrap();
     assert_eq!(spread(&client, 10, 1).await.len(), 1);
     client.update_providers(providers(&[&a, &b]));
     let counts = spread(&client, 100, 1).await;
@@ -192,7 +200,9 @@ async fn ip_hash_keeps_a_key_on_one_provider() {
     );
     let client = Client::builder()
         .balancer(Strategy::IpHash)
-        .connect_providers("test.Whoami", providers(&[&a, &b, &c]));
+        .connect_providers("test.Whoami", providers(&[&a, &b, &c]))
+        .await
+        .unwrap();
     let stub = WhoamiClient::new(client);
     let mut owners = std::collections::HashSet::new();
     for key in 0..50u64 {
@@ -224,11 +234,45 @@ async fn a_freshly_started_provider_warms_up() {
                 Provider::new(old.local_addr()).started_at(long_ago),
                 Provider::new(fresh.local_addr()).started_at(std::time::Instant::now()),
             ],
-        );
+        )
+        .await
+        .unwrap();
     let counts = spread(&client, 200, 1).await;
     let fresh_calls = counts.get(&fresh.local_addr().port()).copied().unwrap_or(0);
     // Seconds into a ten-minute warm-up, the new provider gets a sliver of the traffic.
     assert!(fresh_calls <= 4, "{counts:?}");
     old.shutdown().await.unwrap();
     fresh.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_survivors_share_a_dead_providers_turns_equally() {
+    let (a, b, c) = (
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+    );
+    let (a_port, b_port) = (a.local_addr().port(), b.local_addr().port());
+    // A long backoff: once the client has seen the dead provider fail, its health mark
+    // holds for the whole test, as it does between a provider's death and its eviction.
+    let client = Client::builder()
+        .balancer(Strategy::RoundRobin)
+        .reconnect_backoff(Duration::from_secs(30), Duration::from_secs(30))
+        .connect_providers("test.Whoami", providers(&[&a, &b, &c]))
+        .await
+        .unwrap();
+    assert_eq!(spread(&client, 30, 1).await.len(), 3);
+    c.shutdown().await.unwrap();
+    // Let the client see it go (its first call there fails over).
+    spread(&client, 3, 1).await;
+    for window in 0..2 {
+        let counts = spread(&client, 30, 1).await;
+        assert_eq!(
+            (counts.get(&a_port), counts.get(&b_port), counts.len()),
+            (Some(&15), Some(&15), 2),
+            "window {window}: {counts:?}"
+        );
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

@@ -88,7 +88,7 @@ async fn serve_with_shutdown_takes_a_signal_future() {
             .bind("127.0.0.1:0")
             .await
             .unwrap();
-        let addr = server.local_addr().unwrap();
+        let addr = server.local_addr();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(server.serve_with_shutdown(async {
             let _ = rx.await;

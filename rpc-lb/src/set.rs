@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -169,6 +169,29 @@ impl<'a, S> View<'a, S> {
     /// How many entries are available.
     pub(crate) fn count_available(&self) -> usize {
         self.entries().iter().filter(|e| self.accepts(e)).count()
+    }
+
+    /// Where a rotation's turn `turn` lands: entry `turn % len` when it is available,
+    /// else an available entry chosen in turn by `spill`, a counter of such lost turns.
+    ///
+    /// Handing an unavailable entry's turn to its neighbour instead would give that
+    /// neighbour two turns per round (three providers, one down: 20 / 10 calls, not
+    /// 15 / 15); spreading the lost turns round-robin over the survivors keeps their
+    /// shares equal, and the common case (the turn's entry is up) stays O(1).
+    pub(crate) fn turn(&self, turn: usize, spill: &AtomicUsize) -> Option<usize> {
+        let n = self.len();
+        if n == 0 {
+            return None;
+        }
+        let own = turn % n;
+        if self.is_available(own) {
+            return Some(own);
+        }
+        let available = self.count_available();
+        if available == 0 {
+            return None;
+        }
+        self.nth_available(spill.fetch_add(1, Ordering::Relaxed) % available)
     }
 
     /// The index of the `n`th available entry (0-based), in entry order.

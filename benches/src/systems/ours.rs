@@ -67,9 +67,10 @@ async fn serve_with(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> io:
         .workers(1)
         .add_service(EchoServer::new(EchoImpl))
         .bind(LISTEN_ADDR)
-        .await?;
-    ready(server.local_addr()?);
-    server.serve().await
+        .await
+        .map_err(io::Error::other)?;
+    ready(server.local_addr());
+    server.serve().await.map_err(io::Error::other)
 }
 
 /// Runs `load` through one [`Client`] (default settings: one connection).

@@ -33,7 +33,10 @@ impl Whoami for Instance {
     }
 }
 
-async fn start(delay: Duration, weight_label: &str) -> std::io::Result<ServerHandle> {
+async fn start(
+    delay: Duration,
+    weight_label: &str,
+) -> Result<ServerHandle, Box<dyn std::error::Error>> {
     let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = probe.local_addr()?;
     drop(probe);
@@ -65,7 +68,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for strategy in Strategy::ALL {
         let client = Client::builder()
             .balancer(strategy)
-            .connect_providers("example.Whoami", providers.clone());
+            .connect_providers("example.Whoami", providers.clone())
+            .await?;
         let stub = WhoamiClient::new(client);
         let mut tasks = Vec::new();
         for worker in 0..8u64 {

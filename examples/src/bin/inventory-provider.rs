@@ -24,7 +24,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     rpc_examples::init_logging();
     let args = Args::parse();
     let mut builder =
@@ -37,8 +37,9 @@ async fn main() -> std::io::Result<()> {
     }
     let server = builder.bind(&args.listen).await?;
     // The one line scripts and tests read to find the port.
-    println!("listening on {}", server.local_addr()?);
-    server.serve_with_shutdown(shutdown_signal()).await
+    println!("listening on {}", server.local_addr());
+    server.serve_with_shutdown(shutdown_signal()).await?;
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM. Binaries install signal handlers; the library never

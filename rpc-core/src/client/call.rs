@@ -140,15 +140,24 @@ where
         }
     }
 
-    /// Sync mode: makes the call and blocks the current thread until it completes.
+    /// Sync mode: makes the call and blocks the current thread until it completes,
+    /// or its timeout passes.
+    ///
+    /// Call it from plain threads (`fn main`, `std::thread::spawn`). A client built with
+    /// [`Client::connect_blocking`] runs its connections on a runtime of its own, so it
+    /// may also block any thread that is not one of that runtime's, `spawn_blocking`
+    /// threads of your runtime included.
     ///
     /// # Errors
     ///
-    /// Any [`RpcError`]; [`RpcError::BlockingInAsyncContext`] when called from inside
-    /// an async runtime (blocking there could deadlock; `.await` instead).
+    /// Any [`RpcError`]; [`RpcError::BlockingInAsyncContext`] where blocking could
+    /// deadlock (`.await` there instead): for a client created in async code
+    /// ([`Client::connect`]), anywhere inside a tokio runtime; for a client that owns
+    /// its runtime, on that runtime's threads (inside a callback, say).
     pub fn blocking(self) -> Result<T, RpcError<E>> {
         let client = self.client.clone();
-        client.block_on(self.into_future())
+        let timeout = self.effective_timeout();
+        client.block_on(self.into_future(), timeout)
     }
 
     /// Callback mode: starts the call and returns at once. `callback` runs exactly once,
@@ -169,6 +178,14 @@ where
                 callback(result);
             }
         });
+    }
+
+    /// Which method this is, for error messages.
+    fn target(&self) -> Target {
+        Target {
+            service: self.service,
+            method: self.method,
+        }
     }
 
     /// This call's timeout: its own, or the client's default.
@@ -196,8 +213,19 @@ where
             config.max_frame_len,
         )
         .map_err(|e| match e {
+            EncodeError::Protocol(ProtocolError::FrameTooLarge { declared, max }) => {
+                RpcError::RequestTooLarge {
+                    len: usize::try_from(declared).unwrap_or(usize::MAX),
+                    max,
+                }
+            }
             EncodeError::Protocol(p) => RpcError::Protocol(p),
-            other => RpcError::Serialization(other.to_string()),
+            EncodeError::Serialize(e) => RpcError::Serialization(format!(
+                "cannot encode the arguments of {}.{} as {}: {e}",
+                self.service,
+                self.method,
+                std::any::type_name::<A>()
+            )),
         })
     }
 
@@ -227,6 +255,7 @@ where
     /// attempt goes to `picked`, if given) and failing over, oneway.
     async fn run(self, picked: Option<Picked>) -> Result<T, RpcError<E>> {
         let timeout = self.effective_timeout();
+        let target = self.target();
         let (oneway, hash_key) = (self.oneway, self.hash_key);
         let client = self.client.clone();
         // The closure owns the call, so the future needs only `A: Send`.
@@ -235,7 +264,22 @@ where
             .call_frame(encode, oneway, timeout, hash_key, picked)
             .await
             .map_err(RpcError::widen)?;
-        decode_outcome(frame, timeout)
+        decode_outcome(frame, timeout, target)
+    }
+}
+
+/// Which method a call is, for error messages.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    /// The service's wire name.
+    service: &'static str,
+    /// The method's wire name.
+    method: &'static str,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.service, self.method)
     }
 }
 
@@ -244,10 +288,16 @@ where
 fn decode_outcome<T: DeserializeOwned, E: DeserializeOwned>(
     frame: Option<Frame>,
     timeout: Duration,
+    target: Target,
 ) -> Result<T, RpcError<E>> {
     match frame {
-        Some(frame) => decode_reply(frame, timeout),
-        None => rmp_serde::from_slice(&[0xc0]).map_err(|e| RpcError::Serialization(e.to_string())),
+        Some(frame) => decode_reply(frame, timeout, target),
+        None => rmp_serde::from_slice(&[0xc0]).map_err(|e| {
+            RpcError::Serialization(format!(
+                "oneway call of {target}: cannot produce {}: {e}",
+                std::any::type_name::<T>()
+            ))
+        }),
     }
 }
 
@@ -256,6 +306,7 @@ fn decode_outcome<T: DeserializeOwned, E: DeserializeOwned>(
 fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
     frame: Frame,
     timeout: Duration,
+    target: Target,
 ) -> Result<T, RpcError<E>> {
     if frame.header.serialization != SERIALIZATION_MSGPACK {
         return Err(RpcError::Protocol(ProtocolError::Unexpected(
@@ -265,12 +316,18 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
     match Status::from_code(frame.header.status) {
         Status::Ok => crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body))
             .0
-            .map_err(|e| RpcError::Serialization(format!("cannot decode the result: {e}"))),
+            .map_err(|e| {
+                RpcError::Serialization(format!(
+                    "cannot decode the result of {target} as {}: {e}",
+                    std::any::type_name::<T>()
+                ))
+            }),
         Status::ApplicationError => {
             match crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body)).0 {
                 Ok(e) => Err(RpcError::Application(e)),
                 Err(e) => Err(RpcError::Serialization(format!(
-                    "cannot decode the service's error: {e}"
+                    "cannot decode the error of {target} as {}: {e}",
+                    std::any::type_name::<E>()
                 ))),
             }
         }
@@ -319,6 +376,8 @@ enum CallState<A, T, E> {
         reply: PendingReply,
         /// The call's timeout, for errors.
         timeout: Duration,
+        /// The method called, for errors.
+        target: Target,
         /// For a cluster: the provider picked, to record the outcome on and to fail
         /// over from. Boxed, so that a single server's calls (`None`) stay small.
         attempt: Option<Box<Attempt<A, T, E>>>,
@@ -381,6 +440,7 @@ where
             match &mut this.state {
                 CallState::Start(call) => {
                     // Encoded where it lies: the call is not moved out for this.
+                    let target = call.target();
                     let (reply, timeout, picked) = match call.try_queue(cx) {
                         Ok(queued) => queued,
                         Err(picked) => {
@@ -401,6 +461,7 @@ where
                     this.state = CallState::Reply {
                         reply,
                         timeout,
+                        target,
                         attempt,
                     };
                     // Just queued: the response cannot be in yet.
@@ -409,17 +470,18 @@ where
                 CallState::Reply {
                     reply,
                     timeout,
+                    target,
                     attempt,
                 } => {
                     let outcome = ready!(Pin::new(reply).poll(cx));
-                    let (timeout, attempt) = (*timeout, attempt.take());
+                    let (timeout, target, attempt) = (*timeout, *target, attempt.take());
                     this.state = CallState::Done;
                     let error = match (outcome, attempt) {
                         (Ok(frame), attempt) => {
                             if let Some(attempt) = attempt {
                                 attempt.picked.record_success_since(attempt.started);
                             }
-                            return Poll::Ready(decode_outcome(frame, timeout));
+                            return Poll::Ready(decode_outcome(frame, timeout, target));
                         }
                         (Err(e), None) => e,
                         (Err(e), Some(attempt)) => {

@@ -264,6 +264,16 @@ async fn run(
     handle: Arc<ConnHandle>,
     settings: ConnSettings,
 ) {
+    // Fails the calls left whichever way this task ends: normally (below), or by
+    // being dropped unpolled when the runtime it runs on shuts down. Without it, a
+    // client kept past its runtime (say, in a `static` shared by `#[tokio::test]`s)
+    // would queue calls that no task ever answers or times out.
+    let mut ending = Ending {
+        handle,
+        peer,
+        ended: false,
+    };
+    let handle = &ending.handle;
     let (mut rd, mut wr) = stream.split();
     let mut codec = FrameCodec::new(settings.max_frame_len);
     let mut rbuf = BytesMut::new();
@@ -352,7 +362,7 @@ async fn run(
                     let mut shared = handle.lock();
                     let waiting = shared.calls.len();
                     for frame in frames.drain(..) {
-                        if let Err(reason) = on_frame(frame, &mut shared, &handle, &mut wake) {
+                        if let Err(reason) = on_frame(frame, &mut shared, handle, &mut wake) {
                             failure.get_or_insert(reason);
                             break;
                         }
@@ -388,7 +398,7 @@ async fn run(
                     last_heartbeat = Instant::now();
                 }
                 // Only this task holds the handle: the client is gone.
-                if Arc::strong_count(&handle) == 1 && shared.calls.is_empty() && shared.out.is_empty() && writing.is_empty() {
+                if Arc::strong_count(handle) == 1 && shared.calls.is_empty() && shared.out.is_empty() && writing.is_empty() {
                     break "client dropped".to_owned();
                 }
             }
@@ -396,35 +406,71 @@ async fn run(
     };
 
     tracing::debug!(%peer, %reason, "client connection ended");
-    let _ = handle.reason.set(reason.clone());
-    {
-        let mut shared = handle.lock();
-        shared.closed = Some(reason.clone());
-        handle.closed.store(true, Ordering::Release);
-        let lost = || RpcError::ConnectionLost(reason.clone());
-        // Requests never written did not reach the server: say so, so that they can be
-        // retried elsewhere without running twice.
-        let unsent = std::mem::take(&mut shared.unsent);
-        let not_sent = Arc::new(std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            format!("the connection ended before the request was sent: {reason}"),
-        ));
-        for id in unsent {
-            let outcome = Err(RpcError::Connect {
-                addr: peer,
-                source: Arc::clone(&not_sent),
-            });
-            wake.extend(shared.calls.complete(id, outcome));
-        }
-        // Everything else, oneway requests being written included, may have reached
-        // the server.
-        shared.calls.fail_all(|_| lost(), &mut wake);
-        shared.written.clear();
-        shared.out.clear();
-    }
-    wake.drain(..).for_each(Waker::wake);
+    ending.end(reason);
     let _ = wr.shutdown().await;
 }
+
+/// Ends a connection exactly once: marks it closed and fails every call still
+/// waiting, when the connection task finishes or is dropped.
+struct Ending {
+    /// The connection's shared state.
+    handle: Arc<ConnHandle>,
+    /// The server, for the error of requests never written.
+    peer: SocketAddr,
+    /// Whether [`end`](Ending::end) has run.
+    ended: bool,
+}
+
+impl Ending {
+    /// Closes the connection for `reason`: new calls are refused, requests never
+    /// written fail as [`RpcError::NotSent`] (safe to retry elsewhere), everything else
+    /// as [`RpcError::ConnectionLost`].
+    fn end(&mut self, reason: String) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let handle = &self.handle;
+        let _ = handle.reason.set(reason.clone());
+        let mut wake = Vec::new();
+        {
+            let mut shared = handle.lock();
+            shared.closed = Some(reason.clone());
+            handle.closed.store(true, Ordering::Release);
+            // Requests never written did not reach the server: say so, so that they
+            // can be retried elsewhere without running twice.
+            let unsent = std::mem::take(&mut shared.unsent);
+            for id in unsent {
+                let outcome = Err(RpcError::NotSent {
+                    addr: self.peer,
+                    reason: reason.clone(),
+                });
+                wake.extend(shared.calls.complete(id, outcome));
+            }
+            // Everything else, oneway requests being written included, may have
+            // reached the server.
+            shared
+                .calls
+                .fail_all(|_| RpcError::ConnectionLost(reason.clone()), &mut wake);
+            shared.written.clear();
+            shared.out.clear();
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if !self.ended {
+            tracing::debug!(peer = %self.peer, "client connection task dropped with its runtime");
+            self.end(RUNTIME_GONE.to_owned());
+        }
+    }
+}
+
+/// Why calls fail once the runtime a client's connections ran on has shut down.
+pub(crate) const RUNTIME_GONE: &str = "the tokio runtime this client's connections ran on \
+     has shut down (create the client on a runtime that outlives it, or with \
+     Client::connect_blocking, which owns its runtime)";
 
 /// Routes one frame from the server.
 ///

@@ -19,15 +19,16 @@
 mod call;
 mod connection;
 mod pending;
+mod sync;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -200,37 +201,63 @@ impl ClientBuilder {
         self
     }
 
-    /// A client for `service` spread over several providers, each call going to the
-    /// provider the balancer picks. Connections are made on first use; a provider that
-    /// cannot be reached is skipped for a backoff period and the call goes to another.
-    /// Change the set later with [`Client::update_providers`]. Connection tasks run on
-    /// the current tokio runtime.
+    /// A client spread over several providers of `service`, each call going to the
+    /// provider the balancer picks.
     ///
-    /// # Panics
+    /// `service` names the provider set: it is what [`RpcError::NoProvider`] reports
+    /// and what the balancer is labelled with. Calls are not checked against it: every
+    /// stub built on this client (`FooClient::new(client.clone())`) sends its own
+    /// service name to the providers picked, so give each service its own client
+    /// unless the same providers host them all.
     ///
-    /// If called outside a tokio runtime.
-    pub fn connect_providers(
-        self,
-        service: &str,
-        providers: impl IntoIterator<Item = Provider>,
-    ) -> Client {
-        self.cluster(service, providers, Handle::current(), None)
-    }
-
-    /// [`connect_providers`](Self::connect_providers) from plain (non-async) code: the
-    /// client owns a small runtime.
+    /// Nothing is dialled yet: a provider is connected on its first call. One that
+    /// cannot be reached, or announces shutdown, is skipped by the balancer for
+    /// [`ClientConfig::reconnect_backoff`] (at least 50 ms) and the call goes to
+    /// another. Change the set later with [`Client::update_providers`]. Connection tasks
+    /// run on the current tokio runtime, which must outlive the client.
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), rpc_core::RpcError> {
+    /// use rpc_core::lb::{Provider, Strategy};
+    /// let client = rpc_core::Client::builder()
+    ///     .balancer(Strategy::RoundRobin)
+    ///     .connect_providers("example.Inventory", [
+    ///         Provider::new("127.0.0.1:7001".parse().unwrap()),
+    ///         Provider::new("127.0.0.1:7002".parse().unwrap()).weight(200),
+    ///     ])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
-    /// If the runtime cannot start.
+    /// [`RpcError::NoRuntime`] outside a tokio runtime (use
+    /// [`connect_providers_blocking`](Self::connect_providers_blocking) there), or
+    /// [`RpcError::InvalidConfig`] for invalid settings.
+    pub async fn connect_providers(
+        self,
+        service: &str,
+        providers: impl IntoIterator<Item = Provider>,
+    ) -> Result<Client, RpcError> {
+        let runtime = current_runtime("ClientBuilder::connect_providers")?;
+        self.cluster(service, providers, runtime, None)
+    }
+
+    /// [`connect_providers`](Self::connect_providers) from plain (non-async) code: the
+    /// client starts and owns a small runtime of its own.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::InvalidConfig`] for invalid settings, or
+    /// [`RpcError::NoRuntime`] if the client's runtime cannot start.
     pub fn connect_providers_blocking(
         self,
         service: &str,
         providers: impl IntoIterator<Item = Provider>,
-    ) -> io::Result<Client> {
-        let runtime = OwnedRuntime::start("rpc-client", 1)?;
+    ) -> Result<Client, RpcError> {
+        let runtime = start_runtime()?;
         let handle = runtime.handle().clone();
-        Ok(self.cluster(service, providers, handle, Some(runtime)))
+        self.cluster(service, providers, handle, Some(runtime))
     }
 
     fn cluster(
@@ -239,14 +266,20 @@ impl ClientBuilder {
         providers: impl IntoIterator<Item = Provider>,
         runtime: Handle,
         owned: Option<OwnedRuntime>,
-    ) -> Client {
+    ) -> Result<Client, RpcError> {
+        if service.is_empty() {
+            return Err(RpcError::InvalidConfig(
+                "connect_providers needs a service name".to_owned(),
+            ));
+        }
         let cluster = Cluster {
             balancer: LoadBalancer::with_config(service, self.strategy, self.balancer_config),
-            endpoints: RwLock::new(HashMap::new()),
+            endpoints: ArcSwap::default(),
+            updating: parking_lot::Mutex::new(()),
         };
         let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned);
         client.update_providers(providers);
-        client
+        Ok(client)
     }
 
     /// Sends `token` as the authentication token of every call.
@@ -259,18 +292,23 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects from async code. Connection tasks run on the current tokio runtime.
+    /// Connects from async code. Connection tasks run on the current tokio runtime,
+    /// which must outlive the client (calls on a client whose runtime has shut down
+    /// fail at once with [`RpcError::ClientClosed`]).
     ///
     /// # Errors
     ///
-    /// If the address does not resolve or the first connection fails.
-    ///
-    /// # Panics
-    ///
-    /// If called outside a tokio runtime.
-    pub async fn connect(self, addr: impl tokio::net::ToSocketAddrs) -> Result<Client, RpcError> {
-        let addr = resolve(tokio::net::lookup_host(addr).await)?;
-        let client = Client::single(addr, self.config, Handle::current(), None);
+    /// [`RpcError::Resolve`] if the address does not resolve, [`RpcError::Connect`]
+    /// if the first connection fails, [`RpcError::NoRuntime`] outside a tokio runtime
+    /// (use [`connect_blocking`](Self::connect_blocking) there).
+    pub async fn connect(
+        self,
+        addr: impl tokio::net::ToSocketAddrs + fmt::Debug,
+    ) -> Result<Client, RpcError> {
+        let runtime = current_runtime("ClientBuilder::connect")?;
+        let shown = format!("{addr:?}");
+        let addr = resolve(shown, tokio::net::lookup_host(addr).await)?;
+        let client = Client::single(addr, self.config, runtime, None);
         client.first_connection().await?;
         Ok(client)
     }
@@ -282,29 +320,46 @@ impl ClientBuilder {
     ///
     /// If the address does not resolve, the runtime cannot start, or the first
     /// connection fails.
-    pub fn connect_blocking(self, addr: impl std::net::ToSocketAddrs) -> Result<Client, RpcError> {
-        let addr = resolve(addr.to_socket_addrs())?;
-        let runtime = OwnedRuntime::start("rpc-client", 1).map_err(|e| RpcError::Connect {
-            addr,
-            source: Arc::new(e),
-        })?;
+    pub fn connect_blocking(
+        self,
+        addr: impl std::net::ToSocketAddrs + fmt::Debug,
+    ) -> Result<Client, RpcError> {
+        let addr = resolve(format!("{addr:?}"), addr.to_socket_addrs())?;
+        let runtime = start_runtime()?;
         let handle = runtime.handle().clone();
         let client = Client::single(addr, self.config, handle, Some(runtime));
-        client.block_on(client.first_connection())?;
+        // The connect attempt times out by itself; this only guards against its task
+        // never running.
+        let limit = client.inner.config.connect_timeout + Duration::from_secs(1);
+        client.block_on(client.first_connection(), limit)?;
         Ok(client)
     }
 }
 
-fn resolve<I: Iterator<Item = SocketAddr>>(addrs: io::Result<I>) -> Result<SocketAddr, RpcError> {
-    let unresolved = |e: io::Error| RpcError::Connect {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+/// The runtime of the calling task, for `what` (named in the error).
+fn current_runtime(what: &'static str) -> Result<Handle, RpcError> {
+    Handle::try_current().map_err(|_| RpcError::NoRuntime(what))
+}
+
+/// Starts the small runtime a client built from plain code owns.
+fn start_runtime() -> Result<OwnedRuntime, RpcError> {
+    OwnedRuntime::start("rpc-client", 1)
+        .map_err(|e| RpcError::Internal(format!("cannot start the client's own runtime: {e}")))
+}
+
+/// The first address `addrs` (the resolution of `shown`) gave.
+fn resolve<I: Iterator<Item = SocketAddr>>(
+    shown: String,
+    addrs: io::Result<I>,
+) -> Result<SocketAddr, RpcError> {
+    let first = addrs.and_then(|mut addrs| {
+        addrs
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "it resolved to no address"))
+    });
+    first.map_err(|e| RpcError::Resolve {
+        addr: shown,
         source: Arc::new(e),
-    };
-    addrs.map_err(unresolved)?.next().ok_or_else(|| {
-        unresolved(io::Error::new(
-            io::ErrorKind::NotFound,
-            "address resolved to nothing",
-        ))
     })
 }
 
@@ -323,7 +378,7 @@ struct ClientInner {
     /// The runtime connection tasks and callbacks run on.
     runtime: Handle,
     /// Present when the client owns its runtime (built from non-async code).
-    _owned: Option<OwnedRuntime>,
+    owned: Option<OwnedRuntime>,
 }
 
 /// Where a client sends its calls.
@@ -338,8 +393,12 @@ enum Route {
 struct Cluster {
     /// Picks a provider per call; holds health, weights and in-flight counts.
     balancer: LoadBalancer,
-    /// Connections per provider address.
-    endpoints: RwLock<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// Connections per provider address: a snapshot replaced whole on each update,
+    /// so a call reads it with one lock-free load (provider sets change rarely).
+    endpoints: ArcSwap<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// Serializes updates, so that two concurrent ones cannot lose each other's
+    /// endpoints.
+    updating: parking_lot::Mutex<()>,
 }
 
 /// One server address and its pooled connections.
@@ -399,7 +458,9 @@ impl Client {
     /// # Errors
     ///
     /// If the address does not resolve or the connection fails.
-    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Result<Client, RpcError> {
+    pub async fn connect(
+        addr: impl tokio::net::ToSocketAddrs + fmt::Debug,
+    ) -> Result<Client, RpcError> {
         ClientBuilder::default().connect(addr).await
     }
 
@@ -409,7 +470,9 @@ impl Client {
     /// # Errors
     ///
     /// If the address does not resolve or the connection fails.
-    pub fn connect_blocking(addr: impl std::net::ToSocketAddrs) -> Result<Client, RpcError> {
+    pub fn connect_blocking(
+        addr: impl std::net::ToSocketAddrs + fmt::Debug,
+    ) -> Result<Client, RpcError> {
         ClientBuilder::default().connect_blocking(addr)
     }
 
@@ -434,7 +497,7 @@ impl Client {
                 config,
                 route,
                 runtime,
-                _owned: owned,
+                owned,
             }),
         }
     }
@@ -466,15 +529,19 @@ impl Client {
             return;
         };
         let providers: Vec<Provider> = providers.into_iter().collect();
-        {
-            let mut endpoints = cluster.endpoints.write().expect("endpoints lock");
-            endpoints.retain(|addr, _| providers.iter().any(|p| p.addr == *addr));
-            for provider in &providers {
-                endpoints
-                    .entry(provider.addr)
-                    .or_insert_with(|| Arc::new(Endpoint::new(provider.addr, &self.inner.config)));
-            }
-        }
+        let _updating = cluster.updating.lock();
+        let current = cluster.endpoints.load();
+        let endpoints: HashMap<SocketAddr, Arc<Endpoint>> = providers
+            .iter()
+            .map(|provider| {
+                let endpoint = current
+                    .get(&provider.addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(provider.addr, &self.inner.config)));
+                (provider.addr, endpoint)
+            })
+            .collect();
+        cluster.endpoints.store(Arc::new(endpoints));
         cluster.balancer.update(providers);
     }
 
@@ -508,8 +575,7 @@ impl Client {
                 let picked = cluster.balancer.pick(&ctx).map_err(|_| None)?;
                 let conn = cluster
                     .endpoints
-                    .read()
-                    .expect("endpoints lock")
+                    .load()
                     .get(&picked.addr())
                     .and_then(|endpoint| endpoint.ready());
                 match conn {
@@ -542,20 +608,30 @@ impl Client {
     }
 
     /// Runs `fut` to completion on this thread, with the client's runtime entered so
-    /// timers work.
+    /// timers work, giving up with [`RpcError::Timeout`] after `limit` whatever the
+    /// connection task does (it enforces the call's deadline itself; this holds even if
+    /// that task is gone).
     ///
     /// # Errors
     ///
-    /// [`RpcError::BlockingInAsyncContext`] when called from inside a tokio runtime.
+    /// [`RpcError::BlockingInAsyncContext`] where blocking this thread could deadlock:
+    /// on a thread of the runtime the client's own connections run on, or, for a client
+    /// on the caller's runtime, anywhere inside a tokio runtime.
     pub(crate) fn block_on<T, E>(
         &self,
         fut: impl std::future::Future<Output = Result<T, RpcError<E>>>,
+        limit: Duration,
     ) -> Result<T, RpcError<E>> {
-        if Handle::try_current().is_ok() {
+        let would_deadlock = match &self.inner.owned {
+            // Its connections run on its own threads: only those must not block.
+            Some(owned) => owned.is_current_thread(),
+            None => Handle::try_current().is_ok(),
+        };
+        if would_deadlock {
             return Err(RpcError::BlockingInAsyncContext);
         }
         let _entered = self.inner.runtime.enter();
-        futures_executor::block_on(fut)
+        sync::block_on(fut, limit).unwrap_or(Err(RpcError::Timeout(limit)))
     }
 
     /// Connects the first connection of a single-server client, so that building the
@@ -613,12 +689,7 @@ impl Client {
                 },
             };
             let addr = picked.addr();
-            let endpoint = cluster
-                .endpoints
-                .read()
-                .expect("endpoints lock")
-                .get(&addr)
-                .cloned();
+            let endpoint = cluster.endpoints.load().get(&addr).cloned();
             let Some(endpoint) = endpoint else { continue };
             if endpoint.is_draining() {
                 // It announced shutdown (GOAWAY): no new calls; try it again later.
@@ -710,6 +781,8 @@ impl Endpoint {
         });
         let result = match attempt.await {
             Ok(result) => result,
+            // The task never ran: the runtime is shutting down or gone.
+            Err(e) if e.is_cancelled() => return Err(RpcError::ClientClosed),
             Err(e) => Err(io::Error::other(format!("connect task failed: {e}"))),
         };
         match result {

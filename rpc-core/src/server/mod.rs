@@ -14,7 +14,7 @@
 //!     }
 //! }
 //!
-//! # async fn run() -> std::io::Result<()> {
+//! # async fn run() -> Result<(), rpc_core::RpcError> {
 //! let server = Server::builder()
 //!     .workers(2)
 //!     .add_service(EchoServer::new(EchoImpl))
@@ -39,7 +39,10 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::fmt;
+
 use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +53,7 @@ pub use service::{
     Reply, Service,
 };
 
+use crate::error::RpcError;
 use crate::protocol::DEFAULT_MAX_FRAME_LEN;
 use crate::runtime::OwnedRuntime;
 use crate::transport::worker::WorkerGroup;
@@ -196,11 +200,22 @@ impl ServerBuilder {
     ///
     /// # Errors
     ///
-    /// If the address does not resolve or cannot be bound.
-    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+    /// [`RpcError::NoRuntime`] outside a tokio runtime; [`RpcError::Bind`] if the
+    /// address does not resolve or cannot be bound.
+    pub async fn bind(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server, RpcError> {
+        let runtime =
+            Handle::try_current().map_err(|_| RpcError::NoRuntime("ServerBuilder::bind"))?;
+        let shown = format!("{addr:?}");
+        let bind_error = |e: io::Error| RpcError::Bind {
+            addr: shown.clone(),
+            source: Arc::new(e),
+        };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Server {
             listener,
+            local_addr,
+            runtime,
             config: self.config,
             services: self.services,
             connections: Arc::new(AtomicUsize::new(0)),
@@ -212,6 +227,10 @@ impl ServerBuilder {
 pub struct Server {
     /// The listening socket.
     listener: TcpListener,
+    /// Its address, read once at bind.
+    local_addr: SocketAddr,
+    /// The runtime `bind` ran on, where [`spawn`](Server::spawn) starts the server.
+    runtime: Handle,
     /// Settings.
     config: ServerConfig,
     /// Hosted services by name.
@@ -223,7 +242,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.listener.local_addr().ok())
+            .field("local_addr", &self.local_addr)
             .field("config", &self.config)
             .field("services", &self.services.keys().collect::<Vec<_>>())
             .finish()
@@ -236,21 +255,18 @@ impl Server {
         ServerBuilder::default()
     }
 
-    /// The address the server listens on.
-    ///
-    /// # Errors
-    ///
-    /// If the socket's address cannot be read.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The address the server listens on (with the port the system chose, when
+    /// bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
     /// Serves until the process ends.
     ///
     /// # Errors
     ///
-    /// If the workers or business pool cannot be started.
-    pub async fn serve(self) -> io::Result<()> {
+    /// [`RpcError::Serve`] if the workers or business pool cannot be started.
+    pub async fn serve(self) -> Result<(), RpcError> {
         self.serve_with_shutdown(future::pending()).await
     }
 
@@ -261,21 +277,24 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// If the workers or business pool cannot be started.
-    pub async fn serve_with_shutdown(self, signal: impl Future<Output = ()>) -> io::Result<()> {
-        self.run(signal, CancellationToken::new()).await
+    /// [`RpcError::Serve`] if the workers or business pool cannot be started.
+    pub async fn serve_with_shutdown(
+        self,
+        signal: impl Future<Output = ()>,
+    ) -> Result<(), RpcError> {
+        self.run(signal, CancellationToken::new())
+            .await
+            .map_err(|e| RpcError::Serve(Arc::new(e)))
     }
 
-    /// Starts serving on the current tokio runtime and returns a handle to stop it.
-    ///
-    /// # Panics
-    ///
-    /// If called outside a tokio runtime.
+    /// Starts serving in the background, on the runtime it was bound on, and returns
+    /// a handle to stop it.
     pub fn spawn(self) -> ServerHandle {
-        let addr = self.listener.local_addr().ok();
+        let addr = self.local_addr;
         let token = CancellationToken::new();
         let connections = Arc::clone(&self.connections);
-        let task = tokio::spawn(self.run(future::pending(), token.clone()));
+        let runtime = self.runtime.clone();
+        let task = runtime.spawn(self.run(future::pending(), token.clone()));
         ServerHandle {
             addr,
             token,
@@ -321,7 +340,7 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     /// The address it listens on.
-    addr: Option<SocketAddr>,
+    addr: SocketAddr,
     /// Cancelling it starts the graceful shutdown.
     token: CancellationToken,
     /// Open connections.
@@ -332,12 +351,8 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// The address the server listens on.
-    ///
-    /// # Panics
-    ///
-    /// If the listening socket's address could not be read when the server started.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr.expect("listener has an address")
+        self.addr
     }
 
     /// How many client connections are open now.
@@ -354,11 +369,13 @@ impl ServerHandle {
     ///
     /// # Errors
     ///
-    /// What the server returned, or an error if its task panicked.
-    pub async fn shutdown(self) -> io::Result<()> {
+    /// [`RpcError::Serve`] if the server failed, [`RpcError::Internal`] if its task
+    /// panicked or its runtime shut down first.
+    pub async fn shutdown(self) -> Result<(), RpcError> {
         self.token.cancel();
-        self.task
-            .await
-            .map_err(|e| io::Error::other(format!("server task failed: {e}")))?
+        match self.task.await {
+            Ok(result) => result.map_err(|e| RpcError::Serve(Arc::new(e))),
+            Err(e) => Err(RpcError::Internal(format!("server task failed: {e}"))),
+        }
     }
 }

@@ -20,6 +20,9 @@ pub(crate) struct LeastConnection {
     weighted: bool,
     /// Where the next scan starts.
     next: AtomicUsize,
+    /// Starts of unavailable entries handed on so far (see [`View::turn`]): without
+    /// it, idle survivors would not get equal shares.
+    spill: AtomicUsize,
 }
 
 impl LeastConnection {
@@ -27,6 +30,7 @@ impl LeastConnection {
         Self {
             weighted,
             next: AtomicUsize::new(0),
+            spill: AtomicUsize::new(0),
         }
     }
 }
@@ -42,7 +46,7 @@ impl Algorithm for LeastConnection {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let start = view.turn(self.next.fetch_add(1, Ordering::Relaxed), &self.spill)?;
         let mut best = Best::default();
         // From the rotating start to the end, then from the beginning.
         for (i, entry) in entries.iter().enumerate().skip(start) {
@@ -112,6 +116,31 @@ impl LeastConnection {
 #[cfg(test)]
 mod tests {
     use crate::{LoadBalancer, PickContext, Provider, Strategy};
+
+    #[test]
+    fn idle_survivors_share_a_down_providers_turns_equally() {
+        let addrs: Vec<std::net::SocketAddr> = (1..=3)
+            .map(|i| format!("10.0.0.{i}:1").parse().unwrap())
+            .collect();
+        for strategy in [Strategy::LeastConnection, Strategy::WeightedLeastConnection] {
+            for down in 0..3 {
+                let lb = LoadBalancer::new("test.Service", strategy);
+                lb.update(addrs.iter().copied().map(Provider::new));
+                lb.set_healthy(addrs[down], false);
+                let mut counts = std::collections::HashMap::new();
+                // One call at a time: every provider is idle at every pick.
+                for _ in 0..30 {
+                    *counts
+                        .entry(lb.pick(&PickContext::new()).unwrap().addr())
+                        .or_insert(0) += 1;
+                }
+                assert!(
+                    counts.len() == 2 && counts.values().all(|&c| c == 15),
+                    "{strategy:?}, down {down}: {counts:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn weighted_compares_in_flight_per_weight() {

@@ -7,13 +7,15 @@ use crate::config::Config;
 use crate::context::PickContext;
 use crate::set::{Entry, Snapshot, View};
 
-/// Plain round-robin over the entries, skipping unavailable ones (the next
-/// available entry takes a skipped one's turn). Weights are ignored except
-/// that weight 0 is never picked.
+/// Plain round-robin over the entries. An unavailable entry's turns are spread in
+/// turn over the available ones, so every available provider gets an equal share.
+/// Weights are ignored except that weight 0 is never picked.
 #[derive(Debug, Default)]
 pub(crate) struct RoundRobin {
     /// The turn counter, shared by all threads; one atomic add per pick.
     next: AtomicUsize,
+    /// Turns of unavailable entries handed on so far (see [`View::turn`]).
+    spill: AtomicUsize,
 }
 
 impl Algorithm for RoundRobin {
@@ -22,12 +24,7 @@ impl Algorithm for RoundRobin {
     fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
 
     fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {
-        let n = view.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (start..n).chain(0..start).find(|&i| view.is_available(i))
+        view.turn(self.next.fetch_add(1, Ordering::Relaxed), &self.spill)
     }
 }
 
@@ -36,7 +33,30 @@ mod tests {
     use crate::{LoadBalancer, PickContext, Provider, Strategy};
 
     #[test]
-    fn skipped_provider_turn_goes_to_the_next() {
+    fn survivors_share_a_down_providers_turns_equally() {
+        let addrs: Vec<std::net::SocketAddr> = (1..=3)
+            .map(|i| format!("10.0.0.{i}:1").parse().unwrap())
+            .collect();
+        for down in 0..3 {
+            let lb = LoadBalancer::new("test.Service", Strategy::RoundRobin);
+            lb.update(addrs.iter().copied().map(Provider::new));
+            lb.set_healthy(addrs[down], false);
+            // Two windows of 30 calls, as a user would count them.
+            for _ in 0..2 {
+                let mut counts = std::collections::HashMap::new();
+                for _ in 0..30 {
+                    *counts
+                        .entry(lb.pick(&PickContext::new()).unwrap().addr())
+                        .or_insert(0) += 1;
+                }
+                assert_eq!(counts.len(), 2, "{counts:?}");
+                assert!(counts.values().all(|&c| c == 15), "down {down}: {counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn skipped_provider_turn_goes_to_a_survivor() {
         let addrs: Vec<std::net::SocketAddr> = (1..=3)
             .map(|i| format!("10.0.0.{i}:1").parse().unwrap())
             .collect();
@@ -46,7 +66,7 @@ mod tests {
         let picks: Vec<_> = (0..6)
             .map(|_| lb.pick(&PickContext::new()).unwrap().addr())
             .collect();
-        let expected = [addrs[0], addrs[2], addrs[2], addrs[0], addrs[2], addrs[2]];
+        let expected = [addrs[0], addrs[0], addrs[2], addrs[0], addrs[2], addrs[2]];
         assert_eq!(picks, expected);
     }
 }
