@@ -75,7 +75,7 @@ pub mod server;
 mod transport;
 
 pub use blob::Blob;
-pub use client::{Call, CallFuture, Client, ClientBuilder, ClientConfig};
+pub use client::{Call, CallFuture, Client, ClientBuilder, ClientConfig, RemoteCall};
 
 pub use error::{NoError, RpcError};
 /// Client-side load balancing (the `rpc-lb` crate): strategies, providers, the balancer.

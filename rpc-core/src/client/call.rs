@@ -30,8 +30,10 @@ use crate::protocol::{
 /// | callback | [`call.callback(f)`](Call::callback) | at once; `f` runs later with the result |
 /// | oneway | [`call.oneway()`](Call::oneway), then any of the above | `()` once the request is written |
 ///
-/// `A` is the argument tuple, `T` the result type, `E` the service's error type
-/// ([`NoError`](crate::NoError) for methods that cannot fail). Nothing is sent until the call is
+/// `A` is the argument tuple (`()` for a method without arguments, `(String,)` for
+/// one argument), `T` the result type, `E` the service's error type
+/// ([`NoError`](crate::NoError) for methods that cannot fail). Code generic over calls
+/// names one bound, [`RemoteCall`], rather than the three these need. Nothing is sent until the call is
 /// awaited, blocked on, or given a callback.
 ///
 /// ```no_run
@@ -265,6 +267,94 @@ where
             .await
             .map_err(RpcError::widen)?;
         decode_outcome(frame, timeout, target)
+    }
+}
+
+/// Any call a generated stub returns, for code generic over calls: one bound to name
+/// instead of the three a [`Call`]'s types need.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use rpc_core::{RemoteCall, RpcError};
+///
+/// /// Makes any call with a one-second timeout, logging failures.
+/// async fn quick<C: RemoteCall>(call: C) -> Result<C::Ok, RpcError<C::Err>> {
+///     let result = call.timeout(Duration::from_secs(1)).await;
+///     if let Err(e) = &result {
+///         eprintln!("call failed: {e}");
+///     }
+///     result
+/// }
+/// ```
+pub trait RemoteCall:
+    IntoFuture<Output = Result<Self::Ok, RpcError<Self::Err>>, IntoFuture: Send>
+    + Send
+    + Sized
+    + 'static
+{
+    /// What the call returns on success.
+    type Ok: Send + 'static;
+    /// The service's own error type ([`NoError`](crate::NoError) if it has none);
+    /// `Debug`, so that the call's [`RpcError`] can be shown.
+    type Err: fmt::Debug + Send + 'static;
+    /// The same call sent oneway.
+    type Oneway: RemoteCall<Ok = (), Err = crate::error::NoError>;
+
+    /// See [`Call::timeout`].
+    fn timeout(self, timeout: Duration) -> Self;
+    /// See [`Call::attachment`].
+    fn attachment(self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self;
+    /// See [`Call::hash_key`].
+    fn hash_key(self, key: u64) -> Self;
+    /// See [`Call::oneway`].
+    fn oneway(self) -> Self::Oneway;
+    /// See [`Call::blocking`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Call::blocking`].
+    fn blocking(self) -> Result<Self::Ok, RpcError<Self::Err>>;
+    /// See [`Call::callback`].
+    fn callback<F>(self, callback: F)
+    where
+        F: FnOnce(Result<Self::Ok, RpcError<Self::Err>>) + Send + 'static;
+}
+
+impl<A, T, E> RemoteCall for Call<A, T, E>
+where
+    A: Serialize + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + fmt::Debug + Send + 'static,
+{
+    type Ok = T;
+    type Err = E;
+    type Oneway = Call<A, (), crate::error::NoError>;
+
+    fn timeout(self, timeout: Duration) -> Self {
+        Call::timeout(self, timeout)
+    }
+
+    fn attachment(self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Call::attachment(self, key, value)
+    }
+
+    fn hash_key(self, key: u64) -> Self {
+        Call::hash_key(self, key)
+    }
+
+    fn oneway(self) -> Self::Oneway {
+        Call::oneway(self)
+    }
+
+    fn blocking(self) -> Result<T, RpcError<E>> {
+        Call::blocking(self)
+    }
+
+    fn callback<F>(self, callback: F)
+    where
+        F: FnOnce(Result<T, RpcError<E>>) + Send + 'static,
+    {
+        Call::callback(self, callback);
     }
 }
 

@@ -36,7 +36,7 @@ use bytes::BytesMut;
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 
-pub use call::{Call, CallFuture};
+pub use call::{Call, CallFuture, RemoteCall};
 use rpc_lb::{LoadBalancer, PickContext, Picked, Provider, Strategy};
 
 use crate::error::RpcError;

@@ -40,7 +40,12 @@ pub enum EncodeError {
     Protocol(#[from] ProtocolError),
 }
 
-/// Appends a request frame for `args` (the argument tuple) to `dst`.
+/// MessagePack's nil.
+const NIL: u8 = 0xc0;
+/// MessagePack's empty array (fixarray of length 0).
+const EMPTY_ARRAY: u8 = 0x90;
+
+/// Appends a request frame for `args` (the argument tuple; `()` for none) to `dst`.
 ///
 /// # Errors
 ///
@@ -73,6 +78,11 @@ pub fn encode_request<A: Serialize + ?Sized>(
         }
         let meta_end = dst.len();
         rmp_serde::encode::write_named(&mut dst.writer(), args)?;
+        // The body is the argument array. A method without arguments has `()` as its
+        // argument tuple, which serde writes as nil: send the empty array instead.
+        if dst.len() == meta_end + 1 && dst[meta_end] == NIL {
+            dst[meta_end] = EMPTY_ARRAY;
+        }
         let flags = if oneway {
             Flags::ONEWAY
         } else {

@@ -22,21 +22,24 @@ pub(crate) fn generate(def: &ServiceDef) -> TokenStream {
     }
 }
 
-/// The argument tuple type of a method as sent on the wire: `(A, B,)`, or `[(); 0]`
-/// for no arguments (an empty MessagePack array, where `()` would encode as nil).
+/// The argument tuple type of a method as callers see it: `(A, B,)`, or `()` for no
+/// arguments (which the client sends as an empty MessagePack array).
 fn args_type(method: &MethodDef) -> TokenStream {
-    if method.args.is_empty() {
-        return quote!([(); 0]);
-    }
     let types = method.args.iter().map(|(_, ty)| ty);
     quote!((#(#types,)*))
 }
 
+/// The type the server decodes a method's arguments as: the argument tuple, or
+/// `[(); 0]` for none (it reads the empty array, where `()` would want nil).
+fn decoded_args_type(method: &MethodDef) -> TokenStream {
+    if method.args.is_empty() {
+        return quote!([(); 0]);
+    }
+    args_type(method)
+}
+
 /// The argument tuple value built from the argument names.
 fn args_value(method: &MethodDef) -> TokenStream {
-    if method.args.is_empty() {
-        return quote!([]);
-    }
     let names = method.args.iter().map(|(name, _)| name);
     quote!((#(#names,)*))
 }

@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{args_pattern, args_type, server_ident};
+use super::{args_pattern, decoded_args_type, server_ident};
 use crate::parse::{Output, ServiceDef};
 
 pub(super) fn generate(def: &ServiceDef) -> TokenStream {
@@ -19,7 +19,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     let arms = def.methods.iter().map(|m| {
         let name = &m.ident;
         let method_name = name.to_string();
-        let args_ty = args_type(m);
+        let args_ty = decoded_args_type(m);
         let pattern = args_pattern(m);
         let names = m.args.iter().map(|(arg, _)| arg);
         let wrap = match &m.output {
