@@ -1,20 +1,30 @@
 //! The core of the RPC framework: annotate a trait with [`service`], get a client stub
 //! and a server skeleton, and call it over TCP in four call modes.
 //!
-//! # Layout
+//! # What is here
 //!
-//! The modules follow the path of a call:
+//! Following the path of a call:
 //!
-//! - `client`: [`Client`] (multiplexed connections, timeouts, heartbeats, reconnect)
-//!   and [`Call`] (future, sync, callback and oneway modes);
+//! - [`service`]: the attribute that turns a trait into a client stub and a server
+//!   skeleton;
+//! - [`Client`] and [`ClientBuilder`] (multiplexed connections, timeouts, heartbeats,
+//!   reconnect; one server or a balanced set of providers), [`Call`] (future, sync,
+//!   callback and oneway modes) and [`RemoteCall`] (the one bound for code generic
+//!   over calls);
+//! - [`lb`]: client-side load balancing (strategies, providers, the balancer);
 //! - [`protocol`]: the frame, its codec, metadata and status codes (the wire format of
 //!   `docs/PROTOCOL.md`);
-//! - `transport`: the server's boss (accept) and worker reactors (read, decode,
-//!   dispatch, encode, write);
-//! - [`server`]: [`Server`], its settings, and the [`Service`](server::Service) contract
-//!   the macro implements;
-//! - `error`: [`RpcError`], the one error type callers see;
+//! - [`Server`], [`ServerBuilder`] and the [`server`] module: boss and worker reactors,
+//!   the [`CallContext`](server::CallContext) a handler sees, and the
+//!   [`Service`](server::Service) contract the macro implements;
+//! - [`RpcError`], the one error type callers see;
 //! - [`Blob`]: byte payloads, encoded as one `bin` and received without a copy.
+//!
+//! Every constructor returns `Result<_, RpcError>`: `connect`, `connect_providers`
+//! and `bind` from async code on a tokio runtime, `connect_blocking` and
+//! `connect_providers_blocking` from plain code (the client then owns a small runtime).
+//! A provider needs tokio's `rt-multi-thread` and `macros` features (and `signal` to
+//! stop on Ctrl-C); so does an async consumer; a sync-only consumer needs no tokio.
 //!
 //! # Example
 //!
@@ -79,6 +89,7 @@ pub use client::{Call, CallFuture, Client, ClientBuilder, ClientConfig, RemoteCa
 
 pub use error::{NoError, RpcError};
 /// Client-side load balancing (the `rpc-lb` crate): strategies, providers, the balancer.
+#[doc(inline)]
 pub use rpc_lb as lb;
 pub use server::{Server, ServerBuilder, ServerConfig, ServerHandle};
 

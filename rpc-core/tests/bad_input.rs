@@ -327,7 +327,10 @@ async fn oversized_frames_are_refused_in_both_directions() {
             .echo(serde_bytes::ByteBuf::from(vec![0u8; 4096]))
             .await
             .unwrap_err();
-        assert!(matches!(err, rpc_core::RpcError::RequestTooLarge { max: 1024, .. }), "{err:?}");
+        assert!(
+            matches!(err, rpc_core::RpcError::RequestTooLarge { max: 1024, .. }),
+            "{err:?}"
+        );
         // Within limits everything works, on a reconnected connection too.
         tokio::time::sleep(Duration::from_millis(150)).await;
         let data = serde_bytes::ByteBuf::from(vec![7u8; 32 * 1024]);
