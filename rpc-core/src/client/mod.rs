@@ -767,16 +767,7 @@ impl Endpoint {
         let connect_timeout = client.config.connect_timeout;
         // Connect on the client's runtime so the socket registers with its reactor.
         let attempt = client.runtime.spawn(async move {
-            let stream =
-                tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("connect timed out after {connect_timeout:?}"),
-                        )
-                    })??;
-            stream.set_nodelay(true)?;
+            let stream = crate::transport::connect(addr, connect_timeout).await?;
             Ok::<_, io::Error>(Connection::spawn(stream, addr, settings))
         });
         let result = match attempt.await {

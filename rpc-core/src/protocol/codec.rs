@@ -193,6 +193,52 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
+/// One frame of a batch from [`FrameCodec::split_frames`], borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RawFrame<'a> {
+    /// The parsed header.
+    pub header: Header,
+    /// The metadata section.
+    pub metadata: &'a [u8],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// The frames of a batch from [`FrameCodec::split_frames`], in order: the slicing of a
+/// batch lives here, beside the parser that checked it.
+#[derive(Debug, Clone)]
+pub struct BatchFrames<'a> {
+    /// The batch: whole frames back to back.
+    batch: &'a [u8],
+}
+
+impl<'a> BatchFrames<'a> {
+    /// The frames of `batch`, which [`FrameCodec::split_frames`] returned (so every
+    /// header in it is valid and every frame whole).
+    pub fn new(batch: &'a [u8]) -> Self {
+        BatchFrames { batch }
+    }
+}
+
+impl<'a> Iterator for BatchFrames<'a> {
+    type Item = RawFrame<'a>;
+
+    fn next(&mut self) -> Option<RawFrame<'a>> {
+        // The headers were checked against the frame cap when the batch was split;
+        // anything short or malformed (only a batch from elsewhere) ends the iteration.
+        let header = Header::parse(self.batch, usize::MAX).ok()??;
+        let len = usize::try_from(header.frame_len()).ok()?;
+        let frame = self.batch.get(..len)?;
+        self.batch = &self.batch[len..];
+        let (metadata, body) = frame[HEADER_LEN..].split_at(header.metadata_len as usize);
+        Some(RawFrame {
+            header,
+            metadata,
+            body,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

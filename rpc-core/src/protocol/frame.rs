@@ -28,6 +28,10 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 24;
 /// Default cap on a whole frame (header + metadata + body): 8 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
+
+/// The smallest maximum frame length a peer may be configured with: every error reply
+/// this implementation sends (a status and a short message) fits in it.
+pub const MIN_FRAME_LEN: usize = 1024;
 /// Serialization id of MessagePack, the default and currently only body encoding.
 pub const SERIALIZATION_MSGPACK: u8 = 1;
 

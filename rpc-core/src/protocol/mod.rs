@@ -15,9 +15,9 @@ pub mod metadata;
 pub(crate) mod scratch;
 mod status;
 
-pub use codec::{CodecError, FrameCodec};
+pub use codec::{BatchFrames, CodecError, FrameCodec, RawFrame};
 pub use frame::{
-    Flags, Frame, Header, ProtocolError, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAGIC,
+    Flags, Frame, Header, ProtocolError, DEFAULT_MAX_FRAME_LEN, HEADER_LEN, MAGIC, MIN_FRAME_LEN,
     SERIALIZATION_MSGPACK, VERSION,
 };
 pub use message::{

@@ -1,5 +1,17 @@
 //! The server: hosts services on one port, boss/worker I/O, graceful shutdown.
 //!
+//! A call's path through it, one file each:
+//!
+//! - `boss`: accepts connections and hands each to a worker, round-robin;
+//! - `worker`: a fixed set of reactors, each a single-threaded runtime on its own
+//!   thread, owning the connections it was given;
+//! - `connection`: a connection's I/O loop (read, split into frames, write);
+//! - `dispatch`: from a request frame to a running handler (service lookup, metadata,
+//!   [`CallContext`], worker or business pool) and from its result to reply bytes;
+//! - `in_flight`: running handlers, guarded against panics and bounded by deadlines;
+//! - `service`: the [`Service`] contract the generated skeleton implements;
+//! - `config`: [`ServerConfig`] and [`ServerBuilder`], checked at [`bind`](ServerBuilder::bind).
+//!
 //! ```no_run
 //! # use rpc_core::{service, Server};
 //! #[service]
@@ -28,8 +40,14 @@
 //! # }
 //! ```
 
+mod boss;
+mod config;
+mod connection;
 mod context;
+mod dispatch;
+mod in_flight;
 mod service;
+mod worker;
 
 use std::collections::HashMap;
 use std::future::{self, Future};
@@ -37,16 +55,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Duration;
 
-use std::fmt;
-
-use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use context::enter as enter_context;
+pub use config::{Execution, ServerBuilder, ServerConfig};
 pub use context::CallContext;
 pub use service::{
     dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,
@@ -54,173 +69,23 @@ pub use service::{
 };
 
 use crate::error::RpcError;
-use crate::protocol::DEFAULT_MAX_FRAME_LEN;
 use crate::runtime::OwnedRuntime;
-use crate::transport::worker::WorkerGroup;
-use crate::transport::{boss, ServerShared};
+use worker::WorkerGroup;
 
-/// Where handlers run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Execution {
-    /// On the worker reactor that owns the connection, with no thread hop. Fastest;
-    /// right for handlers that never block and finish quickly.
-    Worker,
-    /// On a separate multi-threaded business pool with this many threads, so slow or
-    /// CPU-heavy handlers never stall I/O.
-    Pool {
-        /// Threads in the pool.
-        threads: usize,
-    },
-}
-
-/// Server settings. Build with [`ServerBuilder`] or start from `ServerConfig::default()`.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ServerConfig {
-    /// Worker reactors. Default: the number of CPUs.
-    pub workers: usize,
-    /// Where handlers run. Default: [`Execution::Worker`].
-    pub execution: Execution,
-    /// Largest frame accepted or sent, header included. Default: 8 MiB.
-    pub max_frame_len: usize,
-    /// Calls one connection may have running at once; past it the server stops
-    /// reading from that connection until some finish. Default: 4096.
-    pub max_in_flight_per_connection: usize,
-    /// Open connections at most; more are closed as they are accepted. Default: 65 536.
-    pub max_connections: usize,
-    /// A connection that sends nothing (not even heartbeats) for this long while no
-    /// call of it is running is closed. Default: 90 s.
-    pub idle_timeout: Duration,
-    /// On shutdown, how long running calls get to finish before connections are
-    /// closed regardless. Default: 10 s.
-    pub drain_timeout: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            workers: std::thread::available_parallelism().map_or(2, usize::from),
-            execution: Execution::Worker,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            max_in_flight_per_connection: 4096,
-            max_connections: 65_536,
-            idle_timeout: Duration::from_secs(90),
-            drain_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Builds a [`Server`]: settings, then services, then [`bind`](Self::bind).
-#[derive(Default)]
-pub struct ServerBuilder {
-    /// Settings so far.
-    config: ServerConfig,
-    /// Services so far, by name.
-    services: HashMap<String, Arc<dyn Service>>,
-}
-
-impl std::fmt::Debug for ServerBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerBuilder")
-            .field("config", &self.config)
-            .field("services", &self.services.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-impl ServerBuilder {
-    /// Replaces all settings.
-    pub fn config(mut self, config: ServerConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Sets the number of worker reactors.
-    ///
-    /// ```
-    /// let builder = rpc_core::Server::builder().workers(4);
-    /// ```
-    pub fn workers(mut self, workers: usize) -> Self {
-        self.config.workers = workers.max(1);
-        self
-    }
-
-    /// Runs handlers on a business pool of `threads` threads instead of the workers.
-    ///
-    /// ```
-    /// let builder = rpc_core::Server::builder().business_pool(8);
-    /// ```
-    pub fn business_pool(mut self, threads: usize) -> Self {
-        self.config.execution = Execution::Pool {
-            threads: threads.max(1),
-        };
-        self
-    }
-
-    /// Sets the maximum frame length.
-    ///
-    /// ```
-    /// let builder = rpc_core::Server::builder().max_frame_len(1 << 20);
-    /// ```
-    pub fn max_frame_len(mut self, len: usize) -> Self {
-        self.config.max_frame_len = len;
-        self
-    }
-
-    /// Sets how long running calls get to finish on shutdown.
-    ///
-    /// ```
-    /// let builder = rpc_core::Server::builder().drain_timeout(std::time::Duration::from_secs(30));
-    /// ```
-    pub fn drain_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.config.drain_timeout = timeout;
-        self
-    }
-
-    /// Sets how long a silent connection is kept.
-    ///
-    /// ```
-    /// let builder = rpc_core::Server::builder().idle_timeout(std::time::Duration::from_secs(60));
-    /// ```
-    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
-        self.config.idle_timeout = timeout.max(Duration::from_millis(10));
-        self
-    }
-
-    /// Hosts a service. A later service with the same name replaces an earlier one.
-    pub fn add_service(mut self, service: impl Service) -> Self {
-        self.services
-            .insert(service.name().to_owned(), Arc::new(service));
-        self
-    }
-
-    /// Binds the listening socket. Use port 0 for an ephemeral port and read it back
-    /// with [`Server::local_addr`].
-    ///
-    /// # Errors
-    ///
-    /// [`RpcError::NoRuntime`] outside a tokio runtime; [`RpcError::Bind`] if the
-    /// address does not resolve or cannot be bound.
-    pub async fn bind(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server, RpcError> {
-        let runtime =
-            Handle::try_current().map_err(|_| RpcError::NoRuntime("ServerBuilder::bind"))?;
-        let shown = format!("{addr:?}");
-        let bind_error = |e: io::Error| RpcError::Bind {
-            addr: shown.clone(),
-            source: Arc::new(e),
-        };
-        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
-        Ok(Server {
-            listener,
-            local_addr,
-            runtime,
-            config: self.config,
-            services: self.services,
-            connections: Arc::new(AtomicUsize::new(0)),
-        })
-    }
+/// What every connection of a server shares.
+pub(crate) struct ServerShared {
+    /// Hosted services by name.
+    pub(crate) services: HashMap<String, Arc<dyn Service>>,
+    /// Comma-separated service names, for "service not found" messages.
+    pub(crate) service_names: String,
+    /// The server's settings.
+    pub(crate) config: ServerConfig,
+    /// The business pool, when handlers do not run on the workers.
+    pub(crate) pool: Option<Handle>,
+    /// Cancelled when graceful shutdown begins.
+    pub(crate) shutdown: CancellationToken,
+    /// Open connections, to enforce `max_connections`.
+    pub(crate) connections: Arc<AtomicUsize>,
 }
 
 /// A bound server, ready to [`serve`](Server::serve).

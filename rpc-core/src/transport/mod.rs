@@ -1,37 +1,38 @@
-//! The server's I/O: Netty's boss / worker model on tokio.
-//!
-//! - [`boss`]: accepts connections and hands each to a worker, round-robin;
-//! - [`worker`]: a fixed set of reactors, each a single-threaded runtime on its own
-//!   thread, owning the connections it was given;
-//! - [`connection`]: the per-connection loop (read, decode, dispatch, encode, write).
-//!
-//! The client's connections live in `crate::client`.
+//! What the client and the server share below the protocol: setting up TCP sockets
+//! (TLS will live here too). The client's connections are in `crate::client`, the
+//! server's in `crate::server`; neither uses the other.
 
-pub(crate) mod boss;
-mod connection;
-pub(crate) mod worker;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use tokio::net::TcpStream;
 
-use tokio::runtime::Handle;
-use tokio_util::sync::CancellationToken;
+/// Sets a freshly connected or accepted socket up for RPC traffic: no Nagle delay
+/// (requests and replies are small and latency-bound; writes are coalesced by the
+/// connection loops themselves).
+///
+/// # Errors
+///
+/// If the socket option cannot be set.
+pub(crate) fn configure(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)
+}
 
-use crate::server::{ServerConfig, Service};
-
-/// What every connection of a server shares.
-pub(crate) struct ServerShared {
-    /// Hosted services by name.
-    pub(crate) services: HashMap<String, Arc<dyn Service>>,
-    /// Comma-separated service names, for "service not found" messages.
-    pub(crate) service_names: String,
-    /// The server's settings.
-    pub(crate) config: ServerConfig,
-    /// The business pool, when handlers do not run on the workers.
-    pub(crate) pool: Option<Handle>,
-    /// Cancelled when graceful shutdown begins.
-    pub(crate) shutdown: CancellationToken,
-    /// Open connections, to enforce `max_connections`.
-    pub(crate) connections: Arc<AtomicUsize>,
+/// Connects to `addr` within `timeout` and sets the socket up ([`configure`]).
+///
+/// # Errors
+///
+/// If the connection fails or takes longer than `timeout`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {timeout:?}"),
+            )
+        })??;
+    configure(&stream)?;
+    Ok(stream)
 }

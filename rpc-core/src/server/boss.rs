@@ -33,8 +33,8 @@ pub(crate) async fn run(
                         tracing::warn!(%peer, max_connections, "refusing connection: at the connection limit");
                         continue;
                     }
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                    if let Err(e) = crate::transport::configure(&stream) {
+                        tracing::warn!(%peer, error = %e, "cannot set the socket up");
                     }
                     shared.connections.fetch_add(1, Ordering::AcqRel);
                     if let Err(e) = workers.dispatch(stream, peer) {

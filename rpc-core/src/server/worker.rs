@@ -39,7 +39,7 @@ impl WorkerGroup {
     pub(crate) fn start(count: usize, shared: &Arc<ServerShared>) -> io::Result<WorkerGroup> {
         let mut senders = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
-        for index in 0..count.max(1) {
+        for index in 0..count {
             let (tx, rx) = mpsc::unbounded_channel();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -1,0 +1,230 @@
+//! From a request frame to a running handler, and from a finished handler to its
+//! response bytes: service lookup, metadata, argument decoding (by the generated
+//! skeleton), the call context, and where the handler runs.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+
+use super::in_flight::{panicked, poll_guarded, run_on_pool, InFlight, Outcome};
+use super::{CallContext, Reply, ServerShared, Service};
+use crate::protocol::metadata::RequestMeta;
+use crate::protocol::{
+    encode_heartbeat, encode_raw_response, encode_response, encode_response_with, Flags, RawFrame,
+    ResponseError, Status, SERIALIZATION_MSGPACK,
+};
+
+/// What a handler on the business pool sends back: the request id and the reply,
+/// `None` for a oneway call (nothing to write).
+pub(super) type PoolReply = (u64, Option<Reply>);
+
+/// The calls of one connection: dispatching its requests and encoding its replies.
+pub(super) struct Dispatch<'a> {
+    /// Server-wide services and settings.
+    pub(super) shared: &'a ServerShared,
+    /// The peer, for the call context and log messages.
+    pub(super) peer: SocketAddr,
+    /// Encoded frames waiting to be written.
+    pub(super) wbuf: BytesMut,
+    /// Handlers running on this worker.
+    pub(super) inflight: FuturesUnordered<InFlight>,
+    /// Handlers running on the business pool report here.
+    pool_tx: mpsc::UnboundedSender<PoolReply>,
+    /// How many handlers are running on the business pool.
+    pub(super) pool_pending: usize,
+    /// The service last called on this connection, to skip the map lookup: a
+    /// connection usually calls one service over and over. Borrowed from `shared`, so
+    /// a call costs no reference-count traffic on the service all workers share.
+    last_service: Option<(&'a str, &'a dyn Service)>,
+    /// When the current batch of requests was read; their deadlines count from here.
+    pub(super) received: std::time::Instant,
+}
+
+impl<'a> Dispatch<'a> {
+    /// No calls yet; pool replies go to `pool_tx`.
+    pub(super) fn new(
+        shared: &'a ServerShared,
+        peer: SocketAddr,
+        pool_tx: mpsc::UnboundedSender<PoolReply>,
+    ) -> Self {
+        Dispatch {
+            shared,
+            peer,
+            wbuf: BytesMut::new(),
+            inflight: FuturesUnordered::new(),
+            pool_tx,
+            pool_pending: 0,
+            last_service: None,
+            received: std::time::Instant::now(),
+        }
+    }
+
+    /// Calls running, on this worker or on the pool.
+    pub(super) fn in_flight(&self) -> usize {
+        self.inflight.len() + self.pool_pending
+    }
+
+    /// Handles one frame.
+    ///
+    /// # Errors
+    ///
+    /// A frame a server must never receive (a response other than a heartbeat); the
+    /// connection is closed.
+    pub(super) fn on_frame(&mut self, frame: RawFrame<'_>) -> Result<(), &'static str> {
+        let RawFrame {
+            header,
+            metadata,
+            body,
+        } = frame;
+        let flags = header.flags;
+        if flags.contains(Flags::HEARTBEAT) {
+            if !flags.contains(Flags::RESPONSE) {
+                encode_heartbeat(&mut self.wbuf, header.request_id, true);
+            }
+            return Ok(());
+        }
+        if flags.contains(Flags::EVENT) {
+            tracing::debug!(peer = %self.peer, event = header.status, "ignoring event from client");
+            return Ok(());
+        }
+        if flags.contains(Flags::RESPONSE) {
+            return Err("a client sent a response frame");
+        }
+        let id = header.request_id;
+        let oneway = flags.contains(Flags::ONEWAY);
+        if header.serialization != SERIALIZATION_MSGPACK {
+            let message = format!("unsupported serialization id {}", header.serialization);
+            self.write_reply(id, oneway, &Reply::error(Status::BadRequest, &message));
+            return Ok(());
+        }
+        let meta = match RequestMeta::parse(metadata) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let reply = Reply::error(Status::BadRequest, &e.to_string());
+                self.write_reply(id, oneway, &reply);
+                return Ok(());
+            }
+        };
+        let Some(service) = self.service(meta.service) else {
+            let message = format!(
+                "no service `{}` here; this server hosts: {}",
+                meta.service, self.shared.service_names
+            );
+            self.write_reply(id, oneway, &Reply::error(Status::ServiceNotFound, &message));
+            return Ok(());
+        };
+        let mut call = match service.call(meta.method, body) {
+            Ok(call) => call,
+            Err(e) => {
+                self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
+                return Ok(());
+            }
+        };
+        let timeout = meta.timeout;
+        let mut context = Some(CallContext::from_request(self.peer, self.received, &meta));
+        match &self.shared.pool {
+            None => {
+                // Most handlers finish on their first poll: encode the result right
+                // away, straight into the write buffer.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match poll_guarded(&mut call, &mut context, &mut cx) {
+                    Ok(Poll::Ready(())) => self.write_outcome(id, oneway, Outcome::Finished(call)),
+                    Ok(Poll::Pending) => self.inflight.push(InFlight {
+                        id,
+                        oneway,
+                        call: Some(call),
+                        context,
+                        deadline: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+                        timeout,
+                    }),
+                    Err(reply) => self.write_reply(id, oneway, &reply),
+                }
+            }
+            Some(pool) => {
+                self.pool_pending += 1;
+                let tx = self.pool_tx.clone();
+                pool.spawn(async move {
+                    let reply = run_on_pool(call, context, timeout, oneway).await;
+                    let _ = tx.send((id, reply));
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A handler on the business pool ended with `reply`.
+    pub(super) fn on_pool_reply(&mut self, (id, reply): PoolReply) {
+        self.pool_pending -= 1;
+        if let Some(reply) = reply {
+            self.write_reply(id, false, &reply);
+        }
+    }
+
+    /// Writes the response for a call that ended, encoding a finished handler's result
+    /// straight into the write buffer.
+    pub(super) fn write_outcome(&mut self, id: u64, oneway: bool, outcome: Outcome) {
+        let mut call = match outcome {
+            Outcome::Failed(reply) => return self.write_reply(id, oneway, &reply),
+            Outcome::Finished(call) => call,
+        };
+        if oneway {
+            return;
+        }
+        let max = self.shared.config.max_frame_len;
+        let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            encode_response_with(&mut self.wbuf, id, max, |out| {
+                call.as_mut().encode_result(out)
+            })
+        }));
+        let failure = match encoded {
+            Ok(Ok(_)) => return,
+            Ok(Err(ResponseError::Body(e))) => e.to_string(),
+            Ok(Err(ResponseError::Frame(e))) => format!("the response could not be sent: {e}"),
+            Err(panic) => return self.write_reply(id, oneway, &panicked(&*panic)),
+        };
+        tracing::error!(peer = %self.peer, %failure, "cannot send response");
+        self.write_reply(id, oneway, &Reply::error(Status::InternalError, &failure));
+    }
+
+    /// The service named `name`.
+    fn service(&mut self, name: &str) -> Option<&'a dyn Service> {
+        if let Some((last, service)) = self.last_service {
+            if last == name {
+                return Some(service);
+            }
+        }
+        let (name, service) = self.shared.services.get_key_value(name)?;
+        let service: &'a dyn Service = &**service;
+        self.last_service = Some((name.as_str(), service));
+        Some(service)
+    }
+
+    /// Encodes the response to call `id` into the write buffer.
+    pub(super) fn write_reply(&mut self, id: u64, oneway: bool, reply: &Reply) {
+        if oneway {
+            return;
+        }
+        let max = self.shared.config.max_frame_len;
+        let Err(e) = encode_raw_response(&mut self.wbuf, id, reply.status.code(), &reply.body, max)
+        else {
+            return;
+        };
+        tracing::error!(peer = %self.peer, error = %e, "cannot send response");
+        // The frame cap is at least MIN_FRAME_LEN (checked at bind), which this short
+        // message fits with room to spare.
+        let message = format!("the response could not be sent: {e}");
+        if let Err(e) = encode_response(
+            &mut self.wbuf,
+            id,
+            Status::InternalError.code(),
+            &message,
+            max,
+        ) {
+            tracing::error!(peer = %self.peer, error = %e, id, "cannot send even an error response");
+        }
+    }
+}
