@@ -128,4 +128,89 @@ pub mod __private {
             method: method.to_owned(),
         }
     }
+
+    // The serde bounds of the types in a service's signatures, under names that say
+    // which side needs them and why. The macro names each type in `Argument<T>`,
+    // `ReturnValue<T>` or `ErrorValue<T>`, spanned at the type, so a missing bound is
+    // reported there in these words; `do_not_recommend` keeps the compiler from
+    // reporting `serde`'s bound instead of ours. The stub's and skeleton's impls carry
+    // the same bounds in `where` clauses (see `rpc-macros/src/gen/checks.rs`).
+
+    /// What the client needs of an argument type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be an argument of a #[service] method: it does not implement `serde::Serialize`",
+        label = "the client serializes this argument",
+        note = "arguments cross the network: derive `serde::Serialize` and `serde::Deserialize` for them"
+    )]
+    pub trait SerializeArgument: serde::Serialize {}
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::Serialize> SerializeArgument for T {}
+
+    /// What the server needs of an argument type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be an argument of a #[service] method: it does not implement `serde::Deserialize` (as `serde::de::DeserializeOwned`)",
+        label = "the server deserializes this argument",
+        note = "arguments cross the network: derive `serde::Serialize` and `serde::Deserialize` for them"
+    )]
+    pub trait DeserializeArgument: serde::de::DeserializeOwned {}
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::de::DeserializeOwned> DeserializeArgument for T {}
+
+    /// What the server needs of a result type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the result of a #[service] method: it does not implement `serde::Serialize`",
+        label = "the server serializes this result",
+        note = "results cross the network: derive `serde::Serialize` and `serde::Deserialize` for them"
+    )]
+    pub trait SerializeResult: serde::Serialize {}
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::Serialize> SerializeResult for T {}
+
+    /// What the client needs of a result type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the result of a #[service] method: it does not implement `serde::Deserialize` (as `serde::de::DeserializeOwned`)",
+        label = "the client deserializes this result",
+        note = "results cross the network: derive `serde::Serialize` and `serde::Deserialize` for them"
+    )]
+    pub trait DeserializeResult: serde::de::DeserializeOwned {}
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::de::DeserializeOwned> DeserializeResult for T {}
+
+    /// What the server needs of the error type `E` of `Result<T, E>`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the error type of a #[service] method: it does not implement `serde::Serialize`",
+        label = "the server serializes this error",
+        note = "a method's `Err` crosses the network: derive `serde::Serialize` and `serde::Deserialize` for its type"
+    )]
+    pub trait SerializeError: serde::Serialize {}
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::Serialize> SerializeError for T {}
+
+    /// What the client needs of the error type `E` of `Result<T, E>`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the error type of a #[service] method: it does not implement `serde::Deserialize` (as `serde::de::DeserializeOwned`)",
+        label = "the client deserializes this error",
+        note = "a method's `Err` crosses the network: derive `serde::Serialize` and `serde::Deserialize` for its type"
+    )]
+    pub trait DeserializeError: serde::de::DeserializeOwned {}
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::de::DeserializeOwned> DeserializeError for T {}
+
+    /// Names an argument type where the user wrote it, asserting both sides' bounds.
+    #[derive(Debug)]
+    pub struct Argument<T: SerializeArgument + DeserializeArgument + Send>(
+        core::marker::PhantomData<T>,
+    );
+
+    /// Names a result type where the user wrote it, asserting both sides' bounds.
+    #[derive(Debug)]
+    pub struct ReturnValue<T: SerializeResult + DeserializeResult + Send>(
+        core::marker::PhantomData<T>,
+    );
+
+    /// Names an error type where the user wrote it, asserting both sides' bounds.
+    #[derive(Debug)]
+    pub struct ErrorValue<T: SerializeError + DeserializeError + Send>(
+        core::marker::PhantomData<T>,
+    );
 }

@@ -10,6 +10,7 @@
 
 mod gen;
 mod parse;
+mod validate;
 
 use proc_macro::TokenStream;
 

@@ -1,14 +1,14 @@
 //! Parsing and validating the annotated trait into [`ServiceDef`].
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, ItemTrait, Pat, PathArguments, ReturnType, TraitItem,
     TraitItemFn, Type, Visibility,
 };
 
-/// Names the generated client stub defines itself; methods may not use them.
-const RESERVED_METHOD_NAMES: &[&str] = &["new", "SERVICE_NAME"];
+use crate::validate::{check_arg_name, check_type, Errors, RESERVED_METHOD_NAMES};
 
 /// The service as the generators need it.
 pub(crate) struct ServiceDef {
@@ -18,24 +18,60 @@ pub(crate) struct ServiceDef {
     pub(crate) vis: Visibility,
     /// The trait's name.
     pub(crate) ident: syn::Ident,
-    /// The service name on the wire.
+    /// The service name on the wire: the `name` option, or the trait's name without
+    /// any `r#`.
     pub(crate) wire_name: String,
+    /// The trait's `#[cfg]`s, repeated on every generated item so they come and go
+    /// together.
+    pub(crate) cfgs: Vec<Attribute>,
     /// The methods, in declaration order.
     pub(crate) methods: Vec<MethodDef>,
 }
 
 /// One method of the service.
 pub(crate) struct MethodDef {
-    /// Attributes with `#[oneway]` removed.
+    /// Attributes with `#[oneway]` removed, kept on the trait method.
     pub(crate) attrs: Vec<Attribute>,
     /// The method's name.
     pub(crate) ident: syn::Ident,
+    /// The method name on the wire: the name without any `r#`. Both the stub and the
+    /// skeleton use this one value.
+    pub(crate) wire_name: String,
     /// Arguments after `&self`, as (name, type).
     pub(crate) args: Vec<(syn::Ident, Type)>,
     /// What the method returns.
     pub(crate) output: Output,
     /// Marked `#[oneway]`: no response is sent.
     pub(crate) oneway: bool,
+}
+
+impl MethodDef {
+    /// The doc comments, for the stub method.
+    pub(crate) fn docs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|a| a.path().is_ident("doc"))
+    }
+
+    /// The `#[cfg]`s: every item generated for this method carries them, so a method
+    /// configured out takes its stub method, dispatch arm and checks with it.
+    pub(crate) fn cfgs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|a| is_cfg(a))
+    }
+
+    /// What the stub method carries besides docs and `#[cfg]`s: lint levels (the stub
+    /// has the same signature, so `#[allow(clippy::too_many_arguments)]` applies to it
+    /// too) and `#[deprecated]` (callers of the stub get the warning).
+    pub(crate) fn stub_attrs(&self) -> impl Iterator<Item = &Attribute> {
+        const FORWARDED: &[&str] = &["allow", "warn", "deny", "forbid", "expect", "deprecated"];
+        self.attrs
+            .iter()
+            .filter(|a| FORWARDED.iter().any(|name| a.path().is_ident(name)))
+    }
+}
+
+/// `#[cfg(...)]`; `#[cfg_attr]` is left on the trait method only, since what it
+/// expands to may not fit the generated items.
+fn is_cfg(attr: &Attribute) -> bool {
+    attr.path().is_ident("cfg")
 }
 
 /// A method's return type, as the wire sees it.
@@ -60,27 +96,6 @@ impl Output {
             Output::Unit => quote::quote!(()),
             Output::Plain(ty) => quote::quote!(#ty),
             Output::Result { ok, err } => quote::quote!(::core::result::Result<#ok, #err>),
-        }
-    }
-}
-
-/// Collects errors so that every problem is reported in one compile.
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, span: Span, message: impl std::fmt::Display) {
-        let error = syn::Error::new(span, message);
-        match &mut self.0 {
-            Some(all) => all.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-
-    fn finish<T>(self, value: T) -> syn::Result<T> {
-        match self.0 {
-            Some(e) => Err(e),
-            None => Ok(value),
         }
     }
 }
@@ -136,9 +151,10 @@ impl ServiceDef {
             }
         }
         let def = ServiceDef {
+            cfgs: item.attrs.iter().filter(|a| is_cfg(a)).cloned().collect(),
             attrs: item.attrs,
             vis: item.vis,
-            wire_name: wire_name.unwrap_or_else(|| item.ident.to_string()),
+            wire_name: wire_name.unwrap_or_else(|| item.ident.unraw().to_string()),
             ident: item.ident,
             methods,
         };
@@ -148,7 +164,7 @@ impl ServiceDef {
 
 fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let sig = &method.sig;
-    let before = errors.0.is_some();
+    let before = errors.is_empty();
     let mut oneway = false;
     let mut attrs = Vec::new();
     for attr in &method.attrs {
@@ -194,7 +210,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
             "methods of a #[service] trait cannot have a default body; implement them in the impl",
         );
     }
-    let name = sig.ident.to_string();
+    let name = sig.ident.unraw().to_string();
     if RESERVED_METHOD_NAMES.contains(&name.as_str()) {
         errors.push(
             sig.ident.span(),
@@ -230,13 +246,14 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
                 continue;
             }
         };
-        check_owned(&typed.ty, errors);
+        check_arg_name(&ident, errors);
+        check_type(&typed.ty, errors);
         args.push((ident, (*typed.ty).clone()));
     }
     let output = match &sig.output {
         ReturnType::Default => Output::Unit,
         ReturnType::Type(_, ty) => {
-            check_owned(ty, errors);
+            check_type(ty, errors);
             match &**ty {
                 Type::Tuple(t) if t.elems.is_empty() => Output::Unit,
                 _ => split_result(ty).unwrap_or_else(|| Output::Plain(ty.clone())),
@@ -249,48 +266,17 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
             "a #[oneway] method returns nothing: no response is sent",
         );
     }
-    if errors.0.is_some() && !before {
+    if before && !errors.is_empty() {
         return None;
     }
     Some(MethodDef {
         attrs,
+        wire_name: name,
         ident: sig.ident.clone(),
         args,
         output,
         oneway,
     })
-}
-
-/// Rejects types the wire cannot carry: references and `impl Trait`.
-fn check_owned(ty: &Type, errors: &mut Errors) {
-    struct Visitor<'a>(&'a mut Errors);
-    impl<'ast> syn::visit::Visit<'ast> for Visitor<'_> {
-        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
-            self.0.push(
-                r.span(),
-                "arguments and results must be owned types (no references): they cross the network",
-            );
-        }
-        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
-            self.0.push(
-                t.span(),
-                "`impl Trait` cannot cross the network; use a concrete type",
-            );
-        }
-        fn visit_type_trait_object(&mut self, t: &'ast syn::TypeTraitObject) {
-            self.0.push(
-                t.span(),
-                "trait objects cannot cross the network; use a concrete type",
-            );
-        }
-        fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
-            self.0.push(
-                l.span(),
-                "arguments and results cannot borrow: use owned types",
-            );
-        }
-    }
-    syn::visit::Visit::visit_type(&mut Visitor(errors), ty);
 }
 
 /// `Result<T, E>` (by any path ending in `Result` with two type arguments).

@@ -1,0 +1,134 @@
+//! The serde bounds of every argument, result and error type, checked where the user
+//! wrote the type.
+//!
+//! The wire needs each argument to be `Serialize` (client) and `DeserializeOwned`
+//! (server), each result and error the other way round, and all of them `Send`. Left
+//! to the generated bodies, a missing bound is reported at `#[service]` in terms of the
+//! argument tuple and our plumbing, and again at every call site. So:
+//!
+//! - [`generate`] names each type in a struct field whose type parameter carries the
+//!   bounds (`rpc_core::__private::Argument<T>` and friends), spanned at the user's
+//!   type. Field types are checked before any function body, so this is the first
+//!   error, at the type, worded by the bound's `#[diagnostic::on_unimplemented]`.
+//! - [`client_bounds`] and [`server_bounds`] put the same bounds in `where` clauses
+//!   of the stub's and skeleton's impls. The bodies then assume them (no second error
+//!   in generated code), and a caller of a stub method whose bounds fail gets "method
+//!   exists but its trait bounds were not satisfied", naming the bound, instead of
+//!   "`Call<..>` is not a future". The clauses are written `for<'rpc> T: ...`: a bound
+//!   on a concrete type without a binder is itself an error (`trivial_bounds`).
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::Type;
+
+use crate::parse::{MethodDef, Output, ServiceDef};
+
+/// A type sent over the wire, and which checks it gets.
+#[derive(Clone, Copy)]
+enum Role {
+    Argument,
+    Result,
+    Error,
+}
+
+impl Role {
+    /// The assertion struct whose type parameter carries both sides' bounds, naming
+    /// `ty`, every token spanned at `ty` (a path with tokens from the macro would be
+    /// reported at `#[service]`).
+    fn assertion(self, ty: &Type) -> TokenStream {
+        let span = ty.span();
+        let name = match self {
+            Role::Argument => "Argument",
+            Role::Result => "ReturnValue",
+            Role::Error => "ErrorValue",
+        };
+        let name = syn::Ident::new(name, span);
+        quote_spanned!(span=> ::rpc_core::__private::#name<#ty>)
+    }
+
+    /// The bound the client stub relies on.
+    fn client_bound(self) -> TokenStream {
+        match self {
+            Role::Argument => quote!(::rpc_core::__private::SerializeArgument),
+            Role::Result => quote!(::rpc_core::__private::DeserializeResult),
+            Role::Error => quote!(::rpc_core::__private::DeserializeError),
+        }
+    }
+
+    /// The bound the server skeleton relies on.
+    fn server_bound(self) -> TokenStream {
+        match self {
+            Role::Argument => quote!(::rpc_core::__private::DeserializeArgument),
+            Role::Result => quote!(::rpc_core::__private::SerializeResult),
+            Role::Error => quote!(::rpc_core::__private::SerializeError),
+        }
+    }
+}
+
+/// Every type of `method` that crosses the wire, with its role. A oneway method's
+/// result is `()` and not checked.
+fn wire_types(method: &MethodDef) -> Vec<(&Type, Role)> {
+    let mut types: Vec<(&Type, Role)> = method
+        .args
+        .iter()
+        .map(|(_, ty)| (ty, Role::Argument))
+        .collect();
+    match &method.output {
+        Output::Unit => {}
+        Output::Plain(ty) => types.push((ty, Role::Result)),
+        Output::Result { ok, err } => {
+            types.push((ok, Role::Result));
+            types.push((err, Role::Error));
+        }
+    }
+    types
+}
+
+/// One `const _` per method holding a struct whose fields name each type in its
+/// assertion, spanned at the type.
+pub(super) fn generate(def: &ServiceDef) -> TokenStream {
+    let trait_cfgs = &def.cfgs;
+    let checks = def.methods.iter().map(|m| {
+        let cfgs = m.cfgs();
+        let fields = wire_types(m)
+            .into_iter()
+            .map(|(ty, role)| role.assertion(ty));
+        quote! {
+            #(#trait_cfgs)*
+            #(#cfgs)*
+            const _: () = {
+                #[allow(dead_code)]
+                struct __RpcCheck(#(#fields),*);
+            };
+        }
+    });
+    quote!(#(#checks)*)
+}
+
+/// `where` predicates for the stub method of `method`.
+pub(super) fn client_bounds(method: &MethodDef) -> Vec<TokenStream> {
+    wire_types(method)
+        .into_iter()
+        .map(|(ty, role)| bound(ty, role.client_bound()))
+        .collect()
+}
+
+/// `where` predicates for the skeleton: the server-side bounds of every method that has
+/// no `#[cfg]` (a `where` clause cannot be configured per predicate on our minimum Rust
+/// version, and a configured-out method's types may not exist).
+pub(super) fn server_bounds(def: &ServiceDef) -> Vec<TokenStream> {
+    def.methods
+        .iter()
+        .filter(|m| m.cfgs().next().is_none())
+        .flat_map(|m| {
+            wire_types(m)
+                .into_iter()
+                .map(|(ty, role)| bound(ty, role.server_bound()))
+        })
+        .collect()
+}
+
+fn bound(ty: &Type, trait_path: TokenStream) -> TokenStream {
+    quote!(for<'rpc> #ty: #trait_path + ::core::marker::Send)
+}
