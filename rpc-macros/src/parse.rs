@@ -21,9 +21,10 @@ pub(crate) struct ServiceDef {
     /// The service name on the wire: the `name` option, or the trait's name without
     /// any `r#`.
     pub(crate) wire_name: String,
-    /// The trait's `#[cfg]`s, repeated on every generated item so they come and go
-    /// together.
-    pub(crate) cfgs: Vec<Attribute>,
+    /// The trait's `#[cfg]`s and lint levels, repeated on every generated item: they
+    /// come and go together, and `#[allow(non_camel_case_types)]` on `trait r#match`
+    /// covers `matchClient` too.
+    pub(crate) carried_attrs: Vec<Attribute>,
     /// The methods, in declaration order.
     pub(crate) methods: Vec<MethodDef>,
 }
@@ -61,10 +62,9 @@ impl MethodDef {
     /// has the same signature, so `#[allow(clippy::too_many_arguments)]` applies to it
     /// too) and `#[deprecated]` (callers of the stub get the warning).
     pub(crate) fn stub_attrs(&self) -> impl Iterator<Item = &Attribute> {
-        const FORWARDED: &[&str] = &["allow", "warn", "deny", "forbid", "expect", "deprecated"];
         self.attrs
             .iter()
-            .filter(|a| FORWARDED.iter().any(|name| a.path().is_ident(name)))
+            .filter(|a| is_lint_level(a) || a.path().is_ident("deprecated"))
     }
 }
 
@@ -72,6 +72,13 @@ impl MethodDef {
 /// expands to may not fit the generated items.
 fn is_cfg(attr: &Attribute) -> bool {
     attr.path().is_ident("cfg")
+}
+
+/// `#[allow]`, `#[warn]`, `#[deny]`, `#[forbid]`. Not `#[expect]`: repeated on items
+/// where the lint does not fire, it would warn that the expectation is unfulfilled.
+fn is_lint_level(attr: &Attribute) -> bool {
+    const LEVELS: &[&str] = &["allow", "warn", "deny", "forbid"];
+    LEVELS.iter().any(|level| attr.path().is_ident(level))
 }
 
 /// A method's return type, as the wire sees it.
@@ -151,7 +158,12 @@ impl ServiceDef {
             }
         }
         let def = ServiceDef {
-            cfgs: item.attrs.iter().filter(|a| is_cfg(a)).cloned().collect(),
+            carried_attrs: item
+                .attrs
+                .iter()
+                .filter(|a| is_cfg(a) || is_lint_level(a))
+                .cloned()
+                .collect(),
             attrs: item.attrs,
             vis: item.vis,
             wire_name: wire_name.unwrap_or_else(|| item.ident.unraw().to_string()),

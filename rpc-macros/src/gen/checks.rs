@@ -88,7 +88,7 @@ fn wire_types(method: &MethodDef) -> Vec<(&Type, Role)> {
 /// One `const _` per method holding a struct whose fields name each type in its
 /// assertion, spanned at the type.
 pub(super) fn generate(def: &ServiceDef) -> TokenStream {
-    let trait_cfgs = &def.cfgs;
+    let trait_cfgs = &def.carried_attrs;
     let checks = def.methods.iter().map(|m| {
         let cfgs = m.cfgs();
         let fields = wire_types(m)

@@ -8,7 +8,7 @@ use crate::parse::{MethodDef, Output, ServiceDef};
 
 pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     let vis = &def.vis;
-    let cfgs = &def.cfgs;
+    let cfgs = &def.carried_attrs;
     let trait_ident = &def.ident;
     let server = server_ident(def);
     let s = format_ident!("{}", SERVER_TYPE_PARAM);
