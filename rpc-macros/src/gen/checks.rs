@@ -108,27 +108,80 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
 
 /// `where` predicates for the stub method of `method`.
 pub(super) fn client_bounds(method: &MethodDef) -> Vec<TokenStream> {
-    wire_types(method)
-        .into_iter()
-        .map(|(ty, role)| bound(ty, role.client_bound()))
-        .collect()
+    let mut bounds = Bounds::default();
+    for (ty, role) in wire_types(method) {
+        bounds.add(ty, role.client_bound());
+    }
+    bounds.predicates()
 }
 
 /// `where` predicates for the skeleton: the server-side bounds of every method that has
 /// no `#[cfg]` (a `where` clause cannot be configured per predicate on our minimum Rust
 /// version, and a configured-out method's types may not exist).
 pub(super) fn server_bounds(def: &ServiceDef) -> Vec<TokenStream> {
-    def.methods
-        .iter()
-        .filter(|m| m.cfgs().next().is_none())
-        .flat_map(|m| {
-            wire_types(m)
-                .into_iter()
-                .map(|(ty, role)| bound(ty, role.server_bound()))
-        })
-        .collect()
+    let mut bounds = Bounds::default();
+    for m in def.methods.iter().filter(|m| m.cfgs().next().is_none()) {
+        for (ty, role) in wire_types(m) {
+            bounds.add(ty, role.server_bound());
+        }
+    }
+    bounds.predicates()
 }
 
-fn bound(ty: &Type, trait_path: TokenStream) -> TokenStream {
-    quote!(for<'rpc> #ty: #trait_path + ::core::marker::Send)
+/// `where` predicates, one per distinct type (as written), so the documentation shows
+/// `for<'rpc> u32: DeserializeArgument + SerializeResult + Send` once rather than a
+/// clause per use.
+#[derive(Default)]
+struct Bounds<'a> {
+    /// Each type with its traits, in order of first use; keyed by their tokens.
+    types: Vec<(String, &'a Type, Vec<(String, TokenStream)>)>,
+}
+
+impl<'a> Bounds<'a> {
+    fn add(&mut self, ty: &'a Type, bound: TokenStream) {
+        // Primitive types have every serde bound; a clause for them is only noise.
+        if is_primitive(ty) {
+            return;
+        }
+        let key = quote!(#ty).to_string();
+        let index = match self.types.iter().position(|(k, _, _)| *k == key) {
+            Some(index) => index,
+            None => {
+                self.types.push((key, ty, Vec::new()));
+                self.types.len() - 1
+            }
+        };
+        let traits = &mut self.types[index].2;
+        let bound_key = bound.to_string();
+        if !traits.iter().any(|(k, _)| *k == bound_key) {
+            traits.push((bound_key, bound));
+        }
+    }
+
+    /// The predicates: `for<'rpc> T: A + B + Send`. A bound on a concrete type needs a
+    /// binder not to be refused as a trivial bound.
+    fn predicates(self) -> Vec<TokenStream> {
+        self.types
+            .into_iter()
+            .map(|(_, ty, traits)| {
+                let traits = traits.into_iter().map(|(_, t)| t);
+                quote!(for<'rpc> #ty: #(#traits +)* ::core::marker::Send)
+            })
+            .collect()
+    }
+}
+
+/// `bool`, `char`, the integers and floats, written as a bare name.
+fn is_primitive(ty: &Type) -> bool {
+    const PRIMITIVES: &[&str] = &[
+        "bool", "char", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64",
+        "i128", "isize", "f32", "f64",
+    ];
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p
+            .path
+            .get_ident()
+            .is_some_and(|ident| PRIMITIVES.iter().any(|name| ident == name)),
+        _ => false,
+    }
 }
