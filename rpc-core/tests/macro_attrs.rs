@@ -25,10 +25,10 @@ mod services {
         async fn kept(&self, n: u64) -> u64;
         /// Configured out: its types do not even exist, so any generated item that
         /// kept it (stub, dispatch arm, method list, checks) would not compile.
-        #[cfg(any())]
+        #[cfg(not(test))]
         async fn gone(&self, x: NoSuchType) -> NoSuchResult;
         /// Configured in.
-        #[cfg(all())]
+        #[cfg(test)]
         async fn configured_in(&self) -> u64;
         /// Old; use `kept`.
         #[deprecated = "use `kept`"]
@@ -36,17 +36,7 @@ mod services {
         /// Many arguments, allowed here and so on the stub.
         #[allow(clippy::too_many_arguments)]
         #[allow(unknown_lints)]
-        async fn sum(
-            &self,
-            a: u8,
-            b: u8,
-            c: u8,
-            d: u8,
-            e: u8,
-            f: u8,
-            g: u8,
-            h: u8,
-        ) -> u64;
+        async fn sum(&self, a: u8, b: u8, c: u8, d: u8, e: u8, f: u8, g: u8, h: u8) -> u64;
         /// An owned type with a `'static` lifetime, both ways.
         async fn shout(&self, text: Cow<'static, str>) -> Cow<'static, str>;
     }
@@ -62,7 +52,7 @@ mod services {
 
     /// A whole service configured out with `#[cfg]` after `#[service]`.
     #[service]
-    #[cfg(any())]
+    #[cfg(not(test))]
     pub trait Absent {
         async fn nothing(&self, x: NoSuchType);
     }
@@ -105,9 +95,7 @@ async fn serve() -> (ServerHandle, Client) {
         .await
         .expect("bind")
         .spawn();
-    let client = Client::connect(server.local_addr())
-        .await
-        .expect("connect");
+    let client = Client::connect(server.local_addr()).await.expect("connect");
     (server, client)
 }
 

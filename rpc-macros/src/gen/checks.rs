@@ -133,8 +133,17 @@ pub(super) fn server_bounds(def: &ServiceDef) -> Vec<TokenStream> {
 /// clause per use.
 #[derive(Default)]
 struct Bounds<'a> {
-    /// Each type with its traits, in order of first use; keyed by their tokens.
-    types: Vec<(String, &'a Type, Vec<(String, TokenStream)>)>,
+    /// Each type with its traits, in order of first use.
+    types: Vec<TypeBounds<'a>>,
+}
+
+/// The traits one type needs.
+struct TypeBounds<'a> {
+    /// The type's tokens, to recognise it when written again.
+    key: String,
+    ty: &'a Type,
+    /// Each trait with its tokens as key.
+    traits: Vec<(String, TokenStream)>,
 }
 
 impl<'a> Bounds<'a> {
@@ -144,14 +153,18 @@ impl<'a> Bounds<'a> {
             return;
         }
         let key = quote!(#ty).to_string();
-        let index = match self.types.iter().position(|(k, _, _)| *k == key) {
+        let index = match self.types.iter().position(|t| t.key == key) {
             Some(index) => index,
             None => {
-                self.types.push((key, ty, Vec::new()));
+                self.types.push(TypeBounds {
+                    key,
+                    ty,
+                    traits: Vec::new(),
+                });
                 self.types.len() - 1
             }
         };
-        let traits = &mut self.types[index].2;
+        let traits = &mut self.types[index].traits;
         let bound_key = bound.to_string();
         if !traits.iter().any(|(k, _)| *k == bound_key) {
             traits.push((bound_key, bound));
@@ -163,7 +176,7 @@ impl<'a> Bounds<'a> {
     fn predicates(self) -> Vec<TokenStream> {
         self.types
             .into_iter()
-            .map(|(_, ty, traits)| {
+            .map(|TypeBounds { ty, traits, .. }| {
                 let traits = traits.into_iter().map(|(_, t)| t);
                 quote!(for<'rpc> #ty: #(#traits +)* ::core::marker::Send)
             })
