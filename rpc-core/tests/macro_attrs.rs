@@ -50,6 +50,14 @@ mod services {
         async fn r#loop(&self);
     }
 
+    /// A deprecated service: its stub and skeleton types are deprecated too, and
+    /// the generated code does not warn about its own use of them.
+    #[deprecated = "use `Attrs`"]
+    #[service]
+    pub trait Retired {
+        async fn still_works(&self) -> u64;
+    }
+
     /// A whole service configured out with `#[cfg]` after `#[service]`.
     #[service]
     #[cfg(not(test))]
@@ -77,6 +85,13 @@ mod services {
         }
     }
 
+    #[allow(deprecated)]
+    impl Retired for Impl {
+        async fn still_works(&self) -> u64 {
+            9
+        }
+    }
+
     impl r#match for Impl {
         async fn r#type(&self, r#in: u64) -> u64 {
             r#in + 100
@@ -87,9 +102,11 @@ mod services {
 
 use services::{matchClient, matchServer, AttrsClient, AttrsServer, Impl};
 
+#[allow(deprecated)]
 async fn serve() -> (ServerHandle, Client) {
     let server = Server::builder()
         .add_service(AttrsServer::new(Impl))
+        .add_service(services::RetiredServer::new(Impl))
         .add_service(matchServer::new(Impl))
         .bind("127.0.0.1:0")
         .await
@@ -116,10 +133,12 @@ async fn cfg_removes_a_method_everywhere_and_keeps_the_others() {
 #[allow(deprecated)]
 async fn deprecated_and_lint_attributes_follow_the_stub() {
     let (server, client) = serve().await;
-    let stub = AttrsClient::new(client);
+    let stub = AttrsClient::new(client.clone());
     // The stub is deprecated like the method (this test allows it).
     assert_eq!(stub.old(21).await.unwrap(), 42);
     assert_eq!(stub.sum(1, 2, 3, 4, 5, 6, 7, 8).await.unwrap(), 36);
+    let retired = services::RetiredClient::new(client);
+    assert_eq!(retired.still_works().await.unwrap(), 9);
     server.shutdown().await.unwrap();
 }
 

@@ -25,6 +25,9 @@ pub(crate) struct ServiceDef {
     /// come and go together, and `#[allow(non_camel_case_types)]` on `trait r#match`
     /// covers `matchClient` too.
     pub(crate) carried_attrs: Vec<Attribute>,
+    /// The trait's `#[deprecated]`, given to the stub and skeleton types too (their
+    /// users are the trait's users).
+    pub(crate) deprecated: Option<Attribute>,
     /// The methods, in declaration order.
     pub(crate) methods: Vec<MethodDef>,
 }
@@ -158,6 +161,11 @@ impl ServiceDef {
             }
         }
         let def = ServiceDef {
+            deprecated: item
+                .attrs
+                .iter()
+                .find(|a| a.path().is_ident("deprecated"))
+                .cloned(),
             carried_attrs: item
                 .attrs
                 .iter()
@@ -316,4 +324,139 @@ fn split_result(ty: &Type) -> Option<Output> {
         ok: Box::new(ok),
         err: Box::new(err),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn parse(attr: TokenStream, item: TokenStream) -> syn::Result<ServiceDef> {
+        ServiceDef::parse(attr, item)
+    }
+
+    #[test]
+    fn raw_identifiers_lose_their_prefix_in_wire_names() {
+        let def = parse(
+            quote!(),
+            quote!(
+                trait r#match {
+                    async fn r#type(&self) -> u64;
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(def.wire_name, "match");
+        assert_eq!(def.methods[0].wire_name, "type");
+        // The Rust names keep it: the stub's method is still `r#type`.
+        assert_eq!(def.methods[0].ident.to_string(), "r#type");
+    }
+
+    #[test]
+    fn the_name_option_overrides_the_trait_name() {
+        let def = parse(
+            quote!(name = "com.example.Match"),
+            quote!(
+                trait r#match {
+                    async fn a(&self);
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(def.wire_name, "com.example.Match");
+    }
+
+    #[test]
+    fn attributes_are_sorted_by_where_they_go() {
+        let def = parse(
+            quote!(),
+            quote! {
+                #[cfg(feature = "x")]
+                #[allow(non_camel_case_types)]
+                #[deprecated]
+                /// Docs.
+                trait T {
+                    /// Docs.
+                    #[cfg(feature = "y")]
+                    #[allow(clippy::too_many_arguments)]
+                    #[deprecated]
+                    #[cfg_attr(feature = "z", must_use)]
+                    #[oneway]
+                    async fn a(&self);
+                }
+            },
+        )
+        .unwrap();
+        let names = |attrs: &mut dyn Iterator<Item = &Attribute>| {
+            attrs
+                .map(|a| a.path().get_ident().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&mut def.carried_attrs.iter()), ["cfg", "allow"]);
+        assert!(def.deprecated.is_some());
+        let m = &def.methods[0];
+        assert!(m.oneway);
+        assert_eq!(
+            names(&mut m.attrs.iter()),
+            ["doc", "cfg", "allow", "deprecated", "cfg_attr"]
+        );
+        assert_eq!(names(&mut m.docs()), ["doc"]);
+        assert_eq!(names(&mut m.cfgs()), ["cfg"]);
+        assert_eq!(names(&mut m.stub_attrs()), ["allow", "deprecated"]);
+    }
+
+    #[test]
+    fn static_lifetimes_are_owned_and_others_borrow() {
+        assert!(parse(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self, x: Cow<'static, str>) -> Cow<'static, str>;
+                }
+            ),
+        )
+        .is_ok());
+        for ty in [
+            quote!(Cow<'_, str>),
+            quote!(Cow<'a, str>),
+            quote!(&'static str),
+        ] {
+            let error = parse(quote!(), quote!(trait T { async fn a(&self, x: #ty); }))
+                .err()
+                .unwrap_or_else(|| panic!("`{ty}` accepted"));
+            assert!(
+                error.to_string().contains("borrow") || error.to_string().contains("reference"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_the_generated_code_uses_are_refused() {
+        let error = parse(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self, x: Vec<S>, __rpc_args: u8);
+                }
+            ),
+        )
+        .err()
+        .unwrap();
+        let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].contains("`S` is the type parameter"));
+        assert!(messages[1].contains("`__rpc`"));
+        // A longer path names the user's type unambiguously.
+        assert!(parse(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self, x: self::S);
+                }
+            )
+        )
+        .is_ok());
+    }
 }

@@ -98,7 +98,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
             #(#trait_cfgs)*
             #(#cfgs)*
             const _: () = {
-                #[allow(dead_code)]
+                #[allow(dead_code, deprecated)]
                 struct __RpcCheck(#(#fields),*);
             };
         }
@@ -196,5 +196,44 @@ fn is_primitive(ty: &Type) -> bool {
             .get_ident()
             .is_some_and(|ident| PRIMITIVES.iter().any(|name| ident == name)),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    #[test]
+    fn one_predicate_per_type_and_none_for_primitives() {
+        let def = ServiceDef::parse(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self, x: Item, n: u32) -> Result<Item, Error>;
+                    async fn b(&self, x: Item) -> Vec<Item>;
+                    #[cfg(feature = "never")]
+                    async fn c(&self, x: Missing);
+                }
+            ),
+        )
+        .unwrap();
+        let server: Vec<String> = server_bounds(&def).iter().map(|p| p.to_string()).collect();
+        assert_eq!(server.len(), 3, "{server:?}");
+        assert!(server[0].starts_with("for < 'rpc > Item :"), "{server:?}");
+        assert!(server[0].contains("DeserializeArgument"));
+        assert!(server[0].contains("SerializeResult"));
+        assert!(server[1].starts_with("for < 'rpc > Error :"));
+        assert!(server[2].starts_with("for < 'rpc > Vec < Item > :"));
+        assert!(!server
+            .iter()
+            .any(|p| p.contains("Missing") || p.contains("u32")));
+        let client: Vec<String> = client_bounds(&def.methods[0])
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(client.len(), 2, "{client:?}");
+        assert!(client[0].contains("SerializeArgument") && client[0].contains("DeserializeResult"));
     }
 }

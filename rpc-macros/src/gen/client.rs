@@ -9,6 +9,7 @@ use crate::parse::{MethodDef, Output, ServiceDef};
 pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     let vis = &def.vis;
     let cfgs = &def.carried_attrs;
+    let deprecated = &def.deprecated;
     let trait_ident = &def.ident;
     let client = client_ident(def);
     let wire_name = &def.wire_name;
@@ -26,6 +27,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
         quote! {
             #(#cfgs)*
             #(#method_cfgs)*
+            #[allow(deprecated)]
             impl #client #where_clause {
                 #method
             }
@@ -34,12 +36,14 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     quote! {
         #(#cfgs)*
         #[doc = #struct_doc]
+        #deprecated
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         #vis struct #client {
             client: ::rpc_core::Client,
         }
 
         #(#cfgs)*
+        #[allow(deprecated)]
         impl #client {
             /// The service's name on the wire.
             pub const SERVICE_NAME: &'static str = #wire_name;

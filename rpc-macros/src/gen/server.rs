@@ -9,6 +9,7 @@ use crate::parse::{MethodDef, Output, ServiceDef};
 pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     let vis = &def.vis;
     let cfgs = &def.carried_attrs;
+    let deprecated = &def.deprecated;
     let trait_ident = &def.ident;
     let server = server_ident(def);
     let s = format_ident!("{}", SERVER_TYPE_PARAM);
@@ -24,11 +25,13 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     quote! {
         #(#cfgs)*
         #[doc = #struct_doc]
+        #deprecated
         #vis struct #server<#s> {
             service: ::std::sync::Arc<#s>,
         }
 
         #(#cfgs)*
+        #[allow(deprecated)]
         impl<#s: #trait_ident> #server<#s> {
             /// The skeleton for `service`.
             pub fn new(service: #s) -> Self {
@@ -42,6 +45,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
         }
 
         #(#cfgs)*
+        #[allow(deprecated)]
         impl<#s> ::core::clone::Clone for #server<#s> {
             fn clone(&self) -> Self {
                 Self { service: <::std::sync::Arc<#s> as ::core::clone::Clone>::clone(&self.service) }
@@ -49,6 +53,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
         }
 
         #(#cfgs)*
+        #[allow(deprecated)]
         impl<#s> ::core::fmt::Debug for #server<#s> {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.debug_struct(::core::stringify!(#server)).field("service", &#wire_name).finish()
@@ -56,6 +61,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
         }
 
         #(#cfgs)*
+        #[allow(deprecated)]
         impl<#s: #trait_ident> ::rpc_core::__private::Service for #server<#s> #where_clause {
             /// The service's name on the wire.
             fn name(&self) -> &str {
