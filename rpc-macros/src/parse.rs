@@ -1,14 +1,14 @@
 //! Parsing and validating the annotated trait into [`ServiceDef`].
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, FnArg, GenericArgument, ItemTrait, Pat, PathArguments, ReturnType, TraitItem,
     TraitItemFn, Type, Visibility,
 };
 
-/// Names the generated client stub defines itself; methods may not use them.
-const RESERVED_METHOD_NAMES: &[&str] = &["new", "SERVICE_NAME"];
+use crate::validate::{check_arg_name, check_type, Errors, RESERVED_METHOD_NAMES};
 
 /// The service as the generators need it.
 pub(crate) struct ServiceDef {
@@ -18,24 +18,70 @@ pub(crate) struct ServiceDef {
     pub(crate) vis: Visibility,
     /// The trait's name.
     pub(crate) ident: syn::Ident,
-    /// The service name on the wire.
+    /// The service name on the wire: the `name` option, or the trait's name without
+    /// any `r#`.
     pub(crate) wire_name: String,
+    /// The trait's `#[cfg]`s and lint levels, repeated on every generated item: they
+    /// come and go together, and `#[allow(non_camel_case_types)]` on `trait r#match`
+    /// covers `matchClient` too.
+    pub(crate) carried_attrs: Vec<Attribute>,
+    /// The trait's `#[deprecated]`, given to the stub and skeleton types too (their
+    /// users are the trait's users).
+    pub(crate) deprecated: Option<Attribute>,
     /// The methods, in declaration order.
     pub(crate) methods: Vec<MethodDef>,
 }
 
 /// One method of the service.
 pub(crate) struct MethodDef {
-    /// Attributes with `#[oneway]` removed.
+    /// Attributes with `#[oneway]` removed, kept on the trait method.
     pub(crate) attrs: Vec<Attribute>,
     /// The method's name.
     pub(crate) ident: syn::Ident,
+    /// The method name on the wire: the name without any `r#`. Both the stub and the
+    /// skeleton use this one value.
+    pub(crate) wire_name: String,
     /// Arguments after `&self`, as (name, type).
     pub(crate) args: Vec<(syn::Ident, Type)>,
     /// What the method returns.
     pub(crate) output: Output,
     /// Marked `#[oneway]`: no response is sent.
     pub(crate) oneway: bool,
+}
+
+impl MethodDef {
+    /// The doc comments, for the stub method.
+    pub(crate) fn docs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|a| a.path().is_ident("doc"))
+    }
+
+    /// The `#[cfg]`s: every item generated for this method carries them, so a method
+    /// configured out takes its stub method, dispatch arm and checks with it.
+    pub(crate) fn cfgs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs.iter().filter(|a| is_cfg(a))
+    }
+
+    /// What the stub method carries besides docs and `#[cfg]`s: lint levels (the stub
+    /// has the same signature, so `#[allow(clippy::too_many_arguments)]` applies to it
+    /// too) and `#[deprecated]` (callers of the stub get the warning).
+    pub(crate) fn stub_attrs(&self) -> impl Iterator<Item = &Attribute> {
+        self.attrs
+            .iter()
+            .filter(|a| is_lint_level(a) || a.path().is_ident("deprecated"))
+    }
+}
+
+/// `#[cfg(...)]`; `#[cfg_attr]` is left on the trait method only, since what it
+/// expands to may not fit the generated items.
+fn is_cfg(attr: &Attribute) -> bool {
+    attr.path().is_ident("cfg")
+}
+
+/// `#[allow]`, `#[warn]`, `#[deny]`, `#[forbid]`. Not `#[expect]`: repeated on items
+/// where the lint does not fire, it would warn that the expectation is unfulfilled.
+fn is_lint_level(attr: &Attribute) -> bool {
+    const LEVELS: &[&str] = &["allow", "warn", "deny", "forbid"];
+    LEVELS.iter().any(|level| attr.path().is_ident(level))
 }
 
 /// A method's return type, as the wire sees it.
@@ -60,27 +106,6 @@ impl Output {
             Output::Unit => quote::quote!(()),
             Output::Plain(ty) => quote::quote!(#ty),
             Output::Result { ok, err } => quote::quote!(::core::result::Result<#ok, #err>),
-        }
-    }
-}
-
-/// Collects errors so that every problem is reported in one compile.
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, span: Span, message: impl std::fmt::Display) {
-        let error = syn::Error::new(span, message);
-        match &mut self.0 {
-            Some(all) => all.combine(error),
-            None => self.0 = Some(error),
-        }
-    }
-
-    fn finish<T>(self, value: T) -> syn::Result<T> {
-        match self.0 {
-            Some(e) => Err(e),
-            None => Ok(value),
         }
     }
 }
@@ -136,9 +161,20 @@ impl ServiceDef {
             }
         }
         let def = ServiceDef {
+            deprecated: item
+                .attrs
+                .iter()
+                .find(|a| a.path().is_ident("deprecated"))
+                .cloned(),
+            carried_attrs: item
+                .attrs
+                .iter()
+                .filter(|a| is_cfg(a) || is_lint_level(a))
+                .cloned()
+                .collect(),
             attrs: item.attrs,
             vis: item.vis,
-            wire_name: wire_name.unwrap_or_else(|| item.ident.to_string()),
+            wire_name: wire_name.unwrap_or_else(|| item.ident.unraw().to_string()),
             ident: item.ident,
             methods,
         };
@@ -148,7 +184,7 @@ impl ServiceDef {
 
 fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
     let sig = &method.sig;
-    let before = errors.0.is_some();
+    let before = errors.is_empty();
     let mut oneway = false;
     let mut attrs = Vec::new();
     for attr in &method.attrs {
@@ -194,7 +230,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
             "methods of a #[service] trait cannot have a default body; implement them in the impl",
         );
     }
-    let name = sig.ident.to_string();
+    let name = sig.ident.unraw().to_string();
     if RESERVED_METHOD_NAMES.contains(&name.as_str()) {
         errors.push(
             sig.ident.span(),
@@ -230,13 +266,14 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
                 continue;
             }
         };
-        check_owned(&typed.ty, errors);
+        check_arg_name(&ident, errors);
+        check_type(&typed.ty, errors);
         args.push((ident, (*typed.ty).clone()));
     }
     let output = match &sig.output {
         ReturnType::Default => Output::Unit,
         ReturnType::Type(_, ty) => {
-            check_owned(ty, errors);
+            check_type(ty, errors);
             match &**ty {
                 Type::Tuple(t) if t.elems.is_empty() => Output::Unit,
                 _ => split_result(ty).unwrap_or_else(|| Output::Plain(ty.clone())),
@@ -249,48 +286,17 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
             "a #[oneway] method returns nothing: no response is sent",
         );
     }
-    if errors.0.is_some() && !before {
+    if before && !errors.is_empty() {
         return None;
     }
     Some(MethodDef {
         attrs,
+        wire_name: name,
         ident: sig.ident.clone(),
         args,
         output,
         oneway,
     })
-}
-
-/// Rejects types the wire cannot carry: references and `impl Trait`.
-fn check_owned(ty: &Type, errors: &mut Errors) {
-    struct Visitor<'a>(&'a mut Errors);
-    impl<'ast> syn::visit::Visit<'ast> for Visitor<'_> {
-        fn visit_type_reference(&mut self, r: &'ast syn::TypeReference) {
-            self.0.push(
-                r.span(),
-                "arguments and results must be owned types (no references): they cross the network",
-            );
-        }
-        fn visit_type_impl_trait(&mut self, t: &'ast syn::TypeImplTrait) {
-            self.0.push(
-                t.span(),
-                "`impl Trait` cannot cross the network; use a concrete type",
-            );
-        }
-        fn visit_type_trait_object(&mut self, t: &'ast syn::TypeTraitObject) {
-            self.0.push(
-                t.span(),
-                "trait objects cannot cross the network; use a concrete type",
-            );
-        }
-        fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
-            self.0.push(
-                l.span(),
-                "arguments and results cannot borrow: use owned types",
-            );
-        }
-    }
-    syn::visit::Visit::visit_type(&mut Visitor(errors), ty);
 }
 
 /// `Result<T, E>` (by any path ending in `Result` with two type arguments).
@@ -318,4 +324,139 @@ fn split_result(ty: &Type) -> Option<Output> {
         ok: Box::new(ok),
         err: Box::new(err),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn parse(attr: TokenStream, item: TokenStream) -> syn::Result<ServiceDef> {
+        ServiceDef::parse(attr, item)
+    }
+
+    #[test]
+    fn raw_identifiers_lose_their_prefix_in_wire_names() {
+        let def = parse(
+            quote!(),
+            quote!(
+                trait r#match {
+                    async fn r#type(&self) -> u64;
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(def.wire_name, "match");
+        assert_eq!(def.methods[0].wire_name, "type");
+        // The Rust names keep it: the stub's method is still `r#type`.
+        assert_eq!(def.methods[0].ident.to_string(), "r#type");
+    }
+
+    #[test]
+    fn the_name_option_overrides_the_trait_name() {
+        let def = parse(
+            quote!(name = "com.example.Match"),
+            quote!(
+                trait r#match {
+                    async fn a(&self);
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(def.wire_name, "com.example.Match");
+    }
+
+    #[test]
+    fn attributes_are_sorted_by_where_they_go() {
+        let def = parse(
+            quote!(),
+            quote! {
+                #[cfg(feature = "x")]
+                #[allow(non_camel_case_types)]
+                #[deprecated]
+                /// Docs.
+                trait T {
+                    /// Docs.
+                    #[cfg(feature = "y")]
+                    #[allow(clippy::too_many_arguments)]
+                    #[deprecated]
+                    #[cfg_attr(feature = "z", must_use)]
+                    #[oneway]
+                    async fn a(&self);
+                }
+            },
+        )
+        .unwrap();
+        let names = |attrs: &mut dyn Iterator<Item = &Attribute>| {
+            attrs
+                .map(|a| a.path().get_ident().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&mut def.carried_attrs.iter()), ["cfg", "allow"]);
+        assert!(def.deprecated.is_some());
+        let m = &def.methods[0];
+        assert!(m.oneway);
+        assert_eq!(
+            names(&mut m.attrs.iter()),
+            ["doc", "cfg", "allow", "deprecated", "cfg_attr"]
+        );
+        assert_eq!(names(&mut m.docs()), ["doc"]);
+        assert_eq!(names(&mut m.cfgs()), ["cfg"]);
+        assert_eq!(names(&mut m.stub_attrs()), ["allow", "deprecated"]);
+    }
+
+    #[test]
+    fn static_lifetimes_are_owned_and_others_borrow() {
+        assert!(parse(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self, x: Cow<'static, str>) -> Cow<'static, str>;
+                }
+            ),
+        )
+        .is_ok());
+        for ty in [
+            quote!(Cow<'_, str>),
+            quote!(Cow<'a, str>),
+            quote!(&'static str),
+        ] {
+            let error = parse(quote!(), quote!(trait T { async fn a(&self, x: #ty); }))
+                .err()
+                .unwrap_or_else(|| panic!("`{ty}` accepted"));
+            assert!(
+                error.to_string().contains("borrow") || error.to_string().contains("reference"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_the_generated_code_uses_are_refused() {
+        let error = parse(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self, x: Vec<S>, __rpc_args: u8);
+                }
+            ),
+        )
+        .err()
+        .unwrap();
+        let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].contains("`S` is the type parameter"));
+        assert!(messages[1].contains("`__rpc`"));
+        // A longer path names the user's type unambiguously.
+        assert!(parse(
+            quote!(),
+            quote!(
+                trait T {
+                    async fn a(&self, x: self::S);
+                }
+            )
+        )
+        .is_ok());
+    }
 }

@@ -1,6 +1,7 @@
 //! Code generation: one generator per emitted item. Generated code names everything by
 //! absolute path (`::rpc_core::...`, `::core::...`) so it compiles in any scope.
 
+mod checks;
 mod client;
 mod server;
 mod service_trait;
@@ -10,13 +11,19 @@ use quote::{format_ident, quote};
 
 use crate::parse::{MethodDef, ServiceDef};
 
+/// The name of the server skeleton's type parameter (`FooServer<S>`), chosen to read
+/// well in the docs; `validate` refuses trait types that it would shadow.
+pub(crate) const SERVER_TYPE_PARAM: &str = "S";
+
 /// Everything `#[service]` emits for `def`.
 pub(crate) fn generate(def: &ServiceDef) -> TokenStream {
     let service_trait = service_trait::generate(def);
+    let checks = checks::generate(def);
     let client = client::generate(def);
     let server = server::generate(def);
     quote! {
         #service_trait
+        #checks
         #client
         #server
     }
@@ -61,9 +68,4 @@ fn client_ident(def: &ServiceDef) -> syn::Ident {
 /// `FooServer` for trait `Foo`.
 fn server_ident(def: &ServiceDef) -> syn::Ident {
     format_ident!("{}Server", def.ident)
-}
-
-/// Only the doc-comment attributes of a list.
-fn docs(attrs: &[syn::Attribute]) -> impl Iterator<Item = &syn::Attribute> {
-    attrs.iter().filter(|a| a.path().is_ident("doc"))
 }

@@ -1,80 +1,79 @@
 //! The server skeleton: decodes arguments, calls the implementation, encodes the reply.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{format_ident, quote};
 
-use super::{args_pattern, decoded_args_type, server_ident};
-use crate::parse::{Output, ServiceDef};
+use super::{args_pattern, checks, decoded_args_type, server_ident, SERVER_TYPE_PARAM};
+use crate::parse::{MethodDef, Output, ServiceDef};
 
 pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     let vis = &def.vis;
+    let cfgs = &def.carried_attrs;
+    let deprecated = &def.deprecated;
     let trait_ident = &def.ident;
     let server = server_ident(def);
+    let s = format_ident!("{}", SERVER_TYPE_PARAM);
     let wire_name = &def.wire_name;
     let struct_doc = format!(
-        "Server skeleton of [`{trait_ident}`]: wraps an implementation for \
+        "Server skeleton of [`{trait_ident}`]: wraps an implementation `{SERVER_TYPE_PARAM}` for \
          [`ServerBuilder::add_service`](::rpc_core::ServerBuilder::add_service)."
     );
-    let method_names: Vec<String> = def.methods.iter().map(|m| m.ident.to_string()).collect();
-    let arms = def.methods.iter().map(|m| {
-        let name = &m.ident;
-        let method_name = name.to_string();
-        let args_ty = decoded_args_type(m);
-        let pattern = args_pattern(m);
-        let names = m.args.iter().map(|(arg, _)| arg);
-        let wrap = match &m.output {
-            Output::Result { .. } => quote!(::rpc_core::__private::Fallible),
-            _ => quote!(::rpc_core::__private::Plain),
-        };
-        quote! {
-            #method_name => {
-                let #pattern: #args_ty = ::rpc_core::__private::decode_args(__rpc_method, __rpc_args)?;
-                let __rpc_service = <::std::sync::Arc<__RpcS> as ::core::clone::Clone>::clone(&self.service);
-                ::core::result::Result::Ok(::rpc_core::__private::dispatched(async move {
-                    #wrap(<__RpcS as #trait_ident>::#name(&*__rpc_service, #(#names),*).await)
-                }))
-            }
-        }
-    });
+    let arms = def.methods.iter().map(|m| arm(def, m));
+    let method_list = method_list(def);
+    let bounds = checks::server_bounds(def);
+    let where_clause = (!bounds.is_empty()).then(|| quote!(where #(#bounds),*));
     quote! {
+        #(#cfgs)*
         #[doc = #struct_doc]
-        #vis struct #server<__RpcS> {
-            service: ::std::sync::Arc<__RpcS>,
+        #deprecated
+        #vis struct #server<#s> {
+            service: ::std::sync::Arc<#s>,
         }
 
-        impl<__RpcS: #trait_ident> #server<__RpcS> {
+        #(#cfgs)*
+        #[allow(deprecated)]
+        impl<#s: #trait_ident> #server<#s> {
             /// The skeleton for `service`.
-            pub fn new(service: __RpcS) -> Self {
+            pub fn new(service: #s) -> Self {
                 Self { service: ::std::sync::Arc::new(service) }
             }
 
             /// The skeleton for a shared `service`.
-            pub fn from_arc(service: ::std::sync::Arc<__RpcS>) -> Self {
+            pub fn from_arc(service: ::std::sync::Arc<#s>) -> Self {
                 Self { service }
             }
         }
 
-        impl<__RpcS> ::core::clone::Clone for #server<__RpcS> {
+        #(#cfgs)*
+        #[allow(deprecated)]
+        impl<#s> ::core::clone::Clone for #server<#s> {
             fn clone(&self) -> Self {
-                Self { service: <::std::sync::Arc<__RpcS> as ::core::clone::Clone>::clone(&self.service) }
+                Self { service: <::std::sync::Arc<#s> as ::core::clone::Clone>::clone(&self.service) }
             }
         }
 
-        impl<__RpcS> ::core::fmt::Debug for #server<__RpcS> {
+        #(#cfgs)*
+        #[allow(deprecated)]
+        impl<#s> ::core::fmt::Debug for #server<#s> {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.debug_struct(::core::stringify!(#server)).field("service", &#wire_name).finish()
             }
         }
 
-        impl<__RpcS: #trait_ident> ::rpc_core::__private::Service for #server<__RpcS> {
+        #(#cfgs)*
+        #[allow(deprecated)]
+        impl<#s: #trait_ident> ::rpc_core::__private::Service for #server<#s> #where_clause {
+            /// The service's name on the wire.
             fn name(&self) -> &str {
                 #wire_name
             }
 
+            /// The wire names of the service's methods.
             fn methods(&self) -> &'static [&'static str] {
-                &[#(#method_names),*]
+                #method_list
             }
 
+            /// Decodes the arguments of `method` and starts it on the implementation.
             fn call(
                 &self,
                 __rpc_method: &str,
@@ -86,5 +85,65 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
                 }
             }
         }
+    }
+}
+
+/// The dispatch arm of `m`, configured like the method.
+fn arm(def: &ServiceDef, m: &MethodDef) -> TokenStream {
+    let trait_ident = &def.ident;
+    let s = format_ident!("{}", SERVER_TYPE_PARAM);
+    let cfgs = m.cfgs();
+    let name = &m.ident;
+    let method_name = &m.wire_name;
+    let args_ty = decoded_args_type(m);
+    let pattern = args_pattern(m);
+    let names = m.args.iter().map(|(arg, _)| arg);
+    let wrap = match &m.output {
+        Output::Result { .. } => quote!(::rpc_core::__private::Fallible),
+        _ => quote!(::rpc_core::__private::Plain),
+    };
+    quote! {
+        #(#cfgs)*
+        #method_name => {
+            let #pattern: #args_ty = ::rpc_core::__private::decode_args(__rpc_method, __rpc_args)?;
+            let __rpc_service = <::std::sync::Arc<#s> as ::core::clone::Clone>::clone(&self.service);
+            ::core::result::Result::Ok(::rpc_core::__private::dispatched(async move {
+                // Serving a deprecated method is not using it.
+                #[allow(deprecated)]
+                let __rpc_reply = <#s as #trait_ident>::#name(&*__rpc_service, #(#names),*).await;
+                #wrap(__rpc_reply)
+            }))
+        }
+    }
+}
+
+/// The `'static` list of the wire names of the methods that are configured in: built
+/// in a constant, since `#[cfg]` can remove statements but not array elements.
+fn method_list(def: &ServiceDef) -> TokenStream {
+    let capacity = def.methods.len();
+    let pushes = def.methods.iter().map(|m| {
+        let cfgs = m.cfgs();
+        let name = &m.wire_name;
+        quote! {
+            #(#cfgs)*
+            {
+                names[count] = #name;
+                count += 1;
+            }
+        }
+    });
+    quote! {
+        const __RPC_METHODS: &[&str] = {
+            const CONFIGURED: ([&str; #capacity], usize) = {
+                #[allow(unused_mut)]
+                let mut names = [""; #capacity];
+                #[allow(unused_mut)]
+                let mut count = 0usize;
+                #(#pushes)*
+                (names, count)
+            };
+            CONFIGURED.0.split_at(CONFIGURED.1).0
+        };
+        __RPC_METHODS
     }
 }
