@@ -31,7 +31,7 @@ impl std::error::Error for NoError {}
 /// fn retryable<E>(err: &RpcError<E>) -> bool {
 ///     matches!(
 ///         err,
-///         RpcError::ConnectionLost(_) | RpcError::Connect { .. } | RpcError::ShuttingDown
+///         RpcError::ConnectionLost { .. } | RpcError::Connect { .. } | RpcError::ShuttingDown
 ///     )
 /// }
 /// ```
@@ -94,8 +94,14 @@ pub enum RpcError<E = NoError> {
     },
     /// The connection broke (closed by the peer, reset, or silent past the idle
     /// timeout) before the response arrived. The call may or may not have run.
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
+    #[error("connection lost: {reason}")]
+    ConnectionLost {
+        /// What happened, in words.
+        reason: String,
+        /// The I/O error behind it, if there was one.
+        #[source]
+        source: Option<Arc<io::Error>>,
+    },
     /// The server is shutting down and did not take the call; it is safe to retry
     /// elsewhere.
     #[error("server is shutting down")]
@@ -122,8 +128,14 @@ pub enum RpcError<E = NoError> {
     Internal(String),
     /// The arguments could not be encoded, or the response could not be decoded into
     /// the expected type.
-    #[error("serialization error: {0}")]
-    Serialization(String),
+    #[error("serialization error: {message}")]
+    Serialization {
+        /// Which call, which type, what went wrong.
+        message: String,
+        /// The encoder's or decoder's error.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// The peer broke the wire protocol.
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
@@ -184,7 +196,9 @@ impl RpcError {
             RpcError::InvalidConfig(m) => RpcError::InvalidConfig(m),
             RpcError::Bind { addr, source } => RpcError::Bind { addr, source },
             RpcError::Serve(e) => RpcError::Serve(e),
-            RpcError::ConnectionLost(m) => RpcError::ConnectionLost(m),
+            RpcError::ConnectionLost { reason, source } => {
+                RpcError::ConnectionLost { reason, source }
+            }
             RpcError::ShuttingDown => RpcError::ShuttingDown,
             RpcError::ServiceNotFound(m) => RpcError::ServiceNotFound(m),
             RpcError::MethodNotFound(m) => RpcError::MethodNotFound(m),
@@ -192,7 +206,9 @@ impl RpcError {
             RpcError::Overloaded(m) => RpcError::Overloaded(m),
             RpcError::Unauthenticated(m) => RpcError::Unauthenticated(m),
             RpcError::Internal(m) => RpcError::Internal(m),
-            RpcError::Serialization(m) => RpcError::Serialization(m),
+            RpcError::Serialization { message, source } => {
+                RpcError::Serialization { message, source }
+            }
             RpcError::Protocol(p) => RpcError::Protocol(p),
             RpcError::BlockingInAsyncContext => RpcError::BlockingInAsyncContext,
             RpcError::ClientClosed => RpcError::ClientClosed,
@@ -216,6 +232,18 @@ impl RpcError {
 }
 
 impl<E> RpcError<E> {
+    /// A serialization error: `message` says which call and type, `source` is the
+    /// encoder's or decoder's error (also quoted in the message).
+    pub(crate) fn serialization(
+        message: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> RpcError<E> {
+        RpcError::Serialization {
+            message: format!("{message}: {source}"),
+            source: Arc::new(source),
+        }
+    }
+
     /// The service's own error, if this is one.
     pub fn application(&self) -> Option<&E> {
         match self {

@@ -236,7 +236,7 @@ pub use rpc_macros::service;
 pub mod __private {
     pub use serde;
 
-    pub use crate::server::{dispatched, DispatchError, Dispatched, Fallible, Plain, Service};
+    use crate::server::DispatchError;
 
     /// Decodes a method's argument tuple.
     ///

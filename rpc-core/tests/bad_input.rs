@@ -312,7 +312,7 @@ async fn oversized_frames_are_refused_in_both_directions() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, rpc_core::RpcError::ConnectionLost(_)),
+            matches!(err, rpc_core::RpcError::ConnectionLost { .. }),
             "{err:?}"
         );
         // Too big for the client's own limit: refused before sending.

@@ -71,7 +71,7 @@ async fn future_mode_connection_lost() {
             .timeout(Duration::from_secs(10))
             .await
             .unwrap_err();
-        assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
+        assert!(matches!(err, RpcError::ConnectionLost { .. }), "{err:?}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "failed promptly"
@@ -191,7 +191,7 @@ fn sync_mode_from_plain_thread() {
         .timeout(Duration::from_secs(10))
         .blocking()
         .unwrap_err();
-    assert!(matches!(err, RpcError::ConnectionLost(_)), "{err:?}");
+    assert!(matches!(err, RpcError::ConnectionLost { .. }), "{err:?}");
 
     rt.block_on(server.shutdown()).unwrap();
 }
@@ -258,7 +258,7 @@ async fn callback_mode_runs_exactly_once() {
         lost.add(1, 1).callback(move |r| {
             t.send(format!(
                 "lost {}",
-                matches!(r, Err(RpcError::ConnectionLost(_)))
+                matches!(r, Err(RpcError::ConnectionLost { .. }))
             ))
             .unwrap()
         });
@@ -345,7 +345,7 @@ async fn oneway_mode_returns_once_written_and_gets_no_reply() {
         assert!(
             matches!(
                 err,
-                RpcError::ConnectionLost(_) | RpcError::Connect { .. } | RpcError::ShuttingDown
+                RpcError::ConnectionLost { .. } | RpcError::Connect { .. } | RpcError::ShuttingDown
             ),
             "{err:?}"
         );

@@ -24,7 +24,7 @@ async fn silent_peer_is_detected_and_pending_calls_fail_fast() {
             .await
             .unwrap_err();
         match &err {
-            RpcError::ConnectionLost(reason) => assert!(reason.contains("idle"), "{reason}"),
+            RpcError::ConnectionLost { reason, .. } => assert!(reason.contains("idle"), "{reason}"),
             other => panic!("expected connection lost, got {other:?}"),
         }
         assert!(

@@ -213,10 +213,109 @@ async fn a_result_that_does_not_decode_names_the_method_and_the_type() {
     let (server, _) = start().await;
     let stub = WrongResultClient::new(Client::connect(server.local_addr()).await.unwrap());
     let err = stub.add(1, 2).await.unwrap_err();
-    let RpcError::Serialization(text) = &err else {
+    let RpcError::Serialization { message: text, .. } = &err else {
         panic!("expected a serialization error, got {err:?}");
     };
     assert!(text.contains("test.Calculator.add"), "{text}");
     assert!(text.contains("String"), "{text}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn settings_out_of_range_are_refused_when_connecting_and_binding() {
+    use rpc_core::lb::Provider;
+    let (server, _) = start().await;
+    let addr = server.local_addr();
+    let refused = [
+        Client::builder().connections(0),
+        Client::builder().timeout(Duration::ZERO),
+        Client::builder().max_frame_len(64),
+        Client::builder().heartbeat(Duration::from_secs(10), Duration::from_secs(5)),
+        Client::builder().reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1)),
+    ];
+    for builder in refused {
+        let shown = format!("{builder:?}");
+        let err = builder.clone().connect(addr).await.unwrap_err();
+        assert!(
+            matches!(err, RpcError::InvalidConfig(_)),
+            "{shown}: {err:?}"
+        );
+        let err = builder
+            .connect_providers("test.Calculator", [Provider::new(addr)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RpcError::InvalidConfig(_)),
+            "{shown}: {err:?}"
+        );
+    }
+    let refused = [
+        Server::builder().workers(0),
+        Server::builder().business_pool(0),
+        Server::builder().max_frame_len(64),
+        Server::builder().idle_timeout(Duration::ZERO),
+    ];
+    for builder in refused {
+        let shown = format!("{builder:?}");
+        let err = builder.bind("127.0.0.1:0").await.unwrap_err();
+        let RpcError::InvalidConfig(text) = &err else {
+            panic!("{shown}: {err:?}");
+        };
+        assert!(!text.is_empty());
+    }
+    // The smallest frame cap accepted works end to end.
+    let (small, _) = support::start_with(Server::builder().workers(1).max_frame_len(1024)).await;
+    let client = Client::builder()
+        .max_frame_len(1024)
+        .connect(small.local_addr())
+        .await
+        .unwrap();
+    let calc = CalculatorClient::new(client);
+    let fits = serde_bytes::ByteBuf::from(vec![1u8; 900]);
+    assert_eq!(calc.echo(fits.clone()).await.unwrap(), fits);
+    let over = calc.echo(serde_bytes::ByteBuf::from(vec![1u8; 2000])).await;
+    assert!(
+        matches!(over, Err(RpcError::RequestTooLarge { .. })),
+        "{over:?}"
+    );
+    assert_eq!(
+        calc.add(1, 2).await.unwrap(),
+        3,
+        "the connection still works"
+    );
+    small.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_keep_their_sources() {
+    let (server, _) = start().await;
+    let stub = WrongResultClient::new(Client::connect(server.local_addr()).await.unwrap());
+    let err = stub.add(1, 2).await.unwrap_err();
+    assert!(matches!(err, RpcError::Serialization { .. }));
+    assert!(err.source().is_some(), "the decoder's error: {err:?}");
+
+    // A connection reset by the peer: ConnectionLost carries the I/O error.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let resetter = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        // Wait for the request, then reset (linger 0 sends RST on close).
+        let mut stream = stream;
+        let mut buf = [0u8; 64];
+        let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+    });
+    let calc = CalculatorClient::new(Client::connect(addr).await.unwrap());
+    let err = calc.add(1, 2).await.unwrap_err();
+    resetter.await.unwrap();
+    match &err {
+        RpcError::ConnectionLost { source, .. } => {
+            assert!(source.is_some(), "{err:?}");
+            assert!(err.source().is_some());
+        }
+        other => panic!("expected ConnectionLost, got {other:?}"),
+    }
     server.shutdown().await.unwrap();
 }

@@ -51,7 +51,7 @@ fn within_patience<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
 fn assert_runtime_gone<E: std::fmt::Debug>(result: Result<i64, RpcError<E>>) {
     match result {
         Err(RpcError::ClientClosed) => {}
-        Err(RpcError::ConnectionLost(reason)) => {
+        Err(RpcError::ConnectionLost { reason, .. }) => {
             assert!(reason.contains("runtime"), "{reason}");
         }
         other => panic!("expected the runtime-gone error, got {other:?}"),
@@ -94,7 +94,10 @@ fn every_later_call_fails_too_and_the_error_says_why() {
         let text = err.to_string();
         assert!(text.contains("runtime"), "{text}");
         assert!(
-            matches!(err, RpcError::ClientClosed | RpcError::ConnectionLost(_)),
+            matches!(
+                err,
+                RpcError::ClientClosed | RpcError::ConnectionLost { .. }
+            ),
             "{err:?}"
         );
     }

@@ -222,12 +222,14 @@ where
                 }
             }
             EncodeError::Protocol(p) => RpcError::Protocol(p),
-            EncodeError::Serialize(e) => RpcError::Serialization(format!(
-                "cannot encode the arguments of {}.{} as {}: {e}",
-                self.service,
-                self.method,
-                std::any::type_name::<A>()
-            )),
+            EncodeError::Serialize(e) => RpcError::serialization(
+                format_args!(
+                    "cannot encode the arguments of {} as {}",
+                    self.target(),
+                    std::any::type_name::<A>()
+                ),
+                e,
+            ),
         })
     }
 
@@ -383,10 +385,13 @@ fn decode_outcome<T: DeserializeOwned, E: DeserializeOwned>(
     match frame {
         Some(frame) => decode_reply(frame, timeout, target),
         None => rmp_serde::from_slice(&[0xc0]).map_err(|e| {
-            RpcError::Serialization(format!(
-                "oneway call of {target}: cannot produce {}: {e}",
-                std::any::type_name::<T>()
-            ))
+            RpcError::serialization(
+                format_args!(
+                    "oneway call of {target}: cannot produce {}",
+                    std::any::type_name::<T>()
+                ),
+                e,
+            )
         }),
     }
 }
@@ -407,18 +412,24 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
         Status::Ok => crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body))
             .0
             .map_err(|e| {
-                RpcError::Serialization(format!(
-                    "cannot decode the result of {target} as {}: {e}",
-                    std::any::type_name::<T>()
-                ))
+                RpcError::serialization(
+                    format_args!(
+                        "cannot decode the result of {target} as {}",
+                        std::any::type_name::<T>()
+                    ),
+                    e,
+                )
             }),
         Status::ApplicationError => {
             match crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body)).0 {
                 Ok(e) => Err(RpcError::Application(e)),
-                Err(e) => Err(RpcError::Serialization(format!(
-                    "cannot decode the error of {target} as {}: {e}",
-                    std::any::type_name::<E>()
-                ))),
+                Err(e) => Err(RpcError::serialization(
+                    format_args!(
+                        "cannot decode the error of {target} as {}",
+                        std::any::type_name::<E>()
+                    ),
+                    e,
+                )),
             }
         }
         status => {
@@ -575,20 +586,22 @@ where
                         }
                         (Err(e), None) => e,
                         (Err(e), Some(attempt)) => {
-                            let spent = attempt.picked.record_failure_since(attempt.started);
-                            if !e.is_safe_to_retry() {
-                                return Poll::Ready(Err(e.widen()));
-                            }
-                            // The provider certainly did not run it: try the others, in
-                            // the time left.
                             let Attempt {
-                                picked, mut call, ..
+                                picked,
+                                started,
+                                mut call,
                             } = *attempt;
-                            call.client.skip_provider(picked.addr(), &e);
-                            drop(picked);
-                            call.timeout = Some(timeout.saturating_sub(spent));
-                            this.state = CallState::Run(Box::pin(call.run(None)));
-                            continue;
+                            match call.client.fail_over(&picked, started, e) {
+                                Err(e) => e,
+                                Ok((spent, _)) => {
+                                    // The provider certainly did not run it: the
+                                    // general path tries the others, in the time left.
+                                    drop(picked);
+                                    call.timeout = Some(timeout.saturating_sub(spent));
+                                    this.state = CallState::Run(Box::pin(call.run(None)));
+                                    continue;
+                                }
+                            }
                         }
                     };
                     return Poll::Ready(Err(error.widen()));

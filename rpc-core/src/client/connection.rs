@@ -26,9 +26,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use parking_lot::{Mutex, MutexGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::codec::Decoder;
 
 use crate::error::RpcError;
@@ -80,14 +81,14 @@ struct Shared {
     /// The server announced shutdown (GOAWAY): no new calls.
     draining: bool,
     /// Why the connection ended, once it has.
-    closed: Option<String>,
+    closed: Option<Closed>,
 }
 
 impl Shared {
     /// Why a new call cannot be sent here, if it cannot.
     fn refusal(&self) -> Option<RpcError> {
-        if let Some(reason) = &self.closed {
-            return Some(RpcError::ConnectionLost(reason.clone()));
+        if let Some(closed) = &self.closed {
+            return Some(closed.error());
         }
         // Never written, so safe to send elsewhere.
         self.draining.then_some(RpcError::ShuttingDown)
@@ -106,7 +107,7 @@ struct ConnHandle {
     /// Lock-free copy of "draining", for picking connections.
     draining: AtomicBool,
     /// Why the connection ended, for callers that arrive late.
-    reason: OnceLock<String>,
+    reason: OnceLock<Closed>,
 }
 
 impl ConnHandle {
@@ -204,13 +205,13 @@ impl Connection {
 
     /// The error for calls on a connection that has ended.
     pub(crate) fn lost(&self) -> RpcError {
-        RpcError::ConnectionLost(
-            self.inner
-                .reason
-                .get()
-                .cloned()
-                .unwrap_or_else(|| "connection closed".to_owned()),
-        )
+        match self.inner.reason.get() {
+            Some(closed) => closed.error(),
+            None => RpcError::ConnectionLost {
+                reason: "connection closed".to_owned(),
+                source: None,
+            },
+        }
     }
 }
 
@@ -257,7 +258,8 @@ impl Drop for PendingReply {
     }
 }
 
-/// The connection task.
+/// The connection task: waits for the next event and handles it, until the
+/// connection ends; then fails the calls left.
 async fn run(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -273,17 +275,7 @@ async fn run(
         peer,
         ended: false,
     };
-    let handle = &ending.handle;
-    let (mut rd, mut wr) = stream.split();
-    let mut codec = FrameCodec::new(settings.max_frame_len);
-    let mut rbuf = BytesMut::new();
-    // The buffer being written, taken from `Shared::out` whole.
-    let mut writing = BytesMut::new();
-    // Oneway requests (slab ids) in `writing`.
-    let mut writing_oneway: Vec<u64> = Vec::new();
-    let mut last_read = Instant::now();
-    let mut last_heartbeat = Instant::now();
-    let mut heartbeat_id: u64 = 0;
+    let (rd, wr) = stream.split();
     let tick_every = (settings.heartbeat_interval / 2)
         .min(settings.idle_timeout / 4)
         .max(Duration::from_millis(5));
@@ -291,123 +283,220 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
-    let mut yield_now = false;
-    // Callers to wake, collected under the lock and woken after it is released.
-    let mut wake: Vec<Waker> = Vec::new();
-    // Frames of one read, decoded before the lock is taken.
-    let mut frames: Vec<Frame> = Vec::new();
+    let mut task = Task {
+        handle: &ending.handle,
+        peer,
+        settings,
+        rd,
+        wr,
+        codec: FrameCodec::new(settings.max_frame_len),
+        rbuf: BytesMut::new(),
+        writing: BytesMut::new(),
+        writing_oneway: Vec::new(),
+        last_read: Instant::now(),
+        last_heartbeat: Instant::now(),
+        heartbeat_id: 0,
+        tick,
+        timer,
+        armed: None,
+        yield_now: false,
+        wake: Vec::new(),
+        frames: Vec::new(),
+    };
+    let closed = task.run().await;
+    tracing::debug!(%peer, reason = %closed.reason, "client connection ended");
+    let mut wr = task.wr;
+    ending.end(closed);
+    let _ = wr.shutdown().await;
+}
 
-    let reason: String = loop {
-        if std::mem::take(&mut yield_now) {
-            tokio::task::yield_now().await;
+/// A connection task's state between events.
+struct Task<'h, 'a> {
+    /// What callers and this task share.
+    handle: &'h Arc<ConnHandle>,
+    /// The server, for messages.
+    peer: SocketAddr,
+    /// Frame cap, heartbeat and idle timeouts.
+    settings: ConnSettings,
+    /// Where responses come from.
+    rd: ReadHalf<'a>,
+    /// Where requests go.
+    wr: WriteHalf<'a>,
+    /// Splits responses out of `rbuf`.
+    codec: FrameCodec,
+    /// The read buffer.
+    rbuf: BytesMut,
+    /// The buffer being written, taken from `Shared::out` whole.
+    writing: BytesMut,
+    /// Oneway requests (slab ids) in `writing`: done once it is written.
+    writing_oneway: Vec<u64>,
+    /// When the server was last heard from.
+    last_read: Instant,
+    /// When the last heartbeat was sent.
+    last_heartbeat: Instant,
+    /// Request id of the last heartbeat.
+    heartbeat_id: u64,
+    /// Heartbeats and the idle check.
+    tick: Interval,
+    /// Fires at the earliest call deadline.
+    timer: Pin<&'a mut Sleep>,
+    /// The deadline `timer` is set for, if any.
+    armed: Option<Instant>,
+    /// Let the callers just answered run before reading on.
+    yield_now: bool,
+    /// Callers to wake, collected under the lock and woken after it is released.
+    wake: Vec<Waker>,
+    /// Frames of one read, decoded before the lock is taken.
+    frames: Vec<Frame>,
+}
+
+impl Task<'_, '_> {
+    /// Handles events until the connection ends; returns why it ended.
+    async fn run(&mut self) -> Closed {
+        loop {
+            if std::mem::take(&mut self.yield_now) {
+                tokio::task::yield_now().await;
+            }
+            if let Err(closed) = self.prepare() {
+                return closed;
+            }
+            self.codec.reserve_for_read(&mut self.rbuf, READ_CHUNK);
+            let ended = tokio::select! {
+                biased;
+                res = self.wr.write_buf(&mut self.writing), if !self.writing.is_empty() => {
+                    res.err().map(|e| Closed::io(format!("write to {} failed", self.peer), e))
+                }
+                res = self.rd.read_buf(&mut self.rbuf) => match res {
+                    Ok(0) => Some(Closed::from("the server closed the connection")),
+                    Ok(_) => self.on_read(),
+                    Err(e) => Some(Closed::io(format!("read from {} failed", self.peer), e)),
+                },
+                () = self.handle.wake.notified() => None,
+                () = &mut self.timer, if self.armed.is_some() => self.on_deadline(),
+                _ = self.tick.tick() => self.on_tick(),
+            };
+            if let Some(closed) = ended {
+                return closed;
+            }
         }
+    }
+
+    /// Before waiting: completes the oneway requests just written, takes the requests
+    /// callers queued since (all at once), schedules their deadlines and arms the timer
+    /// for the earliest.
+    ///
+    /// # Errors
+    ///
+    /// The reason to end: the server announced shutdown and nothing is left to do.
+    fn prepare(&mut self) -> Result<(), Closed> {
         let next_deadline = {
-            let mut shared = handle.lock();
+            let mut shared = self.handle.lock();
             schedule_deadlines(&mut shared);
-            if writing.is_empty() {
-                for id in writing_oneway.drain(..) {
-                    wake.extend(shared.calls.complete(id, Ok(None)));
+            if self.writing.is_empty() {
+                for id in self.writing_oneway.drain(..) {
+                    self.wake.extend(shared.calls.complete(id, Ok(None)));
                 }
                 if !shared.out.is_empty() {
-                    std::mem::swap(&mut writing, &mut shared.out);
-                    writing_oneway.append(&mut shared.written);
+                    std::mem::swap(&mut self.writing, &mut shared.out);
+                    self.writing_oneway.append(&mut shared.written);
                     shared.unsent.clear();
                     shared.scheduled = 0;
                 }
             }
             // While a write is pending, requests queue up behind it without waking
             // this task; have the next one wake it, to schedule its deadline.
-            shared.wake_on_submit = !writing.is_empty();
+            shared.wake_on_submit = !self.writing.is_empty();
             if shared.draining
                 && shared.calls.is_empty()
                 && shared.out.is_empty()
-                && writing.is_empty()
+                && self.writing.is_empty()
             {
-                break "the server is shutting down".to_owned();
+                return Err(Closed::from("the server is shutting down"));
             }
             shared.calls.next_deadline()
         };
-        wake.drain(..).for_each(Waker::wake);
+        self.wake.drain(..).for_each(Waker::wake);
         if let Some(deadline) = next_deadline {
-            if armed != Some(deadline) {
-                timer.as_mut().reset(deadline);
-                armed = Some(deadline);
+            if self.armed != Some(deadline) {
+                self.timer.as_mut().reset(deadline);
+                self.armed = Some(deadline);
             }
         }
-        codec.reserve_for_read(&mut rbuf, READ_CHUNK);
-        tokio::select! {
-            biased;
-            res = wr.write_buf(&mut writing), if !writing.is_empty() => {
-                if let Err(e) = res {
-                    break format!("write to {peer} failed: {e}");
-                }
-            }
-            res = rd.read_buf(&mut rbuf) => match res {
-                Ok(0) => break "the server closed the connection".to_owned(),
-                Ok(_) => {
-                    last_read = Instant::now();
-                    // Decode outside the lock that callers queue their calls under.
-                    let mut failure = None;
-                    loop {
-                        match codec.decode(&mut rbuf) {
-                            Ok(Some(frame)) => frames.push(frame),
-                            Ok(None) => break,
-                            Err(e) => {
-                                failure = Some(format!("malformed response from {peer}: {e}"));
-                                break;
-                            }
-                        }
-                    }
-                    let mut shared = handle.lock();
-                    let waiting = shared.calls.len();
-                    for frame in frames.drain(..) {
-                        if let Err(reason) = on_frame(frame, &mut shared, handle, &mut wake) {
-                            failure.get_or_insert(reason);
-                            break;
-                        }
-                    }
-                    // Let the callers just answered run (and queue their next calls)
-                    // before reading on.
-                    yield_now = shared.calls.len() < waiting;
-                    drop(shared);
-                    frames.clear();
-                    wake.drain(..).for_each(Waker::wake);
-                    if let Some(reason) = failure {
-                        tracing::warn!(%peer, %reason, "closing connection");
-                        break reason;
-                    }
-                }
-                Err(e) => break format!("read from {peer} failed: {e}"),
-            },
-            () = handle.wake.notified() => {}
-            () = &mut timer, if armed.is_some() => {
-                armed = None;
-                handle.lock().calls.expire(Instant::now(), &mut wake);
-                wake.drain(..).for_each(Waker::wake);
-            }
-            _ = tick.tick() => {
-                let silent = last_read.elapsed();
-                if silent >= settings.idle_timeout {
-                    break format!("no frame from {peer} for {silent:?} (idle timeout {:?})", settings.idle_timeout);
-                }
-                let mut shared = handle.lock();
-                if silent >= settings.heartbeat_interval && last_heartbeat.elapsed() >= settings.heartbeat_interval {
-                    heartbeat_id = heartbeat_id.wrapping_add(1);
-                    encode_heartbeat(&mut shared.out, heartbeat_id, false);
-                    last_heartbeat = Instant::now();
-                }
-                // Only this task holds the handle: the client is gone.
-                if Arc::strong_count(handle) == 1 && shared.calls.is_empty() && shared.out.is_empty() && writing.is_empty() {
-                    break "client dropped".to_owned();
-                }
-            }
-        }
-    };
+        Ok(())
+    }
 
-    tracing::debug!(%peer, %reason, "client connection ended");
-    ending.end(reason);
-    let _ = wr.shutdown().await;
+    /// Responses arrived: decode them (outside the lock callers queue their calls
+    /// under), then hand each to its caller.
+    fn on_read(&mut self) -> Option<Closed> {
+        self.last_read = Instant::now();
+        let mut failure = None;
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => self.frames.push(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(format!("malformed response from {}: {e}", self.peer));
+                    break;
+                }
+            }
+        }
+        let mut shared = self.handle.lock();
+        let waiting = shared.calls.len();
+        for frame in self.frames.drain(..) {
+            if let Err(reason) = on_frame(frame, &mut shared, self.handle, &mut self.wake) {
+                failure.get_or_insert(reason);
+                break;
+            }
+        }
+        // Let the callers just answered run (and queue their next calls) before
+        // reading on.
+        self.yield_now = shared.calls.len() < waiting;
+        drop(shared);
+        self.frames.clear();
+        self.wake.drain(..).for_each(Waker::wake);
+        if let Some(reason) = &failure {
+            tracing::warn!(peer = %self.peer, %reason, "closing connection");
+        }
+        failure.map(Closed::from)
+    }
+
+    /// The earliest deadline passed: fail the calls whose time is up.
+    fn on_deadline(&mut self) -> Option<Closed> {
+        self.armed = None;
+        self.handle
+            .lock()
+            .calls
+            .expire(Instant::now(), &mut self.wake);
+        self.wake.drain(..).for_each(Waker::wake);
+        None
+    }
+
+    /// Periodic: close a connection silent past the idle timeout, send a heartbeat
+    /// when the server has been quiet, and end once the client is gone.
+    fn on_tick(&mut self) -> Option<Closed> {
+        let silent = self.last_read.elapsed();
+        let settings = self.settings;
+        if silent >= settings.idle_timeout {
+            return Some(Closed::from(format!(
+                "no frame from {} for {silent:?} (idle timeout {:?})",
+                self.peer, settings.idle_timeout
+            )));
+        }
+        let mut shared = self.handle.lock();
+        if silent >= settings.heartbeat_interval
+            && self.last_heartbeat.elapsed() >= settings.heartbeat_interval
+        {
+            self.heartbeat_id = self.heartbeat_id.wrapping_add(1);
+            encode_heartbeat(&mut shared.out, self.heartbeat_id, false);
+            self.last_heartbeat = Instant::now();
+        }
+        // Only this task holds the handle: the client is gone.
+        let client_gone = Arc::strong_count(self.handle) == 1
+            && shared.calls.is_empty()
+            && shared.out.is_empty()
+            && self.writing.is_empty();
+        client_gone.then(|| Closed::from("client dropped"))
+    }
 }
 
 /// Ends a connection exactly once: marks it closed and fails every call still
@@ -425,16 +514,17 @@ impl Ending {
     /// Closes the connection for `reason`: new calls are refused, requests never
     /// written fail as [`RpcError::NotSent`] (safe to retry elsewhere), everything else
     /// as [`RpcError::ConnectionLost`].
-    fn end(&mut self, reason: String) {
+    fn end(&mut self, closed: Closed) {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
         let handle = &self.handle;
-        let _ = handle.reason.set(reason.clone());
+        let _ = handle.reason.set(closed.clone());
+        let reason = &closed.reason;
         let mut wake = Vec::new();
         {
             let mut shared = handle.lock();
-            shared.closed = Some(reason.clone());
+            shared.closed = Some(closed.clone());
             handle.closed.store(true, Ordering::Release);
             // Requests never written did not reach the server: say so, so that they
             // can be retried elsewhere without running twice.
@@ -448,9 +538,7 @@ impl Ending {
             }
             // Everything else, oneway requests being written included, may have
             // reached the server.
-            shared
-                .calls
-                .fail_all(|_| RpcError::ConnectionLost(reason.clone()), &mut wake);
+            shared.calls.fail_all(|_| closed.error(), &mut wake);
             shared.written.clear();
             shared.out.clear();
         }
@@ -462,7 +550,43 @@ impl Drop for Ending {
     fn drop(&mut self) {
         if !self.ended {
             tracing::debug!(peer = %self.peer, "client connection task dropped with its runtime");
-            self.end(RUNTIME_GONE.to_owned());
+            self.end(Closed::from(RUNTIME_GONE));
+        }
+    }
+}
+
+/// Why a connection ended: what callers still waiting (or arriving late) are told.
+#[derive(Debug, Clone)]
+struct Closed {
+    /// What happened, in words.
+    reason: String,
+    /// The I/O error behind it, if there was one.
+    source: Option<Arc<std::io::Error>>,
+}
+
+impl Closed {
+    /// The connection ended because of `error` while doing `what`.
+    fn io(what: String, error: std::io::Error) -> Closed {
+        Closed {
+            reason: format!("{what}: {error}"),
+            source: Some(Arc::new(error)),
+        }
+    }
+
+    /// The error of a call that may have reached the server.
+    fn error(&self) -> RpcError {
+        RpcError::ConnectionLost {
+            reason: self.reason.clone(),
+            source: self.source.clone(),
+        }
+    }
+}
+
+impl<S: Into<String>> From<S> for Closed {
+    fn from(reason: S) -> Closed {
+        Closed {
+            reason: reason.into(),
+            source: None,
         }
     }
 }

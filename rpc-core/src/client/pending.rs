@@ -390,13 +390,19 @@ mod tests {
         let b = calls.insert(SECOND, Some(w.clone()));
         let _ = calls.complete(b, Ok(Some(frame(b))));
         let mut wake = Vec::new();
-        calls.fail_all(|_| RpcError::ConnectionLost("gone".into()), &mut wake);
+        calls.fail_all(
+            |_| RpcError::ConnectionLost {
+                reason: "gone".into(),
+                source: None,
+            },
+            &mut wake,
+        );
         assert_eq!(wake.len(), 1, "only the call still waiting");
         wake.into_iter().for_each(Waker::wake);
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(matches!(
             calls.poll(a, &w),
-            Poll::Ready(Some(Err(RpcError::ConnectionLost(_))))
+            Poll::Ready(Some(Err(RpcError::ConnectionLost { .. })))
         ));
         assert!(
             matches!(calls.poll(b, &w), Poll::Ready(Some(Ok(Some(_))))),

@@ -1,6 +1,8 @@
 //! The wire protocol: frames, their codec, metadata and status codes.
 //!
 //! `docs/PROTOCOL.md` is the normative description; this module is its implementation.
+//! Using the framework never needs it: it is public for the benchmarks, the protocol
+//! tests, and anyone checking another implementation's bytes against ours.
 //!
 //! - [`frame`](self::Frame): the fixed header and the I/O-free parser;
 //! - [`FrameCodec`]: the parser as a tokio-util codec with a frame-size cap;

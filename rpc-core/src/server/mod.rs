@@ -63,9 +63,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Execution, ServerBuilder, ServerConfig};
 pub use context::CallContext;
+pub(crate) use service::Reply;
 pub use service::{
     dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,
-    Reply, Service,
+    Service,
 };
 
 use crate::error::RpcError;

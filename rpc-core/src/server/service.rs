@@ -151,7 +151,7 @@ pub enum DispatchError {
 
 impl DispatchError {
     /// The status this error is reported with.
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         match self {
             DispatchError::MethodNotFound { .. } => Status::MethodNotFound,
             DispatchError::BadRequest { .. } => Status::BadRequest,
@@ -160,7 +160,7 @@ impl DispatchError {
 }
 
 /// The outcome of a call, encoded and ready to be framed.
-pub struct Reply {
+pub(crate) struct Reply {
     /// Status to put in the response header.
     pub(crate) status: Status,
     /// The encoded body.
@@ -178,7 +178,7 @@ impl fmt::Debug for Reply {
 
 impl Reply {
     /// An error reply with a human-readable message.
-    pub fn error(status: Status, message: &str) -> Reply {
+    pub(crate) fn error(status: Status, message: &str) -> Reply {
         let mut body = BytesMut::new();
         rmp_serde::encode::write(&mut (&mut body).writer(), message)
             .expect("strings always encode");
@@ -200,10 +200,5 @@ impl Reply {
                 Reply::error(Status::InternalError, &e.to_string())
             }
         }
-    }
-
-    /// The reply's status.
-    pub fn status(&self) -> Status {
-        self.status
     }
 }

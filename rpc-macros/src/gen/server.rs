@@ -62,7 +62,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
 
         #(#cfgs)*
         #[allow(deprecated)]
-        impl<#s: #trait_ident> ::rpc_core::__private::Service for #server<#s> #where_clause {
+        impl<#s: #trait_ident> ::rpc_core::server::Service for #server<#s> #where_clause {
             /// The service's name on the wire.
             fn name(&self) -> &str {
                 #wire_name
@@ -78,7 +78,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
                 &self,
                 __rpc_method: &str,
                 __rpc_args: &[u8],
-            ) -> ::core::result::Result<::rpc_core::__private::Dispatched, ::rpc_core::__private::DispatchError> {
+            ) -> ::core::result::Result<::rpc_core::server::Dispatched, ::rpc_core::server::DispatchError> {
                 match __rpc_method {
                     #(#arms)*
                     _ => ::core::result::Result::Err(::rpc_core::__private::method_not_found(#wire_name, __rpc_method)),
@@ -99,15 +99,15 @@ fn arm(def: &ServiceDef, m: &MethodDef) -> TokenStream {
     let pattern = args_pattern(m);
     let names = m.args.iter().map(|(arg, _)| arg);
     let wrap = match &m.output {
-        Output::Result { .. } => quote!(::rpc_core::__private::Fallible),
-        _ => quote!(::rpc_core::__private::Plain),
+        Output::Result { .. } => quote!(::rpc_core::server::Fallible),
+        _ => quote!(::rpc_core::server::Plain),
     };
     quote! {
         #(#cfgs)*
         #method_name => {
             let #pattern: #args_ty = ::rpc_core::__private::decode_args(__rpc_method, __rpc_args)?;
             let __rpc_service = <::std::sync::Arc<#s> as ::core::clone::Clone>::clone(&self.service);
-            ::core::result::Result::Ok(::rpc_core::__private::dispatched(async move {
+            ::core::result::Result::Ok(::rpc_core::server::dispatched(async move {
                 // Serving a deprecated method is not using it.
                 #[allow(deprecated)]
                 let __rpc_reply = <#s as #trait_ident>::#name(&*__rpc_service, #(#names),*).await;

@@ -1,0 +1,245 @@
+//! Where a call goes: one server, or the provider a balancer picks per call; and the
+//! failover rule, in one place, for calls that certainly did not run.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use tokio::time::Instant;
+
+use rpc_lb::{LoadBalancer, PickContext, Picked, Provider};
+
+use super::connection::Connection;
+use super::pool::Endpoint;
+use super::Client;
+use crate::error::RpcError;
+use crate::protocol::Frame;
+
+/// Where a client sends its calls.
+pub(super) enum Route {
+    /// One server address.
+    Single(Endpoint),
+    /// Several providers of one service, chosen per call by a balancer.
+    Cluster(Cluster),
+}
+
+/// Providers of a service and the balancer that picks among them.
+pub(super) struct Cluster {
+    /// Picks a provider per call; holds health, weights and in-flight counts.
+    pub(super) balancer: LoadBalancer,
+    /// Connections per provider address: a snapshot replaced whole on each update,
+    /// so a call reads it with one lock-free load (provider sets change rarely).
+    endpoints: ArcSwap<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// Serializes updates, so that two concurrent ones cannot lose each other's
+    /// endpoints.
+    updating: parking_lot::Mutex<()>,
+}
+
+impl Cluster {
+    /// No providers yet, balanced by `balancer`.
+    pub(super) fn new(balancer: LoadBalancer) -> Cluster {
+        Cluster {
+            balancer,
+            endpoints: ArcSwap::default(),
+            updating: parking_lot::Mutex::new(()),
+        }
+    }
+}
+
+impl Client {
+    /// Replaces the provider set of a client made with
+    /// [`ClientBuilder::connect_providers`]: providers join, leave or change weight
+    /// while calls run; unchanged providers keep their connections and balancer state.
+    /// Does nothing on a single-server client.
+    pub fn update_providers(&self, providers: impl IntoIterator<Item = Provider>) {
+        let Route::Cluster(cluster) = &self.inner.route else {
+            return;
+        };
+        let providers: Vec<Provider> = providers.into_iter().collect();
+        let _updating = cluster.updating.lock();
+        let current = cluster.endpoints.load();
+        let endpoints: HashMap<SocketAddr, Arc<Endpoint>> = providers
+            .iter()
+            .map(|provider| {
+                let endpoint = current
+                    .get(&provider.addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(provider.addr, &self.inner.config)));
+                (provider.addr, endpoint)
+            })
+            .collect();
+        cluster.endpoints.store(Arc::new(endpoints));
+        cluster.balancer.update(providers);
+    }
+
+    /// Where a call can be queued right now with nothing to wait for: the fast path
+    /// of a call. For a cluster, a provider is picked (with `hash_key` for `ip-hash`)
+    /// and must have an open connection that takes calls. `None` when the call must
+    /// connect first, or the provider picked cannot take it now; then the general path
+    /// ([`Client::call_frame`]) decides, starting with the provider picked, returned
+    /// as the error.
+    pub(crate) fn ready_connection(&self, hash_key: Option<u64>) -> Result<Ready, Option<Picked>> {
+        match &self.inner.route {
+            Route::Single(endpoint) => Ok(Ready {
+                conn: endpoint.ready().ok_or(None)?,
+                picked: None,
+            }),
+            Route::Cluster(cluster) => {
+                let mut ctx = PickContext::new();
+                if let Some(key) = hash_key {
+                    ctx = ctx.hash_key(key);
+                }
+                let picked = cluster.balancer.pick(&ctx).map_err(|_| None)?;
+                let conn = cluster
+                    .endpoints
+                    .load()
+                    .get(&picked.addr())
+                    .and_then(|endpoint| endpoint.ready());
+                match conn {
+                    Some(conn) => Ok(Ready {
+                        conn,
+                        picked: Some(picked),
+                    }),
+                    None => Err(Some(picked)),
+                }
+            }
+        }
+    }
+
+    /// A provider failed a call in a way that is safe to retry elsewhere (it did not
+    /// run it): the balancer skips it for a while.
+    pub(crate) fn skip_provider(&self, addr: SocketAddr, error: &RpcError) {
+        if let Route::Cluster(cluster) = &self.inner.route {
+            let pause = self.skip_pause();
+            cluster.balancer.mark_unhealthy_for(addr, pause);
+            tracing::debug!(%addr, %error, ?pause, "provider skipped");
+        }
+    }
+
+    /// How long a provider that failed (or announced shutdown) is skipped.
+    fn skip_pause(&self) -> Duration {
+        self.inner
+            .config
+            .reconnect_backoff
+            .max(Duration::from_millis(50))
+    }
+
+    /// Sends a request and waits for its response frame (or, for oneway requests,
+    /// until it is written). `encode` writes the request with a given request id; it
+    /// runs once per attempt. Over several providers, the balancer picks one per
+    /// attempt; a call that certainly did not run (the provider could not be reached or
+    /// is shutting down) is retried on another provider. The first attempt goes to
+    /// `picked` when the caller has already picked a provider.
+    pub(crate) async fn call_frame<F>(
+        &self,
+        encode: F,
+        oneway: bool,
+        timeout: Duration,
+        hash_key: Option<u64>,
+        mut picked: Option<Picked>,
+    ) -> Result<Option<Frame>, RpcError>
+    where
+        F: Fn(&mut BytesMut, u64) -> Result<(), RpcError>,
+    {
+        let inner = &*self.inner;
+        // This task's waker, registered with the call as it is queued (polling the
+        // reply updates it should the call move to another task).
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let cluster = match &inner.route {
+            Route::Single(endpoint) => {
+                let conn = endpoint.connection(inner).await?;
+                // The connection task enforces the deadline: no timer per call here.
+                return conn.submit(&encode, oneway, timeout, &waker)?.await;
+            }
+            Route::Cluster(cluster) => cluster,
+        };
+        let deadline = Instant::now() + timeout;
+        let mut ctx = PickContext::new();
+        if let Some(key) = hash_key {
+            ctx = ctx.hash_key(key);
+        }
+        let pause = self.skip_pause();
+        let attempts = cluster.balancer.providers().len().max(1);
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let picked = match picked.take() {
+                Some(picked) => picked,
+                None => match cluster.balancer.pick(&ctx) {
+                    Ok(picked) => picked,
+                    Err(_) => break,
+                },
+            };
+            let addr = picked.addr();
+            let endpoint = cluster.endpoints.load().get(&addr).cloned();
+            let Some(endpoint) = endpoint else { continue };
+            if endpoint.is_draining() {
+                // It announced shutdown (GOAWAY): no new calls; try it again later.
+                cluster.balancer.mark_unhealthy_for(addr, pause);
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let left = deadline.saturating_duration_since(Instant::from_std(started));
+            let attempt = match endpoint.connection(inner).await {
+                Ok(conn) => match conn.submit(&encode, oneway, left, &waker) {
+                    Ok(reply) => reply.await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(frame) => {
+                    picked.record_success_since(started);
+                    return Ok(frame);
+                }
+                Err(e) => {
+                    let (_, e) = self.fail_over(&picked, started, e)?;
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| RpcError::NoProvider {
+            service: cluster.balancer.service().to_owned(),
+        }))
+    }
+}
+
+impl Client {
+    /// The failover rule, for every attempt on a picked provider that failed (in the
+    /// loop above, and in a call's fast path before it joins that loop): the failure is
+    /// recorded on the provider; a call that certainly did not run (see
+    /// [`RpcError::is_safe_to_retry`]) may go to another provider, and this one is
+    /// skipped for a while; any other error is the call's outcome.
+    ///
+    /// Returns how long the attempt took and the error, when another provider may be
+    /// tried.
+    ///
+    /// # Errors
+    ///
+    /// `error` when the call must not be retried elsewhere.
+    pub(crate) fn fail_over(
+        &self,
+        picked: &Picked,
+        started: std::time::Instant,
+        error: RpcError,
+    ) -> Result<(Duration, RpcError), RpcError> {
+        let spent = picked.record_failure_since(started);
+        if !error.is_safe_to_retry() {
+            return Err(error);
+        }
+        self.skip_provider(picked.addr(), &error);
+        Ok((spent, error))
+    }
+}
+
+/// A connection ready to take a call now, from [`Client::ready_connection`].
+pub(crate) struct Ready {
+    /// The connection.
+    pub(crate) conn: Connection,
+    /// The provider picked, for a cluster: its in-flight count includes this call until
+    /// this is dropped, and the call's outcome is recorded on it.
+    pub(crate) picked: Option<Picked>,
+}
