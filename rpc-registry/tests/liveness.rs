@@ -157,6 +157,7 @@ async fn unknown_lease_makes_the_provider_register_again() {
     assert_eq!(owner_leases, 1);
     // Lease ids are handed out in sequence: the provider's is the one before this
     // probe's.
+    let probe = api.grant(LeaseRequest::new("probe", 0)).await.unwrap();
     let provider_lease = rpc_registry::LeaseId(probe.id.0 - 1);
     api.revoke(provider_lease).await.unwrap();
     api.revoke(probe.id).await.unwrap();
