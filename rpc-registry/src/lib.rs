@@ -15,7 +15,8 @@
 //!   [`Backend`]) that ZooKeeper and etcd backends implement next, [`connect`] picking
 //!   a backend from a URL, the provider side ([`Publisher`]) and the consumer side
 //!   ([`Consumer`]), with its on-disk snapshot;
-//! - `validate`: the name and address rules both sides check.
+//! - `validate`: the name and address rules both sides check;
+//! - `cli`: [`RegistryArgs`], the flags of a registry process.
 //!
 //! The `rpc-registry` binary runs a registry from the command line.
 //!
@@ -73,6 +74,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod cli;
 mod client;
 mod server;
 mod validate;
@@ -81,6 +83,7 @@ pub use api::{
     ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApi,
     RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary, ServiceView,
 };
+pub use cli::{parse_duration, RegistryArgs};
 pub use client::{
     connect, Backend, Consumer, ConsumerBuilder, Discovery, Error, Publisher, PublisherBuilder,
     Registries, Registry,

@@ -1,12 +1,19 @@
 //! Serves the example inventory until Ctrl-C or SIGTERM, then shuts down gracefully.
+//! With `--registry`, it registers with the registries and heartbeats; on shutdown it
+//! deregisters first, waits for consumers to see it, and then drains.
 //!
 //! ```text
 //! cargo run -p rpc-examples --bin inventory-provider -- --listen 127.0.0.1:7001
+//! cargo run -p rpc-examples --bin inventory-provider -- --listen 127.0.0.1:7001 \
+//!     --registry rpc://127.0.0.1:7000 --weight 200
 //! ```
+
+use std::time::Duration;
 
 use clap::Parser;
 use rpc_core::Server;
 use rpc_examples::{InMemoryInventory, InventoryServer};
+use rpc_registry::{parse_duration, Instance, Publisher};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -21,10 +28,22 @@ struct Args {
     /// Run handlers on a business pool of this many threads.
     #[arg(long)]
     business_pool: Option<usize>,
+    /// Register with these registries (`rpc://host:port[,host:port]`).
+    #[arg(long)]
+    registry: Option<String>,
+    /// Weight to register with (relative share of calls).
+    #[arg(long, default_value_t = 100)]
+    weight: u32,
+    /// Address to advertise (default: the listening address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Wait after deregistering before draining, so consumers see the departure.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    deregister_delay: Duration,
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     rpc_examples::init_logging();
     let args = Args::parse();
     let mut builder =
@@ -36,25 +55,27 @@ async fn main() -> std::io::Result<()> {
         builder = builder.business_pool(threads);
     }
     let server = builder.bind(&args.listen).await?;
+    let addr = server.local_addr()?;
     // The one line scripts and tests read to find the port.
-    println!("listening on {}", server.local_addr()?);
-    server.serve_with_shutdown(shutdown_signal()).await
-}
-
-/// Completes on Ctrl-C or SIGTERM. Binaries install signal handlers; the library never
-/// does.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    println!("listening on {addr}");
+    let Some(url) = &args.registry else {
+        server
+            .serve_with_shutdown(rpc_examples::shutdown_signal())
+            .await?;
+        return Ok(());
+    };
+    let server = server.spawn();
+    let publisher = Publisher::builder(rpc_registry::connect(url)?)
+        .owner("inventory-provider")
+        .deregister_delay(args.deregister_delay)
+        .start();
+    let advertised = args.advertise.unwrap_or_else(|| addr.to_string());
+    publisher
+        .publish(Instance::new(rpc_examples::INVENTORY_SERVICE, advertised).weight(args.weight))?;
+    rpc_examples::shutdown_signal().await;
+    // Deregister, let consumers see it, then drain: no consumer sends a call this
+    // provider cannot answer.
+    publisher.shutdown().await;
+    server.shutdown().await?;
+    Ok(())
 }
