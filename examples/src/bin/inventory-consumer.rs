@@ -150,7 +150,7 @@ fn run_discovered(args: &Args, url: &str) -> Result<(), Box<dyn std::error::Erro
         .client(
             Client::builder()
                 .timeout(Duration::from_secs(3))
-                .balancer(args.balancer.clone()),
+                .balancer(args.balancer),
         )
         .client_name("inventory-consumer");
     if let Some(path) = &args.snapshot {
