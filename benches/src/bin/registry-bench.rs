@@ -182,7 +182,13 @@ fn service(n: usize) -> String {
 /// Address of instance number `n` (distinct per instance; nothing listens there).
 fn addr(n: usize) -> String {
     let n = n as u32;
-    format!("10.{}.{}.{}:{}", (n >> 16) & 255, (n >> 8) & 255, n & 255, 7000 + n % 1000)
+    format!(
+        "10.{}.{}.{}:{}",
+        (n >> 16) & 255,
+        (n >> 8) & 255,
+        n & 255,
+        7000 + n % 1000
+    )
 }
 
 async fn connect(addr: std::net::SocketAddr) -> io::Result<RegistryApiClient> {
@@ -196,7 +202,9 @@ async fn connect(addr: std::net::SocketAddr) -> io::Result<RegistryApiClient> {
 
 fn drive(args: &Args) -> io::Result<()> {
     if args.services == 0 || args.leases == 0 || args.watched_services == 0 {
-        return Err(io::Error::other("services, leases and watched services must be above 0"));
+        return Err(io::Error::other(
+            "services, leases and watched services must be above 0",
+        ));
     }
     let watched = args.watched_services.min(args.services);
     rlimit::increase_nofile_limit((args.leases + args.consumers + 64) as u64)?;

