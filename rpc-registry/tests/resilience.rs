@@ -158,3 +158,47 @@ async fn two_registries_are_merged_and_one_can_be_lost() {
     publishers[1].shutdown().await;
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_registry_does_not_cut_the_list_while_providers_return() {
+    let registry = registry(fast_config()).await;
+    let addr = registry.local_addr();
+    let url = url(addr);
+    let (one, two) = (provider().await, provider().await);
+    let (p1, p2) = (publisher(&url), publisher(&url));
+    publish(&p1, &one, 100);
+    publish(&p2, &two, 100);
+    assert!(p1.wait_registered(Duration::from_secs(5)).await);
+    assert!(p2.wait_registered(Duration::from_secs(5)).await);
+    let consumer = consumer_for(&url)
+        .restart_settle(Duration::from_millis(1500))
+        .connect(SERVICE)
+        .await
+        .unwrap();
+    assert_eq!(consumer.providers().len(), 2);
+
+    registry.shutdown().await.unwrap();
+    // The second provider's process dies while the registry is down: it never
+    // registers again.
+    drop(p2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let registry = RegistryServer::bind(addr, fast_config()).await.unwrap();
+    assert!(p1.wait_registered(Duration::from_secs(2)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(registry.instance_count(), 1);
+    assert_eq!(
+        consumer.providers().len(),
+        2,
+        "right after a restart the earlier list still counts"
+    );
+    // Once the settling time is over, the list follows the registry.
+    assert!(
+        consumer
+            .wait_for(Duration::from_secs(3), |list| list.len() == 1)
+            .await,
+        "after settling, the provider that never came back is dropped"
+    );
+    assert_eq!(consumer.providers()[0].addr, one.local_addr().to_string());
+    p1.shutdown().await;
+    registry.shutdown().await.unwrap();
+}

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rpc_core::lb::Provider;
 use rpc_core::{Client, ClientBuilder};
@@ -45,6 +45,8 @@ pub struct ConsumerBuilder {
     retry_interval: Duration,
     /// How long the first lookup may take per registry before the snapshot is used.
     lookup_timeout: Duration,
+    /// How long a restarted registry's earlier list still counts.
+    restart_settle: Duration,
 }
 
 impl ConsumerBuilder {
@@ -170,6 +172,21 @@ impl ConsumerBuilder {
         self
     }
 
+    /// After a registry restarts (its state is soft: it comes back empty and providers
+    /// register again within a heartbeat or two), keep the providers it listed before
+    /// for this long, merged with those already back, so the list does not shrink to
+    /// the first provider back. Default: 5 s (two default heartbeats and a margin).
+    ///
+    /// ```
+    /// # let r = rpc_registry::connect("127.0.0.1:7000").unwrap();
+    /// let b = rpc_registry::Consumer::builder(r)
+    ///     .restart_settle(std::time::Duration::from_secs(3));
+    /// ```
+    pub fn restart_settle(mut self, settle: Duration) -> Self {
+        self.restart_settle = settle;
+        self
+    }
+
     /// Looks `service` up, builds the client over its providers and subscribes to
     /// changes. When no registry answers, starts from the snapshot file (if set and
     /// readable) or with no providers (calls fail with `NoProvider` until a registry
@@ -204,6 +221,7 @@ impl ConsumerBuilder {
             .map(|view| MemberView {
                 reachable: view.is_some(),
                 view,
+                before_restart: None,
             })
             .collect();
         let reached = views.iter().any(|v| v.reachable);
@@ -237,6 +255,7 @@ impl ConsumerBuilder {
             views: Mutex::new(views),
             applied,
             snapshot: self.snapshot,
+            restart_settle: self.restart_settle,
         });
         if reached {
             state.save_snapshot(&state.applied.borrow());
@@ -333,6 +352,7 @@ impl Consumer {
             watch_wait: Duration::from_secs(30),
             retry_interval: Duration::from_millis(500),
             lookup_timeout: Duration::from_secs(2),
+            restart_settle: Duration::from_secs(5),
         }
     }
 
@@ -378,6 +398,10 @@ struct MemberView {
     view: Option<ServiceView>,
     /// Whether its last operation succeeded.
     reachable: bool,
+    /// Right after the registry restarted (a new epoch), its view from before and
+    /// until when it still counts: providers register again one by one over a
+    /// heartbeat, and a list cut to the first one back would overload it.
+    before_restart: Option<(ServiceView, Instant)>,
 }
 
 /// Shared by a consumer's watchers.
@@ -394,17 +418,38 @@ struct ConsumerState {
     applied: watch::Sender<Arc<Vec<Instance>>>,
     /// Snapshot file.
     snapshot: Option<PathBuf>,
+    /// How long a restarted registry's earlier list still counts.
+    restart_settle: Duration,
 }
 
 impl ConsumerState {
     /// Records what registry `index` said (or that it failed), and applies the merged
     /// list if it should be.
-    fn record(&self, index: usize, view: Option<ServiceView>) {
+    ///
+    /// Returns until when the registry's view from before a restart still counts, so
+    /// the watcher polls again then.
+    fn record(&self, index: usize, view: Option<ServiceView>) -> Option<Instant> {
         let mut views = self.views.lock().expect("views lock");
-        views[index].reachable = view.is_some();
+        let now = Instant::now();
+        let member = &mut views[index];
+        member.reachable = view.is_some();
         if let Some(view) = view {
-            views[index].view = Some(view);
+            if let Some(old) = member.view.take() {
+                if old.revision.epoch != view.revision.epoch {
+                    tracing::info!(service = %self.service, "registry restarted: keeping its earlier providers while they register again");
+                    member.before_restart = Some((old, now + self.restart_settle));
+                }
+            }
+            member.view = Some(view);
         }
+        if member
+            .before_restart
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= now)
+        {
+            member.before_restart = None;
+        }
+        let settle = member.before_restart.as_ref().map(|(_, until)| *until);
         let (merged, departed) = merge(&views, &self.group, &self.version);
         let current = Arc::clone(&self.applied.borrow());
         match decide(&current, merged, &departed) {
@@ -423,6 +468,7 @@ impl ConsumerState {
                 self.applied.send_replace(Arc::new(list));
             }
         }
+        settle
     }
 
     fn save_snapshot(&self, list: &[Instance]) {
@@ -435,8 +481,9 @@ impl ConsumerState {
 }
 
 /// The union of the reachable registries' lists (all registries' last lists when none
-/// is reachable), filtered to the group and version, one instance per address; and
-/// the addresses those registries saw deregister gracefully.
+/// is reachable, and a restarted registry's list from before its restart while its
+/// providers register again), filtered to the group and version, one instance per
+/// address; and the addresses those registries saw deregister gracefully.
 fn merge(views: &[MemberView], group: &str, version: &str) -> (Vec<Instance>, HashSet<String>) {
     let any_reachable = views.iter().any(|v| v.reachable);
     let mut seen = HashSet::new();
@@ -445,7 +492,13 @@ fn merge(views: &[MemberView], group: &str, version: &str) -> (Vec<Instance>, Ha
     for member in views.iter().filter(|v| v.reachable || !any_reachable) {
         let Some(view) = &member.view else { continue };
         departed.extend(view.departed.iter().cloned());
-        for instance in &view.instances {
+        let earlier = member
+            .before_restart
+            .iter()
+            .flat_map(|(old, _)| old.instances.iter())
+            // Gone gracefully since the restart: not kept.
+            .filter(|i| !view.departed.contains(&i.addr));
+        for instance in view.instances.iter().chain(earlier) {
             if instance.group == group
                 && instance.version == version
                 && seen.insert(instance.addr.clone())
@@ -505,6 +558,10 @@ fn to_providers(instances: &[Instance]) -> Vec<Provider> {
         .collect()
 }
 
+/// Poll again this long after a restarted registry's earlier list stops counting, so
+/// the list is recomputed without it.
+const SETTLE_SLACK: Duration = Duration::from_millis(10);
+
 /// Long-polls one registry for one service.
 #[derive(Debug)]
 struct Watcher {
@@ -522,10 +579,17 @@ impl Watcher {
             .as_ref()
             .map_or(Revision::default(), |v| v.revision);
         let mut reachable = true;
+        let mut settle: Option<Instant> = None;
         loop {
+            let wait = match settle {
+                Some(until) => self
+                    .wait
+                    .min(until.saturating_duration_since(Instant::now()) + SETTLE_SLACK),
+                None => self.wait,
+            };
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                result = self.member.watch(&self.state.service, since, self.wait) => result,
+                result = self.member.watch(&self.state.service, since, wait) => result,
             };
             match result {
                 Ok(view) => {
@@ -534,14 +598,14 @@ impl Watcher {
                         reachable = true;
                     }
                     since = view.revision;
-                    self.state.record(self.index, Some(view));
+                    settle = self.state.record(self.index, Some(view));
                 }
                 Err(e) => {
                     if reachable {
                         tracing::warn!(registry = %self.member.url(), error = %e, "watch failed; keeping the last providers");
                         reachable = false;
                     }
-                    self.state.record(self.index, None);
+                    settle = self.state.record(self.index, None);
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(self.retry_interval) => {}
@@ -558,6 +622,7 @@ mod tests {
 
     fn view(addrs: &[&str], departed: &[&str]) -> MemberView {
         MemberView {
+            before_restart: None,
             reachable: true,
             view: Some(ServiceView {
                 service: "s".into(),
