@@ -54,7 +54,7 @@
 //!     .spawn();
 //! let publisher = Publisher::builder(rpc_registry::connect(&url)?).start();
 //! publisher.publish(Instance::new("example.Hello", server.local_addr().to_string()))?;
-//! assert!(publisher.wait_registered(Duration::from_secs(5)).await);
+//! publisher.wait_registered(Duration::from_secs(5)).await?;
 //!
 //! // A consumer: discover, call.
 //! let consumer = Consumer::builder(rpc_registry::connect(&url)?)

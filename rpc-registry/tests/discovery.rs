@@ -94,7 +94,10 @@ async fn consumer_discovers_calls_and_follows_changes() {
     let publisher_a = publisher(&url);
     let publisher_b = publisher(&url);
     publish(&publisher_a, &a, 100);
-    assert!(publisher_a.wait_registered(Duration::from_secs(5)).await);
+    publisher_a
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
 
     let consumer = Consumer::builder(rpc_registry::connect(&url).unwrap())
         .client_name("discovery-test")
@@ -179,7 +182,10 @@ async fn group_and_version_select_providers() {
                 .group("canary"),
         )
         .unwrap();
-    assert!(publisher.wait_registered(Duration::from_secs(5)).await);
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
     let consumer = Consumer::builder(rpc_registry::connect(&url).unwrap())
         .group("canary")
         .version("1")

@@ -150,3 +150,63 @@ async fn urls_are_checked() {
     ));
     let _ = tokio::time::timeout(Duration::from_secs(2), publisher.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_hears_about_a_refused_registration() {
+    let registry = registry(RegistryConfig::default().max_metadata_entries(1)).await;
+    let url = url(registry.local_addr());
+    let publisher = publisher(&url);
+    publisher
+        .publish(
+            Instance::new(SERVICE, "127.0.0.1:4100")
+                .metadata("a", "1")
+                .metadata("b", "2"),
+        )
+        .unwrap();
+    let e = publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            rpc_registry::Error::Registry {
+                source: RegistryError::InvalidField { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("at most 1"), "{e}");
+    // Fixing the record clears the refusal.
+    publisher
+        .publish(Instance::new(SERVICE, "127.0.0.1:4100").metadata("a", "1"))
+        .unwrap();
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(registry.instance_count(), 1);
+
+    // A registry that never answers is named after the limit.
+    let nowhere = publisher_for_nowhere();
+    nowhere
+        .publish(Instance::new(SERVICE, "127.0.0.1:4101"))
+        .unwrap();
+    let e = nowhere
+        .wait_registered(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not registered within"), "{e}");
+    publisher.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), nowhere.shutdown()).await;
+    registry.shutdown().await.unwrap();
+}
+
+/// A publisher for a registry address where nothing listens.
+fn publisher_for_nowhere() -> rpc_registry::Publisher {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    publisher(&url(addr))
+}

@@ -71,7 +71,10 @@ async fn heartbeats_keep_instances_past_many_ttls() {
     let server = provider().await;
     let publisher = publisher(&url);
     publish(&publisher, &server, 100);
-    assert!(publisher.wait_registered(Duration::from_secs(5)).await);
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await; // ~4 TTLs
     assert_eq!(registry.instance_count(), 1);
     publisher.shutdown().await;
@@ -149,7 +152,10 @@ async fn unknown_lease_makes_the_provider_register_again() {
     let server = provider().await;
     let publisher = publisher(&url);
     publish(&publisher, &server, 100);
-    assert!(publisher.wait_registered(Duration::from_secs(5)).await);
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
 
     // Take the lease away behind the provider's back (as an eviction would).
     let api = api(&registry).await;
@@ -189,7 +195,7 @@ async fn providers_register_again_when_the_registry_restarts() {
         })
         .collect();
     for p in &publishers {
-        assert!(p.wait_registered(Duration::from_secs(5)).await);
+        p.wait_registered(Duration::from_secs(5)).await.unwrap();
     }
     registry.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -202,7 +208,7 @@ async fn providers_register_again_when_the_registry_restarts() {
     .await;
     println!("providers back {took:?} after the registry restarted");
     for p in &publishers {
-        assert!(p.wait_registered(Duration::from_secs(2)).await);
+        p.wait_registered(Duration::from_secs(2)).await.unwrap();
         p.shutdown().await;
     }
     registry.shutdown().await.unwrap();

@@ -25,7 +25,10 @@ async fn registry_outage_never_empties_the_list() {
     // registry will not know it, as if its heartbeats were lost.
     let publisher = publisher(&url);
     publish(&publisher, &server, 100);
-    assert!(publisher.wait_registered(Duration::from_secs(5)).await);
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
     let consumer = consumer_for(&url).connect(SERVICE).await.unwrap();
     let whoami = WhoamiClient::new(consumer.client());
     assert_eq!(consumer.providers().len(), 1);
@@ -71,7 +74,10 @@ async fn snapshot_lets_a_consumer_start_while_the_registry_is_down() {
     let server = provider().await;
     let publisher = publisher(&url);
     publish(&publisher, &server, 100);
-    assert!(publisher.wait_registered(Duration::from_secs(5)).await);
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
     let first = consumer_for(&url)
         .snapshot_file(&snapshot)
         .connect(SERVICE)
@@ -131,7 +137,7 @@ async fn two_registries_are_merged_and_one_can_be_lost() {
         })
         .collect();
     for p in &publishers {
-        assert!(p.wait_registered(Duration::from_secs(5)).await);
+        p.wait_registered(Duration::from_secs(5)).await.unwrap();
     }
     assert_eq!(a.instance_count(), 2);
     assert_eq!(b.instance_count(), 2);
@@ -168,8 +174,8 @@ async fn restarted_registry_does_not_cut_the_list_while_providers_return() {
     let (p1, p2) = (publisher(&url), publisher(&url));
     publish(&p1, &one, 100);
     publish(&p2, &two, 100);
-    assert!(p1.wait_registered(Duration::from_secs(5)).await);
-    assert!(p2.wait_registered(Duration::from_secs(5)).await);
+    p1.wait_registered(Duration::from_secs(5)).await.unwrap();
+    p2.wait_registered(Duration::from_secs(5)).await.unwrap();
     let consumer = consumer_for(&url)
         .restart_settle(Duration::from_millis(1500))
         .connect(SERVICE)
@@ -183,7 +189,7 @@ async fn restarted_registry_does_not_cut_the_list_while_providers_return() {
     drop(p2);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let registry = RegistryServer::bind(addr, fast_config()).await.unwrap();
-    assert!(p1.wait_registered(Duration::from_secs(2)).await);
+    p1.wait_registered(Duration::from_secs(2)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(registry.instance_count(), 1);
     assert_eq!(

@@ -72,6 +72,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let advertised = args.advertise.unwrap_or_else(|| addr.to_string());
     publisher
         .publish(Instance::new(rpc_examples::INVENTORY_SERVICE, advertised).weight(args.weight))?;
+    match publisher.wait_registered(Duration::from_secs(5)).await {
+        Ok(()) => tracing::info!(registry = %url, "registered"),
+        // Refused for good: serving undiscoverable would hide the mistake.
+        Err(e @ rpc_registry::Error::Registry { .. }) => {
+            publisher.shutdown().await;
+            server.shutdown().await?;
+            return Err(e.into());
+        }
+        // Not reachable yet: registration goes on in the background.
+        Err(e) => tracing::warn!(error = %e, "registry not reached yet; retrying"),
+    }
     rpc_examples::shutdown_signal().await;
     // Deregister, let consumers see it, then drain: no consumer sends a call this
     // provider cannot answer.

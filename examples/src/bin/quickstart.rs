@@ -91,7 +91,7 @@ impl ProviderProcess {
         publisher.publish(
             Instance::new(INVENTORY_SERVICE, server.local_addr().to_string()).weight(weight),
         )?;
-        publisher.wait_registered(Duration::from_secs(5)).await;
+        publisher.wait_registered(Duration::from_secs(5)).await?;
         println!(
             "provider {name} on {} registered with weight {weight}",
             server.local_addr()

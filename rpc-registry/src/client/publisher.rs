@@ -117,14 +117,15 @@ impl PublisherBuilder {
         let tasks = TaskTracker::new();
         let mut synced = Vec::new();
         for member in self.registries.members() {
-            let status = Arc::new(AtomicBool::new(false));
-            synced.push(Arc::clone(&status));
+            let status = Arc::new(MemberStatus::default());
+            synced.push((member.url().to_owned(), Arc::clone(&status)));
             let keeper = Keeper {
                 member: Arc::clone(member),
                 shared: Arc::clone(&shared),
                 lease: None,
                 registered: Records::default(),
-                synced: status,
+                status,
+                refused: BTreeMap::new(),
             };
             tasks.spawn(keeper.run(cancel.clone()));
         }
@@ -175,8 +176,8 @@ struct PublisherInner {
     cancel: CancellationToken,
     /// The keepers.
     tasks: TaskTracker,
-    /// Per registry: whether everything is registered there now.
-    synced: Vec<Arc<AtomicBool>>,
+    /// Per registry (by URL): how far its registrations are.
+    synced: Vec<(String, Arc<MemberStatus>)>,
     /// Wait after deregistering on shutdown.
     deregister_delay: Duration,
 }
@@ -282,20 +283,49 @@ impl Publisher {
 
     /// Whether every record is registered with every registry right now.
     pub fn is_registered(&self) -> bool {
-        self.inner.synced.iter().all(|s| s.load(Ordering::Acquire))
+        self.inner
+            .synced
+            .iter()
+            .all(|(_, s)| s.synced.load(Ordering::Acquire))
     }
 
-    /// Waits until [`is_registered`](Self::is_registered), at most `limit`; returns
-    /// whether it became so.
-    pub async fn wait_registered(&self, limit: Duration) -> bool {
+    /// Waits until every record has been sent to every registry, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Registry`] when a registry refused a record (a cap or a rule of its
+    /// configuration: retrying cannot help until the record changes);
+    /// [`Error::Unreachable`] naming the registries not done within `limit`.
+    pub async fn wait_registered(&self, limit: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + limit;
-        while !self.is_registered() {
-            if Instant::now() >= deadline {
-                return false;
+        loop {
+            if self.is_registered() {
+                let refusal = self.inner.synced.iter().find_map(|(_, status)| {
+                    status
+                        .refused
+                        .lock()
+                        .expect("refusals lock")
+                        .first()
+                        .cloned()
+                });
+                return refusal.map_or(Ok(()), Err);
             }
+            if Instant::now() >= deadline {
+                let pending: Vec<&str> = self
+                    .inner
+                    .synced
+                    .iter()
+                    .filter(|(_, s)| !s.synced.load(Ordering::Acquire))
+                    .map(|(url, _)| url.as_str())
+                    .collect();
+                return Err(Error::Unreachable {
+                    registry: pending.join(", "),
+                    reason: format!("not registered within {limit:?}"),
+                });
+            }
+            // Registration is a few round trips; polling at 5 ms adds little to it.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        true
     }
 
     /// Graceful departure: revokes every lease (deregistering everything under it, so
@@ -311,8 +341,8 @@ impl Publisher {
     fn change(&self, edit: impl FnOnce(&mut Records)) {
         let shared = &self.inner.shared;
         edit(&mut shared.records.lock().expect("records lock"));
-        for synced in &self.inner.synced {
-            synced.store(false, Ordering::Release);
+        for (_, status) in &self.inner.synced {
+            status.synced.store(false, Ordering::Release);
         }
         shared.changed.send_modify(|generation| *generation += 1);
     }
@@ -329,8 +359,20 @@ struct Keeper {
     lease: Option<Lease>,
     /// What is registered there under `lease`.
     registered: Records,
-    /// Whether `registered` matches the wanted records.
-    synced: Arc<AtomicBool>,
+    /// Shared with the publisher: whether `registered` matches the wanted records,
+    /// and the refusals.
+    status: Arc<MemberStatus>,
+    /// Records this registry refused for good, by record, until they change.
+    refused: BTreeMap<String, Error>,
+}
+
+/// How far one registry's registrations are, for [`Publisher::wait_registered`].
+#[derive(Debug, Default)]
+struct MemberStatus {
+    /// Whether everything wanted has been sent (registered or refused).
+    synced: AtomicBool,
+    /// What it refused.
+    refused: Mutex<Vec<Error>>,
 }
 
 /// How one step of a keeper ended.
@@ -391,7 +433,7 @@ impl Keeper {
         }
         let wanted = self.shared.records.lock().expect("records lock").clone();
         if wanted == self.registered {
-            self.synced.store(true, Ordering::Release);
+            self.status.synced.store(true, Ordering::Release);
             return Step::Done;
         }
         // Removals first: an instance moving between groups never shows twice.
@@ -406,6 +448,7 @@ impl Keeper {
             match self.member.deregister(lease.id, &key).await {
                 Ok(()) => {
                     self.registered.instances.remove(&key);
+                    self.refused.remove(&format!("{key:?}"));
                 }
                 Err(e) => return self.failed(e),
             }
@@ -415,10 +458,14 @@ impl Keeper {
                 continue;
             }
             match self.member.register(lease.id, instance).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.refused.remove(&format!("{key:?}"));
+                }
                 Err(e @ Error::Registry { .. }) if !e.is_unknown_lease() => {
-                    // Refused for good (a cap, a rule): retrying cannot help.
+                    // Refused for good (a cap, a rule): retrying cannot help until the
+                    // record changes.
                     tracing::error!(registry = %url, error = %e, "registration refused");
+                    self.refused.insert(format!("{key:?}"), e);
                 }
                 Err(e) => return self.failed(e),
             }
@@ -438,20 +485,24 @@ impl Keeper {
                 Ok(()) => {}
                 Err(e @ Error::Registry { .. }) if !e.is_unknown_lease() => {
                     tracing::error!(registry = %url, error = %e, "consumer announcement refused");
+                    self.refused.insert(format!("{consumer:?}"), e);
                 }
                 Err(e) => return self.failed(e),
             }
             self.registered.consumers.insert(consumer.clone());
         }
+        *self.status.refused.lock().expect("refusals lock") =
+            self.refused.values().cloned().collect();
         // Records changed while we registered? The `changed` channel wakes us again.
         let now_wanted = self.shared.records.lock().expect("records lock").clone();
-        self.synced
+        self.status
+            .synced
             .store(now_wanted == self.registered, Ordering::Release);
         Step::Done
     }
 
     fn failed(&mut self, e: Error) -> Step {
-        self.synced.store(false, Ordering::Release);
+        self.status.synced.store(false, Ordering::Release);
         if e.is_unknown_lease() {
             tracing::warn!(registry = %self.member.url(), "lease unknown to the registry (expired or restarted): registering again");
             self.lease = None;
@@ -472,7 +523,7 @@ impl Keeper {
 
     /// Revokes the lease on the way out, giving an unreachable registry a second.
     async fn depart(&mut self) {
-        self.synced.store(false, Ordering::Release);
+        self.status.synced.store(false, Ordering::Release);
         if let Some(lease) = self.lease.take() {
             match tokio::time::timeout(Duration::from_secs(1), self.member.revoke(lease.id)).await {
                 Ok(Ok(())) => {
