@@ -28,6 +28,17 @@ const FAST: &[&str] = &[
     "100ms",
 ];
 
+/// Registry flags with a 3 s TTL (heartbeats every second): a removal within a second
+/// can only be a deregistration, and "two heartbeats" is two seconds.
+const SLOW: &[&str] = &[
+    "--ttl",
+    "3s",
+    "--heartbeat-interval",
+    "1s",
+    "--sweep-interval",
+    "100ms",
+];
+
 /// Calls made in a loop by a few tasks until stopped; failures kept with their time.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -199,7 +210,7 @@ async fn killed_provider_is_evicted_within_ttl_and_no_call_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_provider_shutdown_fails_no_call() {
-    let (_registry, addr) = start_registry("127.0.0.1:0", FAST);
+    let (_registry, addr) = start_registry("127.0.0.1:0", SLOW);
     let url = format!("rpc://{addr}");
     let mut providers: Vec<_> = (0..3)
         .map(|_| start_registered_provider(&url, 100))
@@ -213,10 +224,7 @@ async fn graceful_provider_shutdown_fails_no_call() {
     terminate(&leaving.0);
     // Deregistered at once, well before its TTL would run out.
     let gone = until_listed(addr, 2, Duration::from_secs(2)).await;
-    assert!(
-        gone < Duration::from_millis(500),
-        "deregistered after {gone:?}"
-    );
+    assert!(gone < Duration::from_secs(1), "deregistered after {gone:?}");
     let status = wait_with_deadline(&mut leaving.0, Duration::from_secs(15));
     assert!(status.success(), "provider exited with {status}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -228,16 +236,7 @@ async fn graceful_provider_shutdown_fails_no_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_killed_and_restarted() {
-    // TTL 3 s, heartbeats every second: "two heartbeats" is two seconds.
-    let flags = &[
-        "--ttl",
-        "3s",
-        "--heartbeat-interval",
-        "1s",
-        "--sweep-interval",
-        "100ms",
-    ];
-    let (mut registry, addr) = start_registry("127.0.0.1:0", flags);
+    let (mut registry, addr) = start_registry("127.0.0.1:0", SLOW);
     let url = format!("rpc://{addr}");
     let _providers: Vec<_> = (0..3)
         .map(|_| start_registered_provider(&url, 100))
@@ -255,7 +254,7 @@ async fn registry_killed_and_restarted() {
         "an outage never empties the list"
     );
 
-    let (_registry, again) = start_registry(&addr.to_string(), flags);
+    let (_registry, again) = start_registry(&addr.to_string(), SLOW);
     assert_eq!(again, addr);
     let back = until_listed(addr, 3, Duration::from_secs(5)).await;
     assert!(
