@@ -14,7 +14,10 @@ use crate::server::RegistryConfig;
 /// assert_eq!(config.ttl, std::time::Duration::from_secs(9));
 /// ```
 #[derive(Debug, Clone, clap::Parser)]
-#[command(about = "The embedded heartbeat registry of the RPC framework")]
+#[command(
+    about = "The embedded heartbeat registry of the RPC framework",
+    long_about = None
+)]
 #[non_exhaustive]
 pub struct RegistryArgs {
     /// Address to listen on (port 0 picks a free port).

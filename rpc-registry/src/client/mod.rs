@@ -103,6 +103,12 @@ pub trait Discovery: Send + Sync + fmt::Debug {
     ///
     /// Unreachable.
     async fn services(&self) -> Result<Vec<ServiceSummary>, Error>;
+    /// The consumers that announced themselves for a service.
+    ///
+    /// # Errors
+    ///
+    /// Invalid service name, or unreachable.
+    async fn consumers(&self, service: &str) -> Result<Vec<ConsumerInfo>, Error>;
 }
 
 /// A complete backend: one registry (or one ensemble) that is both.

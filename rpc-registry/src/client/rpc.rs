@@ -172,6 +172,11 @@ impl Discovery for RpcBackend {
         let api = self.api().await?;
         self.answer(api.services().await.map_err(RpcError::widen))
     }
+
+    async fn consumers(&self, service: &str) -> Result<Vec<ConsumerInfo>, Error> {
+        let api = self.api().await?;
+        self.answer(api.consumers(service.to_owned()).await)
+    }
 }
 
 impl Backend for RpcBackend {
