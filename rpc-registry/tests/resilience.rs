@@ -111,6 +111,23 @@ async fn snapshot_lets_a_consumer_start_while_the_registry_is_down() {
         .unwrap_err();
     assert!(matches!(e, rpc_core::RpcError::NoProvider { .. }), "{e}");
 
+    // A registry that answers with nothing (one that just restarted, say) does not
+    // wipe the snapshot out: nobody left gracefully.
+    let empty = support::registry(fast_config()).await;
+    let fifth = consumer_for(&format!("rpc://{}", empty.local_addr()))
+        .snapshot_file(&snapshot)
+        .connect(SERVICE)
+        .await
+        .unwrap();
+    assert_eq!(fifth.providers().len(), 1);
+    let whoami = WhoamiClient::new(fifth.client());
+    assert_eq!(
+        whoami.whoami().await.unwrap(),
+        server.local_addr().to_string()
+    );
+    fifth.shutdown().await;
+    empty.shutdown().await.unwrap();
+
     // A corrupt snapshot is not trusted (and nothing is allocated on its say-so).
     std::fs::write(&snapshot, b"{\"format\": 1, \"service\": ").unwrap();
     let fourth = consumer_for(&url)

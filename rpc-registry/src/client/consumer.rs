@@ -225,22 +225,44 @@ impl ConsumerBuilder {
             })
             .collect();
         let reached = views.iter().any(|v| v.reachable);
+        let saved = || match &self.snapshot {
+            Some(path) => match snapshot::load(path, service) {
+                Ok(list) => list,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no usable snapshot");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        // Whether the initial list is what the registries said (and may be saved).
+        let mut from_registries = reached;
         let initial = if reached {
-            merge(&views, &self.group, &self.version).0
-        } else {
-            match &self.snapshot {
-                Some(path) => match snapshot::load(path, service) {
-                    Ok(list) => {
-                        tracing::warn!(path = %path.display(), providers = list.len(), "no registry reachable: starting from the snapshot");
-                        list
+            let (merged, departed) = merge(&views, &self.group, &self.version);
+            if merged.is_empty() {
+                // An empty answer (a registry that just restarted, say) does not wipe
+                // out a saved list unless its providers left gracefully.
+                let saved = saved();
+                match decide(&saved, merged, &departed) {
+                    Decision::Refuse => {
+                        tracing::warn!(providers = saved.len(), "registries list no provider, none left gracefully: starting from the snapshot");
+                        from_registries = false;
+                        saved
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no registry reachable and no usable snapshot");
-                        Vec::new()
-                    }
-                },
-                None => Vec::new(),
+                    Decision::Keep | Decision::Apply(_) => Vec::new(),
+                }
+            } else {
+                merged
             }
+        } else {
+            let saved = saved();
+            if !saved.is_empty() {
+                tracing::warn!(
+                    providers = saved.len(),
+                    "no registry reachable: starting from the snapshot"
+                );
+            }
+            saved
         };
         // The one place a registry-fed client is made.
         let client = self
@@ -257,7 +279,7 @@ impl ConsumerBuilder {
             snapshot: self.snapshot,
             restart_settle: self.restart_settle,
         });
-        if reached {
+        if from_registries {
             state.save_snapshot(&state.applied.borrow());
         }
         let cancel = CancellationToken::new();
