@@ -332,6 +332,7 @@ impl Publisher {
     /// consumers may let their lists empty), then waits the deregister delay so
     /// subscribers have seen it. Drain the server after this returns. Registries that
     /// cannot be reached are given a second each; they will evict the lease at its TTL.
+    /// The publisher (and its clones) registers nothing afterwards.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
         self.inner.tasks.wait().await;
