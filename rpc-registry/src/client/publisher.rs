@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Backend, Error, Registries};
-use crate::api::{ConsumerInfo, Instance, InstanceKey, Lease};
+use crate::api::{ConsumerInfo, Instance, InstanceKey, Lease, LeaseId};
 use crate::validate;
 
 /// Builds a [`Publisher`].
@@ -289,6 +289,16 @@ impl Publisher {
             .all(|(_, s)| s.synced.load(Ordering::Acquire))
     }
 
+    /// The lease held with each registry now (`None` while none is), in the order of
+    /// the URL: for logs and operators matching a provider with the registry's view.
+    pub fn leases(&self) -> Vec<Option<LeaseId>> {
+        self.inner
+            .synced
+            .iter()
+            .map(|(_, status)| *status.lease.lock().expect("lease lock"))
+            .collect()
+    }
+
     /// Waits until every record has been sent to every registry, at most `limit`.
     ///
     /// # Errors
@@ -374,6 +384,8 @@ struct MemberStatus {
     synced: AtomicBool,
     /// What it refused.
     refused: Mutex<Vec<Error>>,
+    /// The lease held there now.
+    lease: Mutex<Option<LeaseId>>,
 }
 
 /// How one step of a keeper ended.
@@ -420,6 +432,7 @@ impl Keeper {
                     tracing::info!(registry = %url, lease = %lease.id, "lease granted");
                     self.registered = Records::default();
                     self.lease = Some(lease.clone());
+                    *self.status.lease.lock().expect("lease lock") = Some(lease.id);
                     *next_beat = Instant::now() + self.interval(&lease);
                     lease
                 }
@@ -507,6 +520,7 @@ impl Keeper {
         if e.is_unknown_lease() {
             tracing::warn!(registry = %self.member.url(), "lease unknown to the registry (expired or restarted): registering again");
             self.lease = None;
+            *self.status.lease.lock().expect("lease lock") = None;
             self.registered = Records::default();
             Step::LeaseLost
         } else {
@@ -525,6 +539,7 @@ impl Keeper {
     /// Revokes the lease on the way out, giving an unreachable registry a second.
     async fn depart(&mut self) {
         self.status.synced.store(false, Ordering::Release);
+        *self.status.lease.lock().expect("lease lock") = None;
         if let Some(lease) = self.lease.take() {
             match tokio::time::timeout(Duration::from_secs(1), self.member.revoke(lease.id)).await {
                 Ok(Ok(())) => {
