@@ -108,6 +108,8 @@ async fn consumer_discovers_calls_and_follows_changes() {
     assert_eq!(whoami.whoami().await.unwrap(), a.local_addr().to_string());
 
     // A provider joins: the consumer calls it without being rebuilt.
+    let mut changes = consumer.changes();
+    assert_eq!(changes.borrow_and_update().len(), 1);
     let joined = Instant::now();
     publish(&publisher_b, &b, 100);
     assert!(
@@ -116,6 +118,8 @@ async fn consumer_discovers_calls_and_follows_changes() {
             .await
     );
     println!("join reached the consumer in {:?}", joined.elapsed());
+    assert!(changes.has_changed().unwrap(), "the change was announced");
+    assert_eq!(changes.borrow_and_update().len(), 2);
     let mut seen = std::collections::HashSet::new();
     for _ in 0..10 {
         seen.insert(whoami.whoami().await.unwrap());

@@ -393,6 +393,23 @@ impl Consumer {
         Arc::clone(&self.state.applied.borrow())
     }
 
+    /// The provider-set changes as they are applied to the client: the current list
+    /// now, then every new one (weights, joins, removals), so other code (a second
+    /// client, a dashboard) can follow the same discovery without knowing which
+    /// registry fed it.
+    ///
+    /// ```no_run
+    /// # async fn run(consumer: rpc_registry::Consumer) {
+    /// let mut changes = consumer.changes();
+    /// while changes.changed().await.is_ok() {
+    ///     println!("{} providers", changes.borrow_and_update().len());
+    /// }
+    /// # }
+    /// ```
+    pub fn changes(&self) -> watch::Receiver<Arc<Vec<Instance>>> {
+        self.state.applied.subscribe()
+    }
+
     /// Waits until the provider list satisfies `ready`, at most `limit`; returns
     /// whether it did.
     pub async fn wait_for(&self, limit: Duration, ready: impl Fn(&[Instance]) -> bool) -> bool {
