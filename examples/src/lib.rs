@@ -2,7 +2,9 @@
 //!
 //! - `quickstart`: provider and consumer in one process, every call mode;
 //! - `inventory-provider`: serves [`Inventory`] on an address given by `--listen`;
-//! - `inventory-consumer`: calls a provider given by `--server` in every call mode.
+//! - `inventory-consumer`: calls a provider given by `--server` in every call mode,
+//!   or the providers a registry names with `--registry`;
+//! - `registry`: the embedded registry.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,6 +165,31 @@ impl Inventory for InMemoryInventory {
 
     async fn audit_count(&self) -> u64 {
         self.audits.load(Ordering::Relaxed)
+    }
+}
+
+/// The inventory's wire name, as registered with the registry.
+pub const INVENTORY_SERVICE: &str = "example.Inventory";
+
+/// Completes on Ctrl-C or SIGTERM. Binaries install signal handlers; the library
+/// crates never do.
+///
+/// # Panics
+///
+/// If the SIGTERM handler cannot be installed.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

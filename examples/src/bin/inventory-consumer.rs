@@ -3,14 +3,25 @@
 //! ```text
 //! cargo run -p rpc-examples --bin inventory-consumer -- --server 127.0.0.1:7001
 //! ```
+//!
+//! With `--registry`, it discovers the providers instead, spreads its calls over them
+//! with the `--balancer` strategy, and reports how many failed:
+//!
+//! ```text
+//! cargo run -p rpc-examples --bin inventory-consumer -- --registry rpc://127.0.0.1:7000 \
+//!     --balancer weighted-round-robin --calls 1000
+//! ```
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use clap::Parser;
+use rpc_core::lb::Strategy;
 use rpc_core::{Client, RpcError};
-use rpc_examples::{InventoryClient, InventoryError, NewItem};
+use rpc_examples::{InventoryClient, InventoryError, NewItem, INVENTORY_SERVICE};
+use rpc_registry::Consumer;
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -22,12 +33,32 @@ struct Args {
     /// SKU prefix, so several consumers can share one provider.
     #[arg(long, default_value = "demo")]
     prefix: String,
+    /// Discover the providers in these registries (`rpc://host:port[,host:port]`)
+    /// instead of calling `--server`.
+    #[arg(long)]
+    registry: Option<String>,
+    /// How calls are spread over discovered providers: round-robin,
+    /// weighted-round-robin, least-connection, weighted-least-connection, ip-hash,
+    /// random, weighted-random, ...
+    #[arg(long, default_value = "round-robin")]
+    balancer: Strategy,
+    /// Keep the discovered providers in this file, and start from it when no registry
+    /// answers.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Calls to make over the discovered providers.
+    #[arg(long, default_value_t = 100)]
+    calls: u32,
 }
 
 fn main() -> ExitCode {
     rpc_examples::init_logging();
     let args = Args::parse();
-    match run(&args) {
+    let result = match &args.registry {
+        Some(url) => run_discovered(&args, url),
+        None => run(&args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("consumer failed: {e}");
@@ -102,6 +133,63 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // processed after them by the worker, so the count is visible soon.
     let audits = inventory.audit_count().blocking()?;
     println!("audit events recorded so far: {audits}");
+    println!("consumer done");
+    Ok(())
+}
+
+/// Registry mode: discover the providers, call them `--calls` times (sync), once in each
+/// of the other modes, and report failures.
+fn run_discovered(args: &Args, url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    // The subscriptions run in the background on a small runtime of our own; the calls
+    // below are still plain blocking calls from `fn main`.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut builder = Consumer::builder(rpc_registry::connect(url)?)
+        .client(
+            Client::builder()
+                .timeout(Duration::from_secs(3))
+                .balancer(args.balancer),
+        )
+        .client_name("inventory-consumer");
+    if let Some(path) = &args.snapshot {
+        builder = builder.snapshot_file(path);
+    }
+    let consumer = runtime.block_on(builder.connect(INVENTORY_SERVICE))?;
+    println!("discovered {} provider(s)", consumer.providers().len());
+    let inventory = InventoryClient::new(consumer.client());
+
+    let mut failed = 0u32;
+    for _ in 0..args.calls {
+        if let Err(e) = inventory.list().blocking() {
+            eprintln!("call failed: {e}");
+            failed += 1;
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    inventory.list().callback(move |result| {
+        let _ = tx.send(result.is_ok());
+    });
+    if !rx.recv_timeout(Duration::from_secs(5)).unwrap_or(false) {
+        failed += 1;
+    }
+    if inventory
+        .audit(format!("{} was here", args.prefix))
+        .blocking()
+        .is_err()
+    {
+        failed += 1;
+    }
+    if runtime.block_on(async { inventory.list().await }).is_err() {
+        failed += 1;
+    }
+    let total = args.calls + 3;
+    println!("calls: {} ok, {failed} failed", total - failed);
+    runtime.block_on(consumer.shutdown());
+    if failed > 0 {
+        return Err(format!("{failed} of {total} calls failed").into());
+    }
     println!("consumer done");
     Ok(())
 }

@@ -1,12 +1,19 @@
 //! Serves the example inventory until Ctrl-C or SIGTERM, then shuts down gracefully.
+//! With `--registry`, it registers with the registries and heartbeats; on shutdown it
+//! deregisters first, waits for consumers to see it, and then drains.
 //!
 //! ```text
 //! cargo run -p rpc-examples --bin inventory-provider -- --listen 127.0.0.1:7001
+//! cargo run -p rpc-examples --bin inventory-provider -- --listen 127.0.0.1:7001 \
+//!     --registry rpc://127.0.0.1:7000 --weight 200
 //! ```
+
+use std::time::Duration;
 
 use clap::Parser;
 use rpc_core::Server;
 use rpc_examples::{InMemoryInventory, InventoryServer};
+use rpc_registry::{parse_duration, Instance, Publisher};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -21,6 +28,18 @@ struct Args {
     /// Run handlers on a business pool of this many threads.
     #[arg(long)]
     business_pool: Option<usize>,
+    /// Register with these registries (`rpc://host:port[,host:port]`).
+    #[arg(long)]
+    registry: Option<String>,
+    /// Weight to register with (relative share of calls).
+    #[arg(long, default_value_t = 100)]
+    weight: u32,
+    /// Address to advertise (default: the listening address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Wait after deregistering before draining, so consumers see the departure.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    deregister_delay: Duration,
 }
 
 #[tokio::main]
@@ -36,26 +55,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.business_pool(threads);
     }
     let server = builder.bind(&args.listen).await?;
+    let addr = server.local_addr();
     // The one line scripts and tests read to find the port.
-    println!("listening on {}", server.local_addr());
-    server.serve_with_shutdown(shutdown_signal()).await?;
-    Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM. Binaries install signal handlers; the library never
-/// does.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    println!("listening on {addr}");
+    let Some(url) = &args.registry else {
+        server
+            .serve_with_shutdown(rpc_examples::shutdown_signal())
+            .await?;
+        return Ok(());
+    };
+    let server = server.spawn();
+    let publisher = Publisher::builder(rpc_registry::connect(url)?)
+        .owner("inventory-provider")
+        .deregister_delay(args.deregister_delay)
+        .start();
+    let advertised = args.advertise.unwrap_or_else(|| addr.to_string());
+    publisher
+        .publish(Instance::new(rpc_examples::INVENTORY_SERVICE, advertised).weight(args.weight))?;
+    match publisher.wait_registered(Duration::from_secs(5)).await {
+        Ok(()) => tracing::info!(registry = %url, "registered"),
+        // Refused for good: serving undiscoverable would hide the mistake.
+        Err(e @ rpc_registry::Error::Registry { .. }) => {
+            publisher.shutdown().await;
+            server.shutdown().await?;
+            return Err(e.into());
         }
+        // Not reachable yet: registration goes on in the background.
+        Err(e) => tracing::warn!(error = %e, "registry not reached yet; retrying"),
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    rpc_examples::shutdown_signal().await;
+    // Deregister, let consumers see it, then drain: no consumer sends a call this
+    // provider cannot answer.
+    publisher.shutdown().await;
+    server.shutdown().await?;
+    Ok(())
 }

@@ -6,7 +6,8 @@
 //! cargo run -p rpc-examples --bin readme
 //! ```
 //!
-//! Serves the inventory on 127.0.0.1:7001, then calls it in every mode.
+//! Serves the inventory on 127.0.0.1:7001, then calls it in every mode; then runs a
+//! registry on 127.0.0.1:7000 and discovers a provider through it.
 
 #![allow(missing_docs)]
 
@@ -152,6 +153,38 @@ async fn balanced() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+// ---- Service discovery: the registry (a registry runs on 127.0.0.1:7000 meanwhile)
+#[rustfmt::skip]
+async fn discovery() -> Result<(), Box<dyn Error>> {
+    use rpc_core::lb::Strategy;
+    let server = rpc_core::Server::builder()
+        .add_service(InventoryServer::new(MyInventory::new()))
+        .bind("127.0.0.1:0")
+        .await?
+        .spawn();
+
+    // Provider: register after binding; on shutdown deregister, wait, then drain.
+    let publisher = rpc_registry::Publisher::builder(rpc_registry::connect("rpc://127.0.0.1:7000")?)
+        .owner("inventory")
+        .start();
+    publisher.publish(rpc_registry::Instance::new("example.Inventory", server.local_addr().to_string()).weight(200))?;
+    publisher.wait_registered(Duration::from_secs(5)).await?;
+
+    // Consumer: a balanced client fed by the registry (weights, warm-up, joins, removals).
+    let consumer = rpc_registry::Consumer::builder(rpc_registry::connect("rpc://127.0.0.1:7000")?)
+        .client(rpc_core::Client::builder().balancer(Strategy::WeightedRoundRobin))
+        .snapshot_file("inventory.providers.json")   // optional: start while the registry is down
+        .connect("example.Inventory")
+        .await?;
+    let inventory = InventoryClient::new(consumer.client());
+    println!("discovered: {:?}", inventory.list().await?);
+    consumer.shutdown().await;
+
+    publisher.shutdown().await;   // deregistered; subscribers have seen it
+    server.shutdown().await?;     // drain
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let serving = tokio::spawn(async {
@@ -166,5 +199,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .map_err(|e| e.to_string())?;
     balanced().await?;
     serving.abort();
+    let registry = rpc_registry::RegistryServer::bind(
+        "127.0.0.1:7000",
+        rpc_registry::RegistryConfig::default(),
+    )
+    .await?;
+    discovery().await?;
+    registry.shutdown().await?;
     Ok(())
 }

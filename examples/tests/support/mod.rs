@@ -55,3 +55,57 @@ pub(crate) fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStat
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Starts the `registry` example binary with extra flags on `listen` and returns it with
+/// the address it printed.
+pub(crate) fn start_registry(listen: &str, flags: &[&str]) -> (Reaper, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
+        .args(["--listen", listen])
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start registry");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let registry = Reaper(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("registry listening on ")
+        .unwrap_or_else(|| panic!("registry address line, got {line:?}"))
+        .parse()
+        .expect("an address");
+    (registry, addr)
+}
+
+/// Starts `inventory-provider` on 127.0.0.1:0 registered with `registry` (a URL) at
+/// `weight`, and returns it with its address.
+pub(crate) fn start_registered_provider(registry: &str, weight: u32) -> (Reaper, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-provider"))
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--registry", registry, "--weight", &weight.to_string()])
+        .args(["--deregister-delay", "300ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start provider");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let provider = Reaper(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("address line")
+        .parse()
+        .expect("an address");
+    (provider, addr)
+}
+
+/// Sends SIGTERM to the child by PID.
+pub(crate) fn terminate(child: &Child) {
+    let pid = child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+}

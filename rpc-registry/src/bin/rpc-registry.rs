@@ -1,0 +1,137 @@
+//! Runs the embedded registry until Ctrl-C or SIGTERM, or shows what a running
+//! registry holds.
+//!
+//! ```text
+//! cargo run -p rpc-registry -- --listen 127.0.0.1:7000 --ttl 6s --heartbeat-interval 2s
+//! cargo run -p rpc-registry -- services --registry rpc://127.0.0.1:7000
+//! cargo run -p rpc-registry -- instances --registry rpc://127.0.0.1:7000 example.Inventory
+//! ```
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rpc_registry::{RegistryArgs, RegistryServer};
+
+/// Serve a registry (the default), or inspect one.
+#[derive(Debug, Parser)]
+#[command(
+    about = "The embedded heartbeat registry of the RPC framework",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Inspect a running registry instead of serving one.
+    #[command(subcommand)]
+    command: Option<Inspect>,
+    /// Serving flags.
+    #[command(flatten)]
+    serve: RegistryArgs,
+}
+
+/// What to show.
+#[derive(Debug, Subcommand)]
+enum Inspect {
+    /// Every service: instances, consumers, revision.
+    Services {
+        /// The registries (`rpc://host:port[,host:port]`).
+        #[arg(long, default_value = "rpc://127.0.0.1:7000")]
+        registry: String,
+    },
+    /// The instances and consumers of one service.
+    Instances {
+        /// The registries (`rpc://host:port[,host:port]`).
+        #[arg(long, default_value = "rpc://127.0.0.1:7000")]
+        registry: String,
+        /// The service.
+        service: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve).await,
+        Some(inspect) => show(inspect).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rpc-registry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: RegistryArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let registry = RegistryServer::bind(&args.listen, args.config())
+        .await
+        .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
+    // The one line scripts and tests read to find the port.
+    println!("registry listening on {}", registry.local_addr());
+    shutdown_signal().await;
+    registry.shutdown().await?;
+    Ok(())
+}
+
+async fn show(inspect: Inspect) -> Result<(), Box<dyn std::error::Error>> {
+    let (url, service) = match &inspect {
+        Inspect::Services { registry } => (registry, None),
+        Inspect::Instances { registry, service } => (registry, Some(service)),
+    };
+    for member in rpc_registry::connect(url)?.members() {
+        println!("{}", member.url());
+        match service {
+            None => {
+                println!(
+                    "  {:<40} {:>9} {:>9}  revision",
+                    "service", "instances", "consumers"
+                );
+                for s in member.services().await? {
+                    println!(
+                        "  {:<40} {:>9} {:>9}  {}",
+                        s.service, s.instances, s.consumers, s.revision.index
+                    );
+                }
+            }
+            Some(service) => {
+                let view = member.lookup(service).await?;
+                println!("  {service} at revision {}", view.revision.index);
+                for i in &view.instances {
+                    println!(
+                        "  provider {:<22} weight {:>5}  group {:?} version {:?} metadata {:?}",
+                        i.addr, i.weight, i.group, i.version, i.metadata
+                    );
+                }
+                for c in member.consumers(service).await? {
+                    println!("  consumer {:<22} {}", c.addr, c.client_name);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM. Binaries install signal handlers; the library never
+/// does.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

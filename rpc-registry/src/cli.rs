@@ -1,0 +1,106 @@
+//! [`RegistryArgs`]: the command line of a registry process, shared by the
+//! `rpc-registry` binary and the examples' `registry`, so both take the same flags.
+
+use std::time::Duration;
+
+use crate::server::RegistryConfig;
+
+/// Command-line options of a registry process; every default is the library's.
+///
+/// ```
+/// use clap::Parser;
+/// let args = rpc_registry::RegistryArgs::parse_from(["registry", "--ttl", "9s"]);
+/// let config = args.config();
+/// assert_eq!(config.ttl, std::time::Duration::from_secs(9));
+/// ```
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    about = "The embedded heartbeat registry of the RPC framework",
+    long_about = None
+)]
+#[non_exhaustive]
+pub struct RegistryArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: String,
+    /// Heartbeat interval suggested to providers (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Default lease TTL; also the grace period after start with no eviction.
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// How often expired leases are looked for.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// Largest share of all instances one sweep may evict (0 < share <= 1).
+    #[arg(long, default_value_t = 0.15)]
+    pub max_evict_share: f64,
+    /// Longest a watch long poll waits.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub max_watch_wait: Duration,
+    /// Most instances one lease may hold.
+    #[arg(long, default_value_t = 1024)]
+    pub max_instances_per_lease: usize,
+    /// Most instances in the registry.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_instances: usize,
+    /// Worker reactors.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+impl RegistryArgs {
+    /// The registry settings these flags describe (checked when the registry binds).
+    pub fn config(&self) -> RegistryConfig {
+        let defaults = RegistryConfig::default();
+        RegistryConfig::default()
+            .heartbeat_interval(self.heartbeat_interval)
+            .ttl(self.ttl)
+            // A TTL below the default floor given on the command line is meant.
+            .min_ttl(self.ttl.min(defaults.min_ttl))
+            .sweep_interval(self.sweep_interval)
+            .max_evict_share(self.max_evict_share)
+            .max_watch_wait(self.max_watch_wait)
+            .max_instances_per_lease(self.max_instances_per_lease)
+            .max_instances(self.max_instances)
+            .workers(self.workers)
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
+///
+/// # Errors
+///
+/// Text that is not such a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

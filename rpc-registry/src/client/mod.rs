@@ -1,0 +1,198 @@
+//! The client side: the backend traits ([`Registry`], [`Discovery`], [`Backend`]),
+//! [`connect`] choosing a backend from a URL, the provider side ([`Publisher`]) and the
+//! consumer side ([`Consumer`]).
+//!
+//! The traits are object-safe (`async-trait`), so the backend is picked at run time
+//! from a URL and the provider and consumer code never changes with it. They speak in
+//! the terms every soft-state registry shares:
+//!
+//! - a **lease** (etcd lease, ZooKeeper session, our lease) that one heartbeat keeps
+//!   alive and that takes its records with it when it ends or expires;
+//! - **records** under a lease: provider instances and consumers;
+//! - per-service **revisions** (`Revision { epoch, index }`: etcd's cluster id and
+//!   mod revision, ZooKeeper's session/zxid) and a long-poll **watch** from a revision.
+
+mod consumer;
+mod error;
+mod publisher;
+mod rpc;
+mod snapshot;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use consumer::{Consumer, ConsumerBuilder};
+pub use error::Error;
+pub use publisher::{Publisher, PublisherBuilder};
+
+use crate::api::{
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, Revision, ServiceSummary, ServiceView,
+};
+
+/// The writing half of a registry backend: leases and the records under them.
+#[async_trait]
+pub trait Registry: Send + Sync + fmt::Debug {
+    /// Takes a lease held by `owner`; `ttl` `None` takes the backend's default.
+    ///
+    /// # Errors
+    ///
+    /// The registry refused (invalid TTL, too many leases) or cannot be reached.
+    async fn grant(&self, owner: &str, ttl: Option<Duration>) -> Result<Lease, Error>;
+    /// Renews a lease and everything under it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Registry`] with `RegistryError::UnknownLease` when the lease is gone
+    /// (the holder must take a new one and register again); unreachable otherwise.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), Error>;
+    /// Ends a lease; its records leave gracefully.
+    ///
+    /// # Errors
+    ///
+    /// Unknown lease, or unreachable.
+    async fn revoke(&self, lease: LeaseId) -> Result<(), Error>;
+    /// Registers (or updates) an instance under a lease.
+    ///
+    /// # Errors
+    ///
+    /// Validation errors, caps, unknown lease, or unreachable.
+    async fn register(&self, lease: LeaseId, instance: &Instance) -> Result<(), Error>;
+    /// Deregisters an instance gracefully.
+    ///
+    /// # Errors
+    ///
+    /// Unknown lease, or unreachable.
+    async fn deregister(&self, lease: LeaseId, key: &InstanceKey) -> Result<(), Error>;
+    /// Records a consumer under a lease.
+    ///
+    /// # Errors
+    ///
+    /// Validation errors, caps, unknown lease, or unreachable.
+    async fn register_consumer(&self, lease: LeaseId, consumer: &ConsumerInfo)
+        -> Result<(), Error>;
+}
+
+/// The reading half of a registry backend: lookups and watches.
+#[async_trait]
+pub trait Discovery: Send + Sync + fmt::Debug {
+    /// The service's instances now.
+    ///
+    /// # Errors
+    ///
+    /// Invalid service name, or unreachable.
+    async fn lookup(&self, service: &str) -> Result<ServiceView, Error>;
+    /// Waits until the service's revision moves past `since` (answering at once if it
+    /// has, or if `since` is from another epoch), or until about `wait` has passed, and
+    /// returns the view.
+    ///
+    /// # Errors
+    ///
+    /// Invalid service name, or unreachable.
+    async fn watch(
+        &self,
+        service: &str,
+        since: Revision,
+        wait: Duration,
+    ) -> Result<ServiceView, Error>;
+    /// Every service with instances or consumers.
+    ///
+    /// # Errors
+    ///
+    /// Unreachable.
+    async fn services(&self) -> Result<Vec<ServiceSummary>, Error>;
+    /// The consumers that announced themselves for a service.
+    ///
+    /// # Errors
+    ///
+    /// Invalid service name, or unreachable.
+    async fn consumers(&self, service: &str) -> Result<Vec<ConsumerInfo>, Error>;
+}
+
+/// A complete backend: one registry (or one ensemble) that is both.
+pub trait Backend: Registry + Discovery {
+    /// The backend's address as a URL, for logs and errors.
+    fn url(&self) -> &str;
+}
+
+/// The independent registries a URL names. Providers register with each; consumers
+/// merge what they report. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Registries {
+    /// The URL it came from (or a description).
+    url: Arc<str>,
+    /// One backend per independent registry.
+    members: Arc<[Arc<dyn Backend>]>,
+}
+
+impl Registries {
+    /// Registries from backends of your own (a backend this crate does not ship).
+    ///
+    /// # Panics
+    ///
+    /// If `members` is empty.
+    pub fn from_backends(members: Vec<Arc<dyn Backend>>) -> Registries {
+        assert!(!members.is_empty(), "at least one registry backend");
+        let url = members
+            .iter()
+            .map(|m| m.url())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        Registries {
+            url: url.into(),
+            members: members.into(),
+        }
+    }
+
+    /// The registries, one backend each.
+    pub fn members(&self) -> &[Arc<dyn Backend>] {
+        &self.members
+    }
+
+    /// The URL they were made from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Picks the backend a URL names. Nothing is contacted yet: connections are made on
+/// first use and remade after failures, so a provider or consumer can start while its
+/// registry is down.
+///
+/// - `rpc://host:port[,host2:port2...]`: our embedded registry; each address is an
+///   independent registry (providers register with each, consumers merge). A bare
+///   `host:port[,...]` means the same.
+/// - `zookeeper://` and `etcd://` are reserved for the backends that implement these
+///   traits next; today they are refused with [`Error::UnsupportedScheme`].
+///
+/// ```
+/// let registries = rpc_registry::connect("rpc://127.0.0.1:7000,127.0.0.1:7001")?;
+/// assert_eq!(registries.members().len(), 2);
+/// assert!(rpc_registry::connect("zookeeper://zk1:2181/dubbo").is_err());
+/// # Ok::<(), rpc_registry::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::InvalidUrl`] for a malformed URL, [`Error::UnsupportedScheme`] for a
+/// scheme with no backend.
+pub fn connect(url: &str) -> Result<Registries, Error> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest),
+        None => ("rpc", url),
+    };
+    match scheme {
+        "rpc" => {
+            let members = rpc::parse_hosts(url, rest)?
+                .into_iter()
+                .map(|host| Arc::new(rpc::RpcBackend::new(host)) as Arc<dyn Backend>)
+                .collect();
+            Ok(Registries::from_backends(members))
+        }
+        other => Err(Error::UnsupportedScheme {
+            scheme: other.chars().take(32).collect(),
+        }),
+    }
+}

@@ -1,0 +1,202 @@
+//! The `rpc://` backend: our embedded registry, reached with our own client.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rpc_core::{Client, RpcError};
+use tokio::sync::OnceCell;
+
+use super::{Backend, Discovery, Error, Registry};
+use crate::api::{
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApiClient,
+    RegistryError, Revision, ServiceSummary, ServiceView,
+};
+
+/// Timeout of every operation but `watch`: a registry on the same network answers in
+/// well under a millisecond; two seconds leaves room for a loaded one while keeping a
+/// heartbeat (2 s default interval) from overlapping the next.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a watch may outlive its requested wait before the client gives up on it:
+/// the registry answers at `wait`, so this only covers the network.
+const WATCH_SLACK: Duration = Duration::from_secs(2);
+
+/// Splits `host:port[,host:port...]`, checking each has a host and a numeric port.
+pub(super) fn parse_hosts(url: &str, rest: &str) -> Result<Vec<String>, Error> {
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: url.chars().take(128).collect(),
+        reason,
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(invalid("no registry address".into()));
+    }
+    rest.split(',')
+        .map(|host| {
+            let host = host.trim();
+            let (name, port) = host
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(format!("{host:?} has no port (host:port)")))?;
+            if name.is_empty() {
+                return Err(invalid(format!("{host:?} has no host")));
+            }
+            match port.parse::<u16>() {
+                Ok(0) | Err(_) => Err(invalid(format!("{host:?} has no valid port"))),
+                Ok(_) => Ok(host.to_owned()),
+            }
+        })
+        .collect()
+}
+
+/// One embedded registry.
+#[derive(Debug)]
+pub(super) struct RpcBackend {
+    /// `rpc://host:port`, for logs.
+    url: String,
+    /// `host:port`.
+    addr: String,
+    /// Made on first successful use; it reconnects by itself afterwards.
+    client: OnceCell<RegistryApiClient>,
+}
+
+impl RpcBackend {
+    pub(super) fn new(addr: String) -> RpcBackend {
+        RpcBackend {
+            url: format!("rpc://{addr}"),
+            addr,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn api(&self) -> Result<&RegistryApiClient, Error> {
+        self.client
+            .get_or_try_init(|| async {
+                let client = Client::builder()
+                    .timeout(CALL_TIMEOUT)
+                    .connect_timeout(Duration::from_secs(1))
+                    // A restarted registry is found again within half a second, so
+                    // providers re-register well within one heartbeat.
+                    .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
+                    // A registry host that vanishes (no FIN, no RST) is noticed in
+                    // seconds, not the default 30 s.
+                    .heartbeat(Duration::from_secs(1), Duration::from_secs(4))
+                    .connect(self.addr.as_str())
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                Ok(RegistryApiClient::new(client))
+            })
+            .await
+    }
+
+    fn unreachable<E: std::fmt::Display>(&self, error: E) -> Error {
+        Error::Unreachable {
+            registry: self.url.clone(),
+            reason: error.to_string(),
+        }
+    }
+
+    fn answer<T>(&self, result: Result<T, RpcError<RegistryError>>) -> Result<T, Error> {
+        result.map_err(|e| match e {
+            RpcError::Application(source) => Error::Registry {
+                registry: self.url.clone(),
+                source,
+            },
+            other => self.unreachable(other),
+        })
+    }
+}
+
+#[async_trait]
+impl Registry for RpcBackend {
+    async fn grant(&self, owner: &str, ttl: Option<Duration>) -> Result<Lease, Error> {
+        let ttl_ms = ttl.map_or(0, |t| t.as_millis().max(1) as u64);
+        let api = self.api().await?;
+        self.answer(api.grant(LeaseRequest::new(owner, ttl_ms)).await)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), Error> {
+        let api = self.api().await?;
+        self.answer(api.heartbeat(lease).await)
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), Error> {
+        let api = self.api().await?;
+        self.answer(api.revoke(lease).await)
+    }
+
+    async fn register(&self, lease: LeaseId, instance: &Instance) -> Result<(), Error> {
+        let api = self.api().await?;
+        self.answer(api.register(lease, instance.clone()).await)
+            .map(drop)
+    }
+
+    async fn deregister(&self, lease: LeaseId, key: &InstanceKey) -> Result<(), Error> {
+        let api = self.api().await?;
+        self.answer(api.deregister(lease, key.clone()).await)
+            .map(drop)
+    }
+
+    async fn register_consumer(
+        &self,
+        lease: LeaseId,
+        consumer: &ConsumerInfo,
+    ) -> Result<(), Error> {
+        let api = self.api().await?;
+        self.answer(api.register_consumer(lease, consumer.clone()).await)
+    }
+}
+
+#[async_trait]
+impl Discovery for RpcBackend {
+    async fn lookup(&self, service: &str) -> Result<ServiceView, Error> {
+        let api = self.api().await?;
+        self.answer(api.lookup(service.to_owned()).await)
+    }
+
+    async fn watch(
+        &self,
+        service: &str,
+        since: Revision,
+        wait: Duration,
+    ) -> Result<ServiceView, Error> {
+        let api = self.api().await?;
+        let wait_ms = wait.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.answer(
+            api.watch(service.to_owned(), since, wait_ms)
+                .timeout(wait + WATCH_SLACK)
+                .await,
+        )
+    }
+
+    async fn services(&self) -> Result<Vec<ServiceSummary>, Error> {
+        let api = self.api().await?;
+        self.answer(api.services().await.map_err(RpcError::widen))
+    }
+
+    async fn consumers(&self, service: &str) -> Result<Vec<ConsumerInfo>, Error> {
+        let api = self.api().await?;
+        self.answer(api.consumers(service.to_owned()).await)
+    }
+}
+
+impl Backend for RpcBackend {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            parse_hosts("u", "a:1,b:2/").unwrap(),
+            vec!["a:1".to_owned(), "b:2".to_owned()]
+        );
+        for bad in ["", "a", ":1", "a:0", "a:x", "a:1,"] {
+            assert!(parse_hosts("u", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

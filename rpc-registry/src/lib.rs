@@ -1,0 +1,91 @@
+//! The embedded heartbeat registry: providers register instances under a lease and
+//! heartbeat it; consumers look services up, long-poll for changes and feed their
+//! client's balancer. Soft state, no external dependency; several registries can run
+//! side by side (providers register with each, consumers merge).
+//!
+//! # Layout
+//!
+//! - `api`: the wire contract, the `RegistryApi` service defined with our own
+//!   `#[service]` macro, and its types ([`Instance`], [`Lease`], [`Revision`],
+//!   [`ServiceView`], [`RegistryError`], ...);
+//! - `server`: [`RegistryServer`] and [`RegistryConfig`]: the state in `DashMap`s,
+//!   leases, per-service revisions, long polls, the TTL sweep with its mass-eviction
+//!   guard, the caps;
+//! - `client`: the object-safe backend traits ([`Registry`], [`Discovery`],
+//!   [`Backend`]) that ZooKeeper and etcd backends implement next, [`connect`] picking
+//!   a backend from a URL, the provider side ([`Publisher`]) and the consumer side
+//!   ([`Consumer`]), with its on-disk snapshot;
+//! - `validate`: the name and address rules both sides check;
+//! - `cli`: [`RegistryArgs`], the flags of a registry process.
+//!
+//! The `rpc-registry` binary runs a registry from the command line.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use rpc_core::{service, Server};
+//! use rpc_registry::{Consumer, Instance, Publisher, RegistryConfig, RegistryServer};
+//!
+//! /// Says hello.
+//! #[service(name = "example.Hello")]
+//! pub trait Hello {
+//!     /// Greets.
+//!     async fn hello(&self, name: String) -> String;
+//! }
+//!
+//! struct Greeter;
+//! impl Hello for Greeter {
+//!     async fn hello(&self, name: String) -> String {
+//!         format!("hello, {name}")
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A registry.
+//! let registry = RegistryServer::bind("127.0.0.1:0", RegistryConfig::default()).await?;
+//! let url = format!("rpc://{}", registry.local_addr());
+//!
+//! // A provider: serve, then publish.
+//! let server = Server::builder()
+//!     .add_service(HelloServer::new(Greeter))
+//!     .bind("127.0.0.1:0")
+//!     .await?
+//!     .spawn();
+//! let publisher = Publisher::builder(rpc_registry::connect(&url)?).start();
+//! publisher.publish(Instance::new("example.Hello", server.local_addr().to_string()))?;
+//! publisher.wait_registered(Duration::from_secs(5)).await?;
+//!
+//! // A consumer: discover, call.
+//! let consumer = Consumer::builder(rpc_registry::connect(&url)?)
+//!     .connect("example.Hello")
+//!     .await?;
+//! let hello = HelloClient::new(consumer.client());
+//! assert_eq!(hello.hello("registry".into()).await?, "hello, registry");
+//!
+//! // Graceful: deregister, let subscribers see it, then drain.
+//! publisher.shutdown().await;
+//! server.shutdown().await?;
+//! consumer.shutdown().await;
+//! registry.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod api;
+mod cli;
+mod client;
+mod server;
+mod validate;
+
+pub use api::{
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApi,
+    RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary, ServiceView,
+};
+pub use cli::{parse_duration, RegistryArgs};
+pub use client::{
+    connect, Backend, Consumer, ConsumerBuilder, Discovery, Error, Publisher, PublisherBuilder,
+    Registries, Registry,
+};
+pub use server::{RegistryConfig, RegistryServer};

@@ -1,0 +1,334 @@
+//! The registry server: [`RegistryConfig`], and [`RegistryServer`], which serves the
+//! [`RegistryApi`](crate::api::RegistryApi) over our own `rpc_core::Server` and runs
+//! the eviction sweep.
+
+mod service;
+mod state;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::ToSocketAddrs;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::RegistryApiServer;
+use service::RegistryService;
+use state::State;
+
+/// Registry settings, each with its default. Validated once, by
+/// [`RegistryServer::bind`].
+///
+/// ```
+/// use std::time::Duration;
+/// let config = rpc_registry::RegistryConfig::default()
+///     .ttl(Duration::from_secs(9))
+///     .max_evict_share(0.15);
+/// assert_eq!(config.heartbeat_interval, Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RegistryConfig {
+    /// Heartbeat interval the registry suggests to lease holders (it is the TTL of the
+    /// lease divided by three for leases asking their own TTL). Default: 2 s.
+    pub heartbeat_interval: Duration,
+    /// TTL of a lease that asks for none: evicted when no heartbeat arrives for this
+    /// long. Also the grace period after start during which nothing is evicted.
+    /// Default: 6 s.
+    pub ttl: Duration,
+    /// Smallest TTL a lease may ask for. Default: 100 ms.
+    pub min_ttl: Duration,
+    /// Largest TTL a lease may ask for. Default: 5 min.
+    pub max_ttl: Duration,
+    /// How often expired leases are looked for. Default: 500 ms.
+    pub sweep_interval: Duration,
+    /// The largest share of all instances one sweep may evict (Eureka's 15 %), so a
+    /// registry cut off from its providers does not delete them all at once; at least
+    /// one expired lease is evicted per sweep. Default: 0.15.
+    pub max_evict_share: f64,
+    /// Longest a `watch` long poll waits before answering "no change". Default: 30 s.
+    pub max_watch_wait: Duration,
+    /// Most instances (and consumer records) one lease may hold. Default: 1 024.
+    pub max_instances_per_lease: usize,
+    /// Most instances in the registry. Default: 1 000 000.
+    pub max_instances: usize,
+    /// Most leases in the registry. Default: 100 000.
+    pub max_leases: usize,
+    /// Most services (with instances, consumers or watchers). Default: 100 000.
+    pub max_services: usize,
+    /// Most metadata entries per instance. Default: 64.
+    pub max_metadata_entries: usize,
+    /// Most bytes of metadata keys and values per instance. Default: 4 096.
+    pub max_metadata_bytes: usize,
+    /// Largest request frame the registry accepts. Default: 1 MiB (registrations are
+    /// small; the cap keeps a misbehaving client from making the registry buffer
+    /// megabytes).
+    pub max_frame_len: usize,
+    /// Worker reactors of the registry's server. Default: 2.
+    pub workers: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            heartbeat_interval: Duration::from_secs(2),
+            ttl: Duration::from_secs(6),
+            min_ttl: Duration::from_millis(100),
+            max_ttl: Duration::from_secs(300),
+            sweep_interval: Duration::from_millis(500),
+            max_evict_share: 0.15,
+            max_watch_wait: Duration::from_secs(30),
+            max_instances_per_lease: 1024,
+            max_instances: 1_000_000,
+            max_leases: 100_000,
+            max_services: 100_000,
+            max_metadata_entries: 64,
+            max_metadata_bytes: 4096,
+            max_frame_len: 1 << 20,
+            workers: 2,
+        }
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, $name: $ty) -> Self {
+            self.$name = $name;
+            self
+        }
+    };
+}
+
+impl RegistryConfig {
+    setter!(
+        /// Sets [`heartbeat_interval`](Self::heartbeat_interval).
+        heartbeat_interval: Duration
+    );
+    setter!(
+        /// Sets [`ttl`](Self::ttl).
+        ttl: Duration
+    );
+    setter!(
+        /// Sets [`min_ttl`](Self::min_ttl).
+        min_ttl: Duration
+    );
+    setter!(
+        /// Sets [`max_ttl`](Self::max_ttl).
+        max_ttl: Duration
+    );
+    setter!(
+        /// Sets [`sweep_interval`](Self::sweep_interval).
+        sweep_interval: Duration
+    );
+    setter!(
+        /// Sets [`max_evict_share`](Self::max_evict_share) (0 < share <= 1).
+        max_evict_share: f64
+    );
+    setter!(
+        /// Sets [`max_watch_wait`](Self::max_watch_wait).
+        max_watch_wait: Duration
+    );
+    setter!(
+        /// Sets [`max_instances_per_lease`](Self::max_instances_per_lease).
+        max_instances_per_lease: usize
+    );
+    setter!(
+        /// Sets [`max_instances`](Self::max_instances).
+        max_instances: usize
+    );
+    setter!(
+        /// Sets [`max_leases`](Self::max_leases).
+        max_leases: usize
+    );
+    setter!(
+        /// Sets [`max_services`](Self::max_services).
+        max_services: usize
+    );
+    setter!(
+        /// Sets [`max_metadata_entries`](Self::max_metadata_entries).
+        max_metadata_entries: usize
+    );
+    setter!(
+        /// Sets [`max_metadata_bytes`](Self::max_metadata_bytes).
+        max_metadata_bytes: usize
+    );
+    setter!(
+        /// Sets [`max_frame_len`](Self::max_frame_len).
+        max_frame_len: usize
+    );
+    setter!(
+        /// Sets [`workers`](Self::workers).
+        workers: usize
+    );
+
+    /// Checks the settings make sense together.
+    fn validate(&self) -> Result<(), String> {
+        let nonzero = [
+            ("heartbeat interval", self.heartbeat_interval),
+            ("ttl", self.ttl),
+            ("min ttl", self.min_ttl),
+            ("sweep interval", self.sweep_interval),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be above zero"));
+        }
+        if self.heartbeat_interval >= self.ttl {
+            return Err(format!(
+                "heartbeat interval {:?} must be shorter than the ttl {:?}",
+                self.heartbeat_interval, self.ttl
+            ));
+        }
+        if !(self.min_ttl <= self.ttl && self.ttl <= self.max_ttl) {
+            return Err(format!(
+                "ttl {:?} must lie between min ttl {:?} and max ttl {:?}",
+                self.ttl, self.min_ttl, self.max_ttl
+            ));
+        }
+        if !(self.max_evict_share > 0.0 && self.max_evict_share <= 1.0) {
+            return Err(format!(
+                "max evict share {} must be above 0 and at most 1",
+                self.max_evict_share
+            ));
+        }
+        if self.workers == 0 {
+            return Err("workers must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Starts registry servers.
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// let registry = rpc_registry::RegistryServer::bind(
+///     "127.0.0.1:0",
+///     rpc_registry::RegistryConfig::default(),
+/// )
+/// .await?;
+/// println!("registry on rpc://{}", registry.local_addr());
+/// registry.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct RegistryServer {
+    /// The RPC server hosting the registry service.
+    server: rpc_core::ServerHandle,
+    /// The state, for counters.
+    state: Arc<State>,
+    /// Stops the sweep and ends long polls.
+    cancel: CancellationToken,
+    /// The sweep task.
+    tasks: TaskTracker,
+}
+
+impl RegistryServer {
+    /// Validates `config`, binds `addr` and serves the registry in the background of
+    /// the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for settings that make no sense (a zero TTL, a heartbeat not
+    /// shorter than the TTL, a share outside (0, 1]); the bind error otherwise.
+    pub async fn bind(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        config: RegistryConfig,
+    ) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let state = Arc::new(State::new(config.clone(), Instant::now()));
+        let cancel = CancellationToken::new();
+        let service = RegistryService::new(Arc::clone(&state), cancel.clone());
+        let server = rpc_core::Server::builder()
+            .workers(config.workers)
+            .max_frame_len(config.max_frame_len)
+            // Long polls end at once on shutdown (they watch `cancel`), so a short
+            // drain is enough.
+            .drain_timeout(Duration::from_secs(2))
+            .add_service(RegistryApiServer::new(service))
+            .bind(addr)
+            .await
+            .map_err(into_io)?
+            .spawn();
+        let tasks = TaskTracker::new();
+        tasks.spawn(sweep(
+            Arc::clone(&state),
+            config.sweep_interval,
+            cancel.clone(),
+        ));
+        tasks.close();
+        Ok(RegistryServer {
+            server,
+            state,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Where the registry listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Live instances.
+    pub fn instance_count(&self) -> usize {
+        self.state.instance_count()
+    }
+
+    /// Live leases.
+    pub fn lease_count(&self) -> usize {
+        self.state.lease_count()
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &RegistryConfig {
+        self.state.config()
+    }
+
+    /// Stops the sweep, answers pending long polls, and shuts the server down
+    /// gracefully.
+    ///
+    /// # Errors
+    ///
+    /// The server's shutdown error.
+    pub async fn shutdown(self) -> io::Result<()> {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+        self.server.shutdown().await.map_err(into_io)
+    }
+}
+
+/// The registry's own API reports I/O errors; an rpc-core error becomes one, keeping
+/// its kind where it has one (a bind that failed) and its text.
+fn into_io(e: rpc_core::RpcError) -> io::Error {
+    match e {
+        rpc_core::RpcError::Bind { source, .. } => {
+            io::Error::new(source.kind(), source.to_string())
+        }
+        rpc_core::RpcError::InvalidConfig(message) => {
+            io::Error::new(io::ErrorKind::InvalidInput, message)
+        }
+        other => io::Error::other(other),
+    }
+}
+
+/// Evicts expired leases every `interval` until cancelled.
+async fn sweep(state: Arc<State>, interval: Duration, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {
+                let report = state.sweep(Instant::now());
+                if report.leases > 0 {
+                    tracing::debug!(?report, "sweep");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! The registry's state: leases, instances by service, per-service revisions and the
+//! watch channels that wake long polls. Time is passed in (`now`), so eviction and its
+//! guards are tested without clocks.
+//!
+//! Lock order: a lease entry, then a service entry, never the reverse (both live in
+//! `DashMap`s whose shard locks are held while an entry is borrowed). Registration
+//! holds its lease while it touches the service so a concurrent revoke or eviction
+//! cannot leave an instance without a lease.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::api::{
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryError, Revision,
+    ServiceSummary, ServiceView,
+};
+use crate::server::RegistryConfig;
+use crate::validate;
+
+/// How many graceful departures a service remembers for consumers (the refuse-to-empty
+/// rule); older ones fall off. Enough for a whole fleet leaving in one deploy wave.
+const DEPARTED_MEMORY: usize = 256;
+
+/// All registry state.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Limits and timings.
+    config: RegistryConfig,
+    /// This life of the registry; a restart starts another, so old revisions are
+    /// recognised as stale.
+    epoch: u64,
+    /// When this registry started: no eviction before `started + ttl`.
+    started: Instant,
+    /// Source of lease ids (starting at a random-ish point so ids from before a restart
+    /// are not reused).
+    next_lease: AtomicU64,
+    /// Source of revision indexes, shared by all services so that a service entry
+    /// dropped while empty and made again can never go back in time.
+    next_index: AtomicU64,
+    /// Leases by id.
+    leases: DashMap<LeaseId, LeaseEntry>,
+    /// Services by name.
+    services: DashMap<String, ServiceEntry>,
+    /// Live instances in all services, for the total cap and the eviction share.
+    instances: AtomicUsize,
+}
+
+/// One lease.
+#[derive(Debug)]
+struct LeaseEntry {
+    /// Who took it, for operators.
+    owner: String,
+    /// Its time-to-live.
+    ttl: Duration,
+    /// Evictable from this instant on, unless a heartbeat moves it.
+    expires_at: Instant,
+    /// Its instances, so eviction and revoke find them without a scan. The key is
+    /// shared with the service's map, not copied.
+    instances: HashSet<Arc<InstanceKey>>,
+    /// Its consumer records, as (service, consumer).
+    consumers: HashSet<(String, ConsumerInfo)>,
+}
+
+/// One service.
+#[derive(Debug)]
+struct ServiceEntry {
+    /// Revision index of the last change (0: none since this entry was made).
+    index: u64,
+    /// Live instances by identity.
+    instances: BTreeMap<Arc<InstanceKey>, Stored>,
+    /// Addresses that recently deregistered gracefully, oldest first.
+    departed: VecDeque<String>,
+    /// Registered consumers, with their lease.
+    consumers: HashMap<ConsumerInfo, LeaseId>,
+    /// Carries `index` to long polls.
+    changed: watch::Sender<u64>,
+}
+
+/// What the registry keeps of an instance besides its key: the compact form of
+/// [`Instance`]. Measured with `registry-bench`: keeping the wire `Instance` (its
+/// `BTreeMap` of metadata allocates a whole B-tree node) and a second copy of the key
+/// in the lease took 1.4 KiB per instance; this form about half that.
+#[derive(Debug)]
+struct Stored {
+    /// The lease that holds it.
+    lease: LeaseId,
+    /// Its weight.
+    weight: u32,
+    /// Its start time.
+    started_at_ms: u64,
+    /// Its metadata, sorted by key (as it came from the `BTreeMap`).
+    metadata: Box<[(Box<str>, Box<str>)]>,
+}
+
+impl Stored {
+    fn new(lease: LeaseId, instance: Instance) -> Stored {
+        Stored {
+            lease,
+            weight: instance.weight,
+            started_at_ms: instance.started_at_ms,
+            metadata: instance
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        }
+    }
+
+    fn instance(&self, key: &InstanceKey) -> Instance {
+        Instance {
+            service: key.service.clone(),
+            group: key.group.clone(),
+            version: key.version.clone(),
+            addr: key.addr.clone(),
+            weight: self.weight,
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| (String::from(&**k), String::from(&**v)))
+                .collect(),
+            started_at_ms: self.started_at_ms,
+        }
+    }
+}
+
+impl ServiceEntry {
+    fn new() -> ServiceEntry {
+        ServiceEntry {
+            index: 0,
+            instances: BTreeMap::new(),
+            departed: VecDeque::new(),
+            consumers: HashMap::new(),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    /// Records a change at `index` and wakes the watchers.
+    fn bump(&mut self, index: u64) {
+        self.index = index;
+        self.changed.send_replace(index);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.instances.is_empty() && self.consumers.is_empty() && self.changed.receiver_count() == 0
+    }
+}
+
+/// A long poll's next step.
+#[derive(Debug)]
+pub(crate) enum Poll {
+    /// The view has already moved past the revision: answer now.
+    Ready(ServiceView),
+    /// Wait on this receiver for the index to move.
+    Wait(watch::Receiver<u64>),
+}
+
+/// What one eviction sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sweep {
+    /// Leases evicted.
+    pub(crate) leases: usize,
+    /// Instances evicted with them.
+    pub(crate) instances: usize,
+    /// Expired leases left for a later sweep by the mass-eviction guard.
+    pub(crate) deferred: usize,
+    /// Whether the sweep was skipped because the registry is within its first TTL.
+    pub(crate) in_grace: bool,
+}
+
+impl State {
+    pub(crate) fn new(config: RegistryConfig, now: Instant) -> State {
+        let epoch = crate::api::unix_millis_now() ^ u64::from(std::process::id()) << 40;
+        State {
+            config,
+            epoch,
+            started: now,
+            next_lease: AtomicU64::new(epoch.rotate_left(17) | 1),
+            next_index: AtomicU64::new(1),
+            leases: DashMap::new(),
+            services: DashMap::new(),
+            instances: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &RegistryConfig {
+        &self.config
+    }
+
+    fn next_index(&self) -> u64 {
+        self.next_index.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Grants a lease.
+    pub(crate) fn grant(
+        &self,
+        request: LeaseRequest,
+        now: Instant,
+    ) -> Result<Lease, RegistryError> {
+        validate::short_field("owner", &request.owner)?;
+        let ttl = if request.ttl_ms == 0 {
+            self.config.ttl
+        } else {
+            Duration::from_millis(request.ttl_ms)
+        };
+        if ttl < self.config.min_ttl || ttl > self.config.max_ttl {
+            return Err(RegistryError::InvalidTtl {
+                ttl_ms: request.ttl_ms,
+                min_ms: self.config.min_ttl.as_millis() as u64,
+                max_ms: self.config.max_ttl.as_millis() as u64,
+            });
+        }
+        if self.leases.len() >= self.config.max_leases {
+            return Err(RegistryError::LimitReached {
+                what: "leases".into(),
+                limit: self.config.max_leases as u64,
+            });
+        }
+        let id = LeaseId(self.next_lease.fetch_add(1, Ordering::Relaxed));
+        self.leases.insert(
+            id,
+            LeaseEntry {
+                owner: request.owner,
+                ttl,
+                expires_at: now + ttl,
+                instances: HashSet::new(),
+                consumers: HashSet::new(),
+            },
+        );
+        // Suggest a third of the TTL (2 s of the default 6 s), as the defaults do.
+        let heartbeat = (ttl / 3).max(Duration::from_millis(1));
+        Ok(Lease {
+            id,
+            ttl_ms: ttl.as_millis() as u64,
+            heartbeat_ms: heartbeat.as_millis() as u64,
+        })
+    }
+
+    /// Renews a lease.
+    pub(crate) fn heartbeat(&self, id: LeaseId, now: Instant) -> Result<(), RegistryError> {
+        let mut lease = self
+            .leases
+            .get_mut(&id)
+            .ok_or(RegistryError::UnknownLease(id))?;
+        lease.expires_at = now + lease.ttl;
+        Ok(())
+    }
+
+    /// Ends a lease; its instances leave gracefully.
+    pub(crate) fn revoke(&self, id: LeaseId) -> Result<(), RegistryError> {
+        let (_, lease) = self
+            .leases
+            .remove(&id)
+            .ok_or(RegistryError::UnknownLease(id))?;
+        self.remove_lease_records(id, lease, true);
+        Ok(())
+    }
+
+    /// Registers or updates an instance.
+    pub(crate) fn register(
+        &self,
+        id: LeaseId,
+        instance: Instance,
+        now: Instant,
+    ) -> Result<Revision, RegistryError> {
+        validate::service_name(&instance.service)?;
+        validate::provider_addr(&instance.addr)?;
+        validate::short_field("group", &instance.group)?;
+        validate::short_field("version", &instance.version)?;
+        self.check_metadata(&instance.metadata)?;
+        let mut lease = self
+            .leases
+            .get_mut(&id)
+            .ok_or(RegistryError::UnknownLease(id))?;
+        // Registering is a sign of life too.
+        lease.expires_at = now + lease.ttl;
+        let key = instance.key();
+        let new_for_lease = !lease.instances.contains(&key);
+        if new_for_lease
+            && lease.instances.len() + lease.consumers.len() >= self.config.max_instances_per_lease
+        {
+            return Err(RegistryError::LimitReached {
+                what: "instances per lease".into(),
+                limit: self.config.max_instances_per_lease as u64,
+            });
+        }
+        let mut service = self.service_entry(&instance.service)?;
+        let (key, previous) = match service.instances.get_key_value(&key) {
+            Some((shared, stored)) => (Arc::clone(shared), Some(stored.lease)),
+            None => (Arc::new(key), None),
+        };
+        if previous.is_none() {
+            let total = self.instances.fetch_add(1, Ordering::Relaxed);
+            if total >= self.config.max_instances {
+                self.instances.fetch_sub(1, Ordering::Relaxed);
+                return Err(RegistryError::LimitReached {
+                    what: "instances".into(),
+                    limit: self.config.max_instances as u64,
+                });
+            }
+        }
+        if let Some(holder) = previous.filter(|holder| *holder != id) {
+            // Another lease held this identity (a provider restarted before its old
+            // lease expired): the newest registration wins. The old lease's record is
+            // left to be ignored when that lease goes (it no longer holds the key).
+            tracing::debug!(?key, old = %holder, new = %id, "instance moved to a new lease");
+        }
+        service.departed.retain(|addr| *addr != instance.addr);
+        service
+            .instances
+            .insert(Arc::clone(&key), Stored::new(id, instance));
+        let index = self.next_index();
+        service.bump(index);
+        lease.instances.insert(key);
+        Ok(Revision::new(self.epoch, index))
+    }
+
+    /// Deregisters an instance gracefully.
+    pub(crate) fn deregister(
+        &self,
+        id: LeaseId,
+        key: InstanceKey,
+    ) -> Result<Revision, RegistryError> {
+        validate::service_name(&key.service)?;
+        let mut lease = self
+            .leases
+            .get_mut(&id)
+            .ok_or(RegistryError::UnknownLease(id))?;
+        lease.instances.remove(&key);
+        let Some(mut service) = self.services.get_mut(&key.service) else {
+            return Ok(Revision::new(self.epoch, 0));
+        };
+        if service
+            .instances
+            .get(&key)
+            .is_some_and(|stored| stored.lease == id)
+        {
+            service.instances.remove(&key);
+            self.instances.fetch_sub(1, Ordering::Relaxed);
+            remember_departure(&mut service, &key.addr);
+            let index = self.next_index();
+            service.bump(index);
+        }
+        Ok(Revision::new(self.epoch, service.index))
+    }
+
+    /// Records a consumer; `peer` fills an empty address.
+    pub(crate) fn register_consumer(
+        &self,
+        id: LeaseId,
+        mut consumer: ConsumerInfo,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        validate::service_name(&consumer.service)?;
+        validate::short_field("client name", &consumer.client_name)?;
+        validate::short_field("consumer address", &consumer.addr)?;
+        if consumer.addr.is_empty() {
+            if let Some(peer) = peer {
+                consumer.addr = peer.ip().to_string();
+            }
+        }
+        let mut lease = self
+            .leases
+            .get_mut(&id)
+            .ok_or(RegistryError::UnknownLease(id))?;
+        lease.expires_at = now + lease.ttl;
+        let record = (consumer.service.clone(), consumer.clone());
+        if lease.consumers.contains(&record) {
+            return Ok(());
+        }
+        if lease.instances.len() + lease.consumers.len() >= self.config.max_instances_per_lease {
+            return Err(RegistryError::LimitReached {
+                what: "instances per lease".into(),
+                limit: self.config.max_instances_per_lease as u64,
+            });
+        }
+        let mut service = self.service_entry(&consumer.service)?;
+        service.consumers.insert(consumer, id);
+        lease.consumers.insert(record);
+        Ok(())
+    }
+
+    /// The service's view now.
+    pub(crate) fn lookup(&self, service: &str) -> Result<ServiceView, RegistryError> {
+        validate::service_name(service)?;
+        Ok(self.view(service))
+    }
+
+    /// The view of a (valid) service name.
+    pub(crate) fn view(&self, service: &str) -> ServiceView {
+        match self.services.get(service) {
+            Some(entry) => ServiceView {
+                service: service.to_owned(),
+                revision: Revision::new(self.epoch, entry.index),
+                instances: entry
+                    .instances
+                    .iter()
+                    .map(|(key, stored)| stored.instance(key))
+                    .collect(),
+                departed: entry.departed.iter().cloned().collect(),
+            },
+            None => ServiceView {
+                service: service.to_owned(),
+                revision: Revision::new(self.epoch, 0),
+                instances: Vec::new(),
+                departed: Vec::new(),
+            },
+        }
+    }
+
+    /// Starts a long poll: ready at once when `since` is stale, otherwise a receiver to
+    /// wait on.
+    pub(crate) fn poll(&self, service: &str, since: Revision) -> Result<Poll, RegistryError> {
+        validate::service_name(service)?;
+        let entry = self.service_entry(service)?;
+        if since.epoch != self.epoch || entry.index > since.index {
+            drop(entry);
+            return Ok(Poll::Ready(self.view(service)));
+        }
+        Ok(Poll::Wait(entry.changed.subscribe()))
+    }
+
+    /// Every service with instances or consumers.
+    pub(crate) fn services(&self) -> Vec<ServiceSummary> {
+        let mut list: Vec<ServiceSummary> = self
+            .services
+            .iter()
+            .filter(|e| !e.instances.is_empty() || !e.consumers.is_empty())
+            .map(|e| ServiceSummary {
+                service: e.key().clone(),
+                instances: e.instances.len() as u32,
+                consumers: e.consumers.len() as u32,
+                revision: Revision::new(self.epoch, e.index),
+            })
+            .collect();
+        list.sort_by(|a, b| a.service.cmp(&b.service));
+        list
+    }
+
+    /// The consumers of a service.
+    pub(crate) fn consumers(&self, service: &str) -> Result<Vec<ConsumerInfo>, RegistryError> {
+        validate::service_name(service)?;
+        Ok(self
+            .services
+            .get(service)
+            .map(|e| e.consumers.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// Live instances in all services.
+    pub(crate) fn instance_count(&self) -> usize {
+        self.instances.load(Ordering::Relaxed)
+    }
+
+    /// Live leases.
+    pub(crate) fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Evicts leases whose TTL passed, within the guards: nothing during the first TTL
+    /// after start, and at most `max_evict_share` of the instances per sweep (at least
+    /// one lease, so a lone expired lease always goes). Oldest expiries go first.
+    /// Also drops idle service entries.
+    pub(crate) fn sweep(&self, now: Instant) -> Sweep {
+        let mut report = Sweep::default();
+        if now < self.started + self.config.ttl {
+            report.in_grace = true;
+            return report;
+        }
+        let mut expired: Vec<(Instant, LeaseId)> = self
+            .leases
+            .iter()
+            .filter(|l| l.expires_at <= now)
+            .map(|l| (l.expires_at, *l.key()))
+            .collect();
+        expired.sort();
+        let total = self.instance_count();
+        let budget = ((total as f64) * self.config.max_evict_share).ceil() as usize;
+        for (position, (_, id)) in expired.iter().enumerate() {
+            if report.leases > 0 && report.instances >= budget {
+                report.deferred = expired.len() - position;
+                break;
+            }
+            // `remove_if` re-checks under the lock: a heartbeat may have just arrived.
+            if let Some((id, lease)) = self.leases.remove_if(id, |_, l| l.expires_at <= now) {
+                tracing::info!(lease = %id, owner = %lease.owner, instances = lease.instances.len(), "lease expired, evicted");
+                report.leases += 1;
+                report.instances += lease.instances.len();
+                self.remove_lease_records(id, lease, false);
+            }
+        }
+        if report.deferred > 0 {
+            tracing::warn!(
+                deferred = report.deferred,
+                budget,
+                "mass-eviction guard: expired leases left for later sweeps"
+            );
+        }
+        self.services.retain(|_, entry| !entry.is_idle());
+        report
+    }
+
+    /// Removes a gone lease's instances and consumers from their services.
+    fn remove_lease_records(&self, id: LeaseId, lease: LeaseEntry, graceful: bool) {
+        for key in lease.instances {
+            let Some(mut service) = self.services.get_mut(&key.service) else {
+                continue;
+            };
+            if service
+                .instances
+                .get(&key)
+                .is_some_and(|stored| stored.lease == id)
+            {
+                service.instances.remove(&key);
+                self.instances.fetch_sub(1, Ordering::Relaxed);
+                if graceful {
+                    remember_departure(&mut service, &key.addr);
+                }
+                let index = self.next_index();
+                service.bump(index);
+            }
+        }
+        for (service, consumer) in lease.consumers {
+            if let Some(mut service) = self.services.get_mut(&service) {
+                if service.consumers.get(&consumer) == Some(&id) {
+                    service.consumers.remove(&consumer);
+                }
+            }
+        }
+    }
+
+    fn check_metadata(&self, metadata: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+        if metadata.len() > self.config.max_metadata_entries {
+            return Err(RegistryError::InvalidField {
+                field: "metadata".into(),
+                reason: format!(
+                    "{} entries, at most {} allowed",
+                    metadata.len(),
+                    self.config.max_metadata_entries
+                ),
+            });
+        }
+        let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > self.config.max_metadata_bytes {
+            return Err(RegistryError::InvalidField {
+                field: "metadata".into(),
+                reason: format!(
+                    "{bytes} bytes of keys and values, at most {} allowed",
+                    self.config.max_metadata_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The entry of a (valid) service, made if missing within the service cap.
+    fn service_entry(
+        &self,
+        service: &str,
+    ) -> Result<dashmap::mapref::one::RefMut<'_, String, ServiceEntry>, RegistryError> {
+        if let Some(entry) = self.services.get_mut(service) {
+            return Ok(entry);
+        }
+        if self.services.len() >= self.config.max_services {
+            return Err(RegistryError::LimitReached {
+                what: "services".into(),
+                limit: self.config.max_services as u64,
+            });
+        }
+        Ok(self
+            .services
+            .entry(service.to_owned())
+            .or_insert_with(ServiceEntry::new))
+    }
+}
+
+fn remember_departure(service: &mut ServiceEntry, addr: &str) {
+    if !service.departed.iter().any(|a| a == addr) {
+        if service.departed.len() == DEPARTED_MEMORY {
+            service.departed.pop_front();
+        }
+        service.departed.push_back(addr.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RegistryConfig {
+        RegistryConfig::default()
+            .ttl(Duration::from_secs(6))
+            .max_evict_share(0.5)
+    }
+
+    fn lease(state: &State, now: Instant) -> LeaseId {
+        state.grant(LeaseRequest::new("test", 0), now).unwrap().id
+    }
+
+    fn instance(n: u16) -> Instance {
+        Instance::new("svc", format!("127.0.0.1:{}", 1000 + n))
+    }
+
+    #[test]
+    fn no_eviction_in_the_first_ttl() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        let id = lease(&state, t0);
+        state.register(id, instance(1), t0).unwrap();
+        let report = state.sweep(t0 + Duration::from_secs(5));
+        assert!(report.in_grace);
+        assert_eq!(state.instance_count(), 1);
+        let report = state.sweep(t0 + Duration::from_secs(7));
+        assert_eq!(report.instances, 1);
+        assert_eq!(state.instance_count(), 0);
+    }
+
+    #[test]
+    fn heartbeats_keep_a_lease() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        let id = lease(&state, t0);
+        state.register(id, instance(1), t0).unwrap();
+        for s in 1..20 {
+            state.heartbeat(id, t0 + Duration::from_secs(s)).unwrap();
+            assert_eq!(state.sweep(t0 + Duration::from_secs(s)).instances, 0);
+        }
+        assert_eq!(state.instance_count(), 1);
+    }
+
+    #[test]
+    fn mass_eviction_is_spread_over_sweeps() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        for n in 0..10 {
+            let id = lease(&state, t0);
+            state.register(id, instance(n), t0).unwrap();
+        }
+        let later = t0 + Duration::from_secs(7);
+        // Share 0.5 of 10 instances: 5 go now, the rest later.
+        let first = state.sweep(later);
+        assert_eq!(first.instances, 5);
+        assert_eq!(first.deferred, 5);
+        let second = state.sweep(later);
+        assert_eq!(second.instances, 3); // ceil(0.5 * 5)
+        assert_eq!(state.instance_count(), 2);
+    }
+
+    #[test]
+    fn revisions_move_and_departures_are_remembered() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        let id = lease(&state, t0);
+        let r1 = state.register(id, instance(1), t0).unwrap();
+        let r2 = state.register(id, instance(2), t0).unwrap();
+        assert!(r2.index > r1.index);
+        let Poll::Wait(_) = state.poll("svc", r2).unwrap() else {
+            panic!("nothing changed after r2")
+        };
+        let Poll::Ready(view) = state.poll("svc", r1).unwrap() else {
+            panic!("r2 is past r1")
+        };
+        assert_eq!(view.instances.len(), 2);
+        state.revoke(id).unwrap();
+        let view = state.lookup("svc").unwrap();
+        assert!(view.instances.is_empty());
+        assert_eq!(view.departed.len(), 2);
+        let Poll::Ready(_) = state
+            .poll("svc", Revision::new(state.epoch + 1, 99))
+            .unwrap()
+        else {
+            panic!("another epoch is answered at once")
+        };
+    }
+
+    #[test]
+    fn caps_and_validation() {
+        let t0 = Instant::now();
+        let state = State::new(
+            RegistryConfig::default()
+                .max_instances_per_lease(2)
+                .max_instances(3)
+                .max_metadata_entries(1),
+            t0,
+        );
+        let a = lease(&state, t0);
+        state.register(a, instance(1), t0).unwrap();
+        state.register(a, instance(2), t0).unwrap();
+        // Re-registering a known instance is an update, not a new one.
+        state.register(a, instance(2).weight(5), t0).unwrap();
+        assert!(matches!(
+            state.register(a, instance(3), t0),
+            Err(RegistryError::LimitReached { .. })
+        ));
+        let b = lease(&state, t0);
+        state.register(b, instance(4), t0).unwrap();
+        assert!(matches!(
+            state.register(b, instance(5), t0),
+            Err(RegistryError::LimitReached { ref what, .. }) if what == "instances"
+        ));
+        assert!(matches!(
+            state.register(b, instance(4).metadata("a", "1").metadata("b", "2"), t0),
+            Err(RegistryError::InvalidField { .. })
+        ));
+        assert!(matches!(
+            state.grant(LeaseRequest::new("x", 1), t0),
+            Err(RegistryError::InvalidTtl { .. })
+        ));
+        assert!(matches!(
+            state.heartbeat(LeaseId(12345), t0),
+            Err(RegistryError::UnknownLease(_))
+        ));
+    }
+}
