@@ -171,34 +171,6 @@ impl Inventory for InMemoryInventory {
 /// The inventory's wire name, as registered with the registry.
 pub const INVENTORY_SERVICE: &str = "example.Inventory";
 
-/// Completes on Ctrl-C or SIGTERM. Binaries install signal handlers; the library
-/// crates never do.
-///
-/// # Panics
-///
-/// If the SIGTERM handler cannot be installed.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Logs to stderr at `info`, or as `RUST_LOG` says.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+/// Completes on Ctrl-C or SIGTERM; logs to stderr at `info` or as `RUST_LOG` says.
+/// The example binaries use the registry crate's, like its own binary does.
+pub use rpc_registry::{init_logging, shutdown_signal};

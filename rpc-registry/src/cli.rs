@@ -1,5 +1,7 @@
-//! [`RegistryArgs`]: the command line of a registry process, shared by the
-//! `rpc-registry` binary and the examples' `registry`, so both take the same flags.
+//! What a registry process's `main` needs, shared by the `rpc-registry` binary and the
+//! examples' binaries: [`RegistryArgs`] (so both registries take the same flags),
+//! [`shutdown_signal`] and [`init_logging`]. Binaries call these; the libraries never
+//! install signal handlers or loggers themselves.
 
 use std::time::Duration;
 
@@ -88,6 +90,37 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown unit {other:?} (use ms, s or m)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Completes on Ctrl-C or SIGTERM, for a binary's graceful shutdown.
+///
+/// # Panics
+///
+/// If the SIGTERM handler cannot be installed.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Logs to stderr at `info`, or as `RUST_LOG` says, for a binary.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]

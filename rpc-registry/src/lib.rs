@@ -83,7 +83,7 @@ pub use api::{
     ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApi,
     RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary, ServiceView,
 };
-pub use cli::{parse_duration, RegistryArgs};
+pub use cli::{init_logging, parse_duration, shutdown_signal, RegistryArgs};
 pub use client::{
     connect, Backend, Consumer, ConsumerBuilder, Discovery, Error, Publisher, PublisherBuilder,
     Registries, Registry,

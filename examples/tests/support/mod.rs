@@ -21,8 +21,14 @@ impl Drop for Reaper {
 /// Starts `inventory-provider` on 127.0.0.1:0 with `workers` worker reactors and returns
 /// it with the address it printed.
 pub(crate) fn start_provider(workers: usize) -> (Reaper, SocketAddr) {
+    spawn_provider(&["--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
+}
+
+/// Starts `inventory-provider` with `args` and returns it with the address it printed
+/// on its first line.
+fn spawn_provider(args: &[&str]) -> (Reaper, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-provider"))
-        .args(["--listen", "127.0.0.1:0", "--workers", &workers.to_string()])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -82,25 +88,18 @@ pub(crate) fn start_registry(listen: &str, flags: &[&str]) -> (Reaper, SocketAdd
 /// Starts `inventory-provider` on 127.0.0.1:0 registered with `registry` (a URL) at
 /// `weight`, and returns it with its address.
 pub(crate) fn start_registered_provider(registry: &str, weight: u32) -> (Reaper, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-provider"))
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(["--registry", registry, "--weight", &weight.to_string()])
-        .args(["--deregister-delay", "300ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start provider");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let provider = Reaper(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .parse()
-        .expect("an address");
-    (provider, addr)
+    spawn_provider(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--registry",
+        registry,
+        "--weight",
+        &weight.to_string(),
+        "--deregister-delay",
+        "300ms",
+    ])
 }
 
 /// Sends SIGTERM to the child by PID.

@@ -49,12 +49,7 @@ enum Inspect {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    rpc_registry::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve).await,
@@ -75,7 +70,7 @@ async fn serve(args: RegistryArgs) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
     // The one line scripts and tests read to find the port.
     println!("registry listening on {}", registry.local_addr());
-    shutdown_signal().await;
+    rpc_registry::shutdown_signal().await;
     registry.shutdown().await?;
     Ok(())
 }
@@ -116,22 +111,4 @@ async fn show(inspect: Inspect) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
-}
-
-/// Completes on Ctrl-C or SIGTERM. Binaries install signal handlers; the library never
-/// does.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
