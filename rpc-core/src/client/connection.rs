@@ -33,7 +33,7 @@ use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::codec::Decoder;
 
 use crate::error::RpcError;
-use crate::protocol::{encode_heartbeat, Event, Flags, Frame, FrameCodec};
+use crate::protocol::{encode_cancel, encode_heartbeat, Event, Flags, Frame, FrameCodec};
 
 use super::pending::{Calls, Outcome};
 
@@ -199,6 +199,7 @@ impl Connection {
         Ok(PendingReply {
             conn: self.clone(),
             id,
+            oneway,
             taken: false,
         })
     }
@@ -224,6 +225,8 @@ pub(crate) struct PendingReply {
     conn: Connection,
     /// The call's request id.
     id: u64,
+    /// A oneway request: nothing to cancel on the server.
+    oneway: bool,
     /// The outcome has been taken.
     taken: bool,
 }
@@ -251,9 +254,22 @@ impl Future for PendingReply {
 }
 
 impl Drop for PendingReply {
+    /// The caller gave up on the call: its slot is freed at once and, if the server may
+    /// still be running it, the server is told (a cancel frame) so it stops the handler.
     fn drop(&mut self) {
-        if !self.taken {
-            self.conn.inner.lock().calls.cancel(self.id);
+        if self.taken {
+            return;
+        }
+        let mut shared = self.conn.inner.lock();
+        let was_waiting = shared.calls.cancel(self.id);
+        if !was_waiting || self.oneway || shared.closed.is_some() {
+            return;
+        }
+        let notify = shared.out.is_empty() || std::mem::take(&mut shared.wake_on_submit);
+        encode_cancel(&mut shared.out, self.id);
+        drop(shared);
+        if notify {
+            self.conn.inner.wake.notify_one();
         }
     }
 }

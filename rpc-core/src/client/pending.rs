@@ -146,16 +146,21 @@ impl Calls {
 
     /// The caller gave up on call `id` (dropped it): frees its slot whatever its state.
     /// A response that arrives later misses, because the slot's generation moves on.
-    pub(crate) fn cancel(&mut self, id: u64) {
+    /// Returns whether the call was still waiting for its outcome.
+    pub(crate) fn cancel(&mut self, id: u64) -> bool {
         let Some(entry) = self.entry_mut(id) else {
-            return;
+            return false;
         };
-        match entry.state.take() {
-            Some(State::Waiting { .. }) => self.waiting -= 1,
-            Some(State::Done(_)) => {}
-            None => return,
-        }
+        let was_waiting = match entry.state.take() {
+            Some(State::Waiting { .. }) => {
+                self.waiting -= 1;
+                true
+            }
+            Some(State::Done(_)) => false,
+            None => return false,
+        };
         self.release(id);
+        was_waiting
     }
 
     /// Calls still waiting for their outcome.

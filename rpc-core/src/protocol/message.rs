@@ -175,6 +175,11 @@ pub fn encode_event(dst: &mut BytesMut, event: Event) {
     put_empty(dst, Flags::EVENT, event.code(), 0);
 }
 
+/// Appends a [`Event::Cancel`] frame for the call with request id `request_id`.
+pub fn encode_cancel(dst: &mut BytesMut, request_id: u64) {
+    put_empty(dst, Flags::EVENT, Event::Cancel.code(), request_id);
+}
+
 fn put_empty(dst: &mut BytesMut, flags: Flags, status: u8, request_id: u64) {
     let mut header = [0u8; HEADER_LEN];
     Header {

@@ -23,7 +23,7 @@ pub use frame::{
     SERIALIZATION_MSGPACK, VERSION,
 };
 pub use message::{
-    encode_event, encode_heartbeat, encode_raw_response, encode_request, encode_response,
-    encode_response_with, EncodeError, RequestTarget, ResponseError,
+    encode_cancel, encode_event, encode_heartbeat, encode_raw_response, encode_request,
+    encode_response, encode_response_with, EncodeError, RequestTarget, ResponseError,
 };
 pub use status::{Event, Status};

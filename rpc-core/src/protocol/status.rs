@@ -99,6 +99,11 @@ pub enum Event {
     /// The server is shutting down gracefully: send no new calls on this connection;
     /// calls already sent will be answered; close the connection once they are.
     GoAway,
+    /// Sent by a client: the caller gave up on the call whose request id the frame
+    /// carries (it dropped the call's future). The server stops that call's handler if
+    /// it is still running and sends no response for it; a cancel for a call it does
+    /// not know (finished, never seen, oneway) is ignored.
+    Cancel,
     /// An event code this version does not know; receivers ignore it.
     Unknown(u8),
 }
@@ -108,6 +113,7 @@ impl Event {
     pub const fn code(self) -> u8 {
         match self {
             Event::GoAway => 1,
+            Event::Cancel => 2,
             Event::Unknown(code) => code,
         }
     }
@@ -116,6 +122,7 @@ impl Event {
     pub const fn from_code(code: u8) -> Event {
         match code {
             1 => Event::GoAway,
+            2 => Event::Cancel,
             other => Event::Unknown(other),
         }
     }

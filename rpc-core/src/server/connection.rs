@@ -190,6 +190,7 @@ impl Connection<'_> {
 
     /// A handler running on this worker ended.
     fn on_finished(&mut self, id: u64, oneway: bool, outcome: Outcome) -> Option<End> {
+        self.calls.ended(id);
         self.calls.write_outcome(id, oneway, outcome);
         None
     }
@@ -216,7 +217,7 @@ impl Connection<'_> {
             Err(e) => Some(End::Failed(format!("read failed: {e}"))),
             Ok(_) => {
                 self.last_read = Instant::now();
-                self.calls.received = self.last_read.into_std();
+                self.calls.batch_read(self.last_read.into_std());
                 // The whole frames read so far, as one buffer that `Blob` arguments can
                 // point into instead of copying.
                 let (batch, malformed) = self.codec.split_frames(&mut self.rbuf);

@@ -22,12 +22,17 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 use crate::protocol::metadata::{RequestMeta, TraceContext};
 
 /// What the server knows about the call being served.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub struct CallContext {
     /// The client's address.
@@ -40,6 +45,24 @@ pub struct CallContext {
     pub auth_token: Option<Vec<u8>>,
     /// User attachments, in the order they were sent.
     pub attachments: Vec<(String, Vec<u8>)>,
+    /// Set when the caller cancels the call; made only when someone asks for it (a
+    /// handler, or the server once the call outlives its first poll), so a call that
+    /// finishes at once costs no allocation for it.
+    cancel: OnceLock<Arc<CancelSignal>>,
+}
+
+impl Clone for CallContext {
+    /// A copy that shares the call's [`Cancellation`] with the original.
+    fn clone(&self) -> Self {
+        CallContext {
+            peer: self.peer,
+            deadline: self.deadline,
+            trace: self.trace,
+            auth_token: self.auth_token.clone(),
+            attachments: self.attachments.clone(),
+            cancel: OnceLock::from(Arc::clone(self.signal())),
+        }
+    }
 }
 
 impl CallContext {
@@ -63,6 +86,38 @@ impl CallContext {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// Whether the caller has cancelled this call, and a way to wait for it: for work
+    /// the handler hands to tasks of its own, which the server does not stop. The
+    /// handler's own future is simply dropped when the call is cancelled (its
+    /// destructors run), so it needs this only to stop work it started elsewhere.
+    ///
+    /// ```
+    /// # use rpc_core::server::CallContext;
+    /// // Inside a handler:
+    /// async fn export() -> u64 {
+    ///     let cancel = CallContext::with_current(|ctx| ctx.map(CallContext::cancellation));
+    ///     let worker = tokio::spawn(async move {
+    ///         let mut rows = 0u64;
+    ///         while rows < 1_000_000 {
+    ///             if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+    ///                 break; // the caller gave up: stop early
+    ///             }
+    ///             rows += 1;
+    ///         }
+    ///         rows
+    ///     });
+    ///     worker.await.unwrap_or(0)
+    /// }
+    /// ```
+    pub fn cancellation(&self) -> Cancellation {
+        Cancellation(Arc::clone(self.signal()))
+    }
+
+    /// The call's cancel signal, made on first use.
+    pub(crate) fn signal(&self) -> &Arc<CancelSignal> {
+        self.cancel.get_or_init(Arc::default)
+    }
+
     /// The context of a request read at `received`, as the server builds it.
     pub(crate) fn from_request(
         peer: SocketAddr,
@@ -78,7 +133,68 @@ impl CallContext {
                 .attachments()
                 .map(|(k, v)| (k.to_owned(), v.to_vec()))
                 .collect(),
+            cancel: OnceLock::new(),
         }
+    }
+}
+
+/// A running call's view of its cancellation: the caller dropped the call before it
+/// finished, and told the server (see [`CallContext::cancellation`]). Cheap to clone;
+/// `Send`, so it can go to tasks the handler spawns.
+#[derive(Debug, Clone)]
+pub struct Cancellation(Arc<CancelSignal>);
+
+impl Cancellation {
+    /// Whether the caller has cancelled the call.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes once the caller has cancelled the call (never, if it does not).
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.waiters.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The shared state behind [`Cancellation`], also held by the server for the call.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSignal {
+    /// Set once, when the cancel frame arrives.
+    cancelled: AtomicBool,
+    /// The server's task running the handler (the connection, or a pool task).
+    task: AtomicWaker,
+    /// Handlers' tasks waiting in [`Cancellation::cancelled`].
+    waiters: Notify,
+}
+
+impl CancelSignal {
+    /// Marks the call cancelled and wakes everyone watching it.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        self.task.wake();
+        self.waiters.notify_waiters();
+    }
+
+    /// Whether the call was cancelled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Whether the call was cancelled; if not, `waker` is woken when it is.
+    pub(crate) fn poll_cancelled(&self, waker: &std::task::Waker) -> bool {
+        if self.is_cancelled() {
+            return true;
+        }
+        self.task.register(waker);
+        self.is_cancelled()
     }
 }
 
@@ -120,6 +236,7 @@ mod tests {
             trace: None,
             auth_token: None,
             attachments: vec![("tag".to_owned(), tag.as_bytes().to_vec())],
+            cancel: OnceLock::new(),
         }
     }
 

@@ -5,12 +5,13 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 
-use super::context::enter as enter_context;
+use super::context::{enter as enter_context, CancelSignal};
 use super::{CallContext, Dispatched, Reply};
 use crate::protocol::Status;
 
@@ -28,6 +29,8 @@ pub(super) struct InFlight {
     pub(super) deadline: Option<Pin<Box<Sleep>>>,
     /// The caller's timeout, reported when the deadline passes.
     pub(super) timeout: Option<Duration>,
+    /// Set when the caller cancels the call.
+    pub(super) cancel: Arc<CancelSignal>,
 }
 
 /// How a call ended.
@@ -36,6 +39,8 @@ pub(super) enum Outcome {
     Finished(Dispatched),
     /// It failed (panic, deadline); this is the reply.
     Failed(Reply),
+    /// The caller cancelled it; the handler was dropped and nothing is sent.
+    Cancelled,
 }
 
 impl Future for InFlight {
@@ -46,6 +51,10 @@ impl Future for InFlight {
         let Some(call) = this.call.as_mut() else {
             return Poll::Pending;
         };
+        if this.cancel.poll_cancelled(cx.waker()) {
+            this.call = None;
+            return Poll::Ready((this.id, this.oneway, Outcome::Cancelled));
+        }
         let outcome = match poll_guarded(call, &mut this.context, cx) {
             Ok(Poll::Ready(())) => match this.call.take() {
                 Some(call) => Outcome::Finished(call),
@@ -71,28 +80,62 @@ impl Future for InFlight {
     }
 }
 
+/// A call handed to the business pool.
+pub(super) struct PoolCall {
+    /// The call, not started yet.
+    pub(super) call: Dispatched,
+    /// Made current while the handler is polled.
+    pub(super) context: Option<CallContext>,
+    /// The caller's timeout, counted from `received`.
+    pub(super) timeout: Option<Duration>,
+    /// When the request was read.
+    pub(super) received: Instant,
+    /// No response is sent for oneway calls.
+    pub(super) oneway: bool,
+    /// Set when the caller cancels the call; `None` for oneway calls.
+    pub(super) cancel: Option<Arc<CancelSignal>>,
+}
+
 /// Runs a call on the business pool to its end and returns the reply to send:
-/// `None` for a oneway call (nothing is sent).
-pub(super) async fn run_on_pool(
-    mut call: Dispatched,
-    mut context: Option<CallContext>,
-    timeout: Option<Duration>,
-    oneway: bool,
-) -> Option<Reply> {
-    let run = std::future::poll_fn(|cx| match poll_guarded(&mut call, &mut context, cx) {
-        Ok(Poll::Pending) => Poll::Pending,
-        Ok(Poll::Ready(())) => Poll::Ready(None),
-        Err(reply) => Poll::Ready(Some(reply)),
+/// `None` for a oneway or cancelled call (nothing is sent). A call whose deadline
+/// passed while it waited for a pool thread is never started.
+pub(super) async fn run_on_pool(job: PoolCall) -> Option<Reply> {
+    let PoolCall {
+        mut call,
+        mut context,
+        timeout,
+        received,
+        oneway,
+        cancel,
+    } = job;
+    let deadline = timeout.map(|t| received + t);
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return (!oneway).then(|| not_started(timeout));
+    }
+    let run = std::future::poll_fn(|cx| {
+        if cancel
+            .as_ref()
+            .is_some_and(|c| c.poll_cancelled(cx.waker()))
+        {
+            return Poll::Ready(Some(None));
+        }
+        match poll_guarded(&mut call, &mut context, cx) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(None),
+            Err(reply) => Poll::Ready(Some(Some(reply))),
+        }
     });
-    let failed = match timeout {
-        Some(t) => tokio::time::timeout(t, run)
+    let failed = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), run)
             .await
-            .unwrap_or_else(|_| Some(deadline_passed(timeout))),
+            .unwrap_or_else(|_| Some(Some(deadline_passed(timeout)))),
         None => run.await,
     };
     match failed {
         _ if oneway => None,
-        Some(reply) => Some(reply),
+        // Cancelled: the caller is gone.
+        Some(None) => None,
+        Some(Some(reply)) => Some(reply),
         None => Some(
             std::panic::catch_unwind(AssertUnwindSafe(|| Reply::finished(call)))
                 .unwrap_or_else(|panic| panicked(&*panic)),
@@ -110,6 +153,16 @@ pub(super) fn poll_guarded(
         enter_context(context, || call.as_mut().poll_done(cx))
     }))
     .map_err(|panic| panicked(&*panic))
+}
+
+/// The reply of a call whose deadline passed before its handler could start (it waited
+/// in the read batch or for a pool thread).
+pub(super) fn not_started(timeout: Option<Duration>) -> Reply {
+    let ms = timeout.map_or(0, |t| t.as_millis());
+    Reply::error(
+        Status::Timeout,
+        &format!("the caller's deadline of {ms} ms passed before the handler started"),
+    )
 }
 
 /// The reply of a call whose deadline passed while its handler ran.

@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Execution, ServerBuilder, ServerConfig};
-pub use context::CallContext;
+pub use context::{CallContext, Cancellation};
 pub(crate) use service::Reply;
 pub use service::{
     dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,
