@@ -282,3 +282,24 @@ fn finish(
     dst[start..start + HEADER_LEN].copy_from_slice(&bytes);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_frame_is_the_one_in_protocol_md() {
+        let mut buf = BytesMut::new();
+        encode_cancel(&mut buf, 7);
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let hex: String = buf
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .chunks(8)
+            .map(|c| c.join(" "))
+            .collect::<Vec<_>>()
+            .join(" | ");
+        assert!(doc.contains(&hex), "PROTOCOL.md lacks the cancel example `{hex}`");
+    }
+}
