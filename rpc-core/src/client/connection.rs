@@ -128,7 +128,11 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Starts the connection task for `stream` on the current runtime.
-    pub(crate) fn spawn(stream: ClientStream, peer: SocketAddr, settings: ConnSettings) -> Connection {
+    pub(crate) fn spawn(
+        stream: ClientStream,
+        peer: SocketAddr,
+        settings: ConnSettings,
+    ) -> Connection {
         let inner = Arc::new(ConnHandle {
             shared: Mutex::new(Shared::default()),
             wake: Notify::new(),
@@ -269,7 +273,12 @@ impl Drop for PendingReply {
 
 /// The connection task: waits for the next event and handles it, until the
 /// connection ends; then fails the calls left.
-async fn run(stream: ClientStream, peer: SocketAddr, handle: Arc<ConnHandle>, settings: ConnSettings) {
+async fn run(
+    stream: ClientStream,
+    peer: SocketAddr,
+    handle: Arc<ConnHandle>,
+    settings: ConnSettings,
+) {
     match stream {
         ClientStream::Plain(mut stream) => {
             let (rd, wr) = stream.split();

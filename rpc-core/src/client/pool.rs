@@ -68,7 +68,12 @@ impl Endpoint {
         // A server that went silent past the idle timeout (hung, or behind a stalled
         // link) would most likely accept a new connection and hang it too: wait out a
         // backoff first, so that calls fail fast as not sent and a balancer skips it.
-        if let Some(reason) = slot.conn.load().as_deref().and_then(Connection::went_silent) {
+        if let Some(reason) = slot
+            .conn
+            .load()
+            .as_deref()
+            .and_then(Connection::went_silent)
+        {
             slot.conn.store(None);
             self.back_off(
                 &mut backoff,

@@ -128,7 +128,11 @@ impl<'a> Dispatch<'a> {
             }
         };
         let timeout = meta.timeout;
-        let mut context = Some(CallContext::from_request((self.peer, &self.peer_identity), self.received, &meta));
+        let mut context = Some(CallContext::from_request(
+            (self.peer, &self.peer_identity),
+            self.received,
+            &meta,
+        ));
         match &self.shared.pool {
             None => {
                 // Most handlers finish on their first poll: encode the result right

@@ -262,7 +262,10 @@ impl fmt::Debug for ClientTls {
         f.debug_struct("ClientTls")
             .field("roots", &self.roots.len())
             .field("server_name", &self.server_name)
-            .field("client_identity", &self.config.client_auth_cert_resolver.has_certs())
+            .field(
+                "client_identity",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
             .finish()
     }
 }
@@ -299,7 +302,11 @@ impl ClientTls {
     ///
     /// [`RpcError::InvalidConfig`] if the PEM text holds no certificate or key, or
     /// they do not fit.
-    pub fn identity_pem(self, cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<ClientTls, RpcError> {
+    pub fn identity_pem(
+        self,
+        cert_chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<ClientTls, RpcError> {
         let chain = certificates(cert_chain_pem, "client certificate chain")?;
         let key = private_key(key_pem)?;
         ClientTls::build(self.roots, Some((chain, key)), self.server_name)
