@@ -426,7 +426,9 @@ pub(crate) async fn accept(
     Ok((
         TlsServerStream {
             inner: stream,
-            more: false,
+            // The handshake may have read (and rustls decrypted) the client's first
+            // requests already: read before waiting for the socket.
+            more: true,
         },
         identity,
     ))
