@@ -92,6 +92,8 @@ pub use error::{NoError, RpcError};
 #[doc(inline)]
 pub use rpc_lb as lb;
 pub use server::{Server, ServerBuilder, ServerConfig, ServerHandle};
+#[cfg(feature = "tls")]
+pub use transport::tls::{ClientTls, ServerTls};
 
 /// Turns a trait into an RPC service: a client stub and a server skeleton.
 ///

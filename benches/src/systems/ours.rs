@@ -61,7 +61,9 @@ pub fn serve_with_in_flight_cap(
 }
 
 /// Serves [`Echo`] with `config`, on one worker reactor.
-async fn serve_with(config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+async fn serve_with(mut config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    // Every benchmark connection comes from 127.0.0.1 (rpc-mem opens 10 000).
+    config.max_connections_per_peer = config.max_connections;
     let server = Server::builder()
         .config(config)
         .workers(1)

@@ -44,6 +44,10 @@ pub struct ClientConfig {
     /// Authentication token sent with every call (handlers read it from
     /// [`CallContext`](crate::server::CallContext)). Default: none.
     pub auth_token: Option<Vec<u8>>,
+    /// TLS settings (the `tls` feature); `None`, the default, connects in plaintext.
+    /// The TLS handshake counts against `connect_timeout`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -58,6 +62,8 @@ impl Default for ClientConfig {
             reconnect_backoff: Duration::from_millis(100),
             max_reconnect_backoff: Duration::from_secs(5),
             auth_token: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -309,6 +315,13 @@ impl ClientBuilder {
         let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned);
         client.update_providers(providers);
         Ok(client)
+    }
+
+    /// Connects with TLS, with these settings (the `tls` feature).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::ClientTls) -> Self {
+        self.config.tls = Some(tls);
+        self
     }
 
     /// Sends `token` as the authentication token of every call.

@@ -25,15 +25,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::{Mutex, MutexGuard};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Interval, Sleep};
 use tokio_util::codec::Decoder;
 
 use crate::error::RpcError;
 use crate::protocol::{encode_cancel, encode_heartbeat, Event, Flags, Frame, FrameCodec};
+use crate::transport::ClientStream;
 
 use super::pending::{Calls, Outcome};
 
@@ -129,7 +128,11 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Starts the connection task for `stream` on the current runtime.
-    pub(crate) fn spawn(stream: TcpStream, peer: SocketAddr, settings: ConnSettings) -> Connection {
+    pub(crate) fn spawn(
+        stream: ClientStream,
+        peer: SocketAddr,
+        settings: ConnSettings,
+    ) -> Connection {
         let inner = Arc::new(ConnHandle {
             shared: Mutex::new(Shared::default()),
             wake: Notify::new(),
@@ -202,6 +205,16 @@ impl Connection {
             oneway,
             taken: false,
         })
+    }
+
+    /// Why the connection ended, if it ended because the server went silent past the
+    /// idle timeout.
+    pub(crate) fn went_silent(&self) -> Option<String> {
+        self.inner
+            .reason
+            .get()
+            .filter(|closed| closed.silent)
+            .map(|closed| closed.reason.clone())
     }
 
     /// The error for calls on a connection that has ended.
@@ -277,7 +290,30 @@ impl Drop for PendingReply {
 /// The connection task: waits for the next event and handles it, until the
 /// connection ends; then fails the calls left.
 async fn run(
-    mut stream: TcpStream,
+    stream: ClientStream,
+    peer: SocketAddr,
+    handle: Arc<ConnHandle>,
+    settings: ConnSettings,
+) {
+    match stream {
+        ClientStream::Plain(mut stream) => {
+            let (rd, wr) = stream.split();
+            run_halves(rd, wr, false, peer, handle, settings).await;
+        }
+        #[cfg(feature = "tls")]
+        ClientStream::Tls(stream) => {
+            let (rd, wr) = tokio::io::split(*stream);
+            run_halves(rd, wr, true, peer, handle, settings).await;
+        }
+    }
+}
+
+/// [`run`] over a stream's read and write halves; `flush_after_write` for a stream
+/// that can hold written bytes back (TLS records).
+async fn run_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rd: R,
+    wr: W,
+    flush_after_write: bool,
     peer: SocketAddr,
     handle: Arc<ConnHandle>,
     settings: ConnSettings,
@@ -291,7 +327,6 @@ async fn run(
         peer,
         ended: false,
     };
-    let (rd, wr) = stream.split();
     let tick_every = (settings.heartbeat_interval / 2)
         .min(settings.idle_timeout / 4)
         .max(Duration::from_millis(5));
@@ -308,6 +343,8 @@ async fn run(
         codec: FrameCodec::new(settings.max_frame_len),
         rbuf: BytesMut::new(),
         writing: BytesMut::new(),
+        flush_after_write,
+        unflushed: false,
         writing_oneway: Vec::new(),
         last_read: Instant::now(),
         last_heartbeat: Instant::now(),
@@ -327,7 +364,7 @@ async fn run(
 }
 
 /// A connection task's state between events.
-struct Task<'h, 'a> {
+struct Task<'h, 'a, R, W> {
     /// What callers and this task share.
     handle: &'h Arc<ConnHandle>,
     /// The server, for messages.
@@ -335,15 +372,19 @@ struct Task<'h, 'a> {
     /// Frame cap, heartbeat and idle timeouts.
     settings: ConnSettings,
     /// Where responses come from.
-    rd: ReadHalf<'a>,
+    rd: R,
     /// Where requests go.
-    wr: WriteHalf<'a>,
+    wr: W,
     /// Splits responses out of `rbuf`.
     codec: FrameCodec,
     /// The read buffer.
     rbuf: BytesMut,
     /// The buffer being written, taken from `Shared::out` whole.
     writing: BytesMut,
+    /// The stream may hold written bytes back (TLS): flush once `writing` is empty.
+    flush_after_write: bool,
+    /// Written bytes may be held back by the stream; flush them.
+    unflushed: bool,
     /// Oneway requests (slab ids) in `writing`: done once it is written.
     writing_oneway: Vec<u64>,
     /// When the server was last heard from.
@@ -366,7 +407,7 @@ struct Task<'h, 'a> {
     frames: Vec<Frame>,
 }
 
-impl Task<'_, '_> {
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
     /// Handles events until the connection ends; returns why it ended.
     async fn run(&mut self) -> Closed {
         loop {
@@ -379,8 +420,14 @@ impl Task<'_, '_> {
             self.codec.reserve_for_read(&mut self.rbuf, READ_CHUNK);
             let ended = tokio::select! {
                 biased;
-                res = self.wr.write_buf(&mut self.writing), if !self.writing.is_empty() => {
-                    res.err().map(|e| Closed::io(format!("write to {} failed", self.peer), e))
+                res = write_or_flush(&mut self.wr, &mut self.writing), if !self.writing.is_empty() || self.unflushed => {
+                    match res {
+                        Ok(wrote) => {
+                            self.unflushed = wrote && self.flush_after_write;
+                            None
+                        }
+                        Err(e) => Some(Closed::io(format!("write to {} failed", self.peer), e)),
+                    }
                 }
                 res = self.rd.read_buf(&mut self.rbuf) => match res {
                     Ok(0) => Some(Closed::from("the server closed the connection")),
@@ -426,6 +473,7 @@ impl Task<'_, '_> {
                 && shared.calls.is_empty()
                 && shared.out.is_empty()
                 && self.writing.is_empty()
+                && !self.unflushed
             {
                 return Err(Closed::from("the server is shutting down"));
             }
@@ -493,10 +541,12 @@ impl Task<'_, '_> {
         let silent = self.last_read.elapsed();
         let settings = self.settings;
         if silent >= settings.idle_timeout {
-            return Some(Closed::from(format!(
+            let mut closed = Closed::from(format!(
                 "no frame from {} for {silent:?} (idle timeout {:?})",
                 self.peer, settings.idle_timeout
-            )));
+            ));
+            closed.silent = true;
+            return Some(closed);
         }
         let mut shared = self.handle.lock();
         if silent >= settings.heartbeat_interval
@@ -512,6 +562,19 @@ impl Task<'_, '_> {
             && shared.out.is_empty()
             && self.writing.is_empty();
         client_gone.then(|| Closed::from("client dropped"))
+    }
+}
+
+/// Writes what `writing` holds, as much as the socket takes; with nothing to write,
+/// flushes what the stream holds back. Returns whether it wrote.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    writing: &mut BytesMut,
+) -> std::io::Result<bool> {
+    if writing.is_empty() {
+        wr.flush().await.map(|()| false)
+    } else {
+        wr.write_buf(writing).await.map(|_| true)
     }
 }
 
@@ -578,6 +641,9 @@ struct Closed {
     reason: String,
     /// The I/O error behind it, if there was one.
     source: Option<Arc<std::io::Error>>,
+    /// The server went silent past the idle timeout (it may be hung, or the link
+    /// stalled): reconnecting at once would likely hang again.
+    silent: bool,
 }
 
 impl Closed {
@@ -586,6 +652,7 @@ impl Closed {
         Closed {
             reason: format!("{what}: {error}"),
             source: Some(Arc::new(error)),
+            silent: false,
         }
     }
 
@@ -603,6 +670,7 @@ impl<S: Into<String>> From<S> for Closed {
         Closed {
             reason: reason.into(),
             source: None,
+            silent: false,
         }
     }
 }

@@ -13,6 +13,7 @@ use super::config::ClientConfig;
 use super::connection::{ConnSettings, Connection};
 use super::ClientInner;
 use crate::error::RpcError;
+use crate::transport::ClientStream;
 
 /// One server address and its pooled connections.
 pub(super) struct Endpoint {
@@ -64,6 +65,22 @@ impl Endpoint {
         if let Some(conn) = slot.current() {
             return Ok(conn);
         }
+        // A server that went silent past the idle timeout (hung, or behind a stalled
+        // link) would most likely accept a new connection and hang it too: wait out a
+        // backoff first, so that calls fail fast as not sent and a balancer skips it.
+        if let Some(reason) = slot
+            .conn
+            .load()
+            .as_deref()
+            .and_then(Connection::went_silent)
+        {
+            slot.conn.store(None);
+            self.back_off(
+                &mut backoff,
+                client,
+                Arc::new(io::Error::new(io::ErrorKind::TimedOut, reason)),
+            );
+        }
         if let Some(not_before) = backoff.not_before {
             if Instant::now() < not_before {
                 return Err(RpcError::Connect {
@@ -82,9 +99,25 @@ impl Endpoint {
             idle_timeout: client.config.idle_timeout,
         };
         let connect_timeout = client.config.connect_timeout;
+        #[cfg(feature = "tls")]
+        let tls = client.config.tls.clone();
         // Connect on the client's runtime so the socket registers with its reactor.
         let attempt = client.runtime.spawn(async move {
+            let started = Instant::now();
             let stream = crate::transport::connect(addr, connect_timeout).await?;
+            #[cfg(feature = "tls")]
+            let stream = match tls {
+                Some(tls) => {
+                    let left = connect_timeout.saturating_sub(started.elapsed());
+                    ClientStream::Tls(Box::new(tls.connect(stream, addr, left).await?))
+                }
+                None => ClientStream::Plain(stream),
+            };
+            #[cfg(not(feature = "tls"))]
+            let stream = {
+                let _ = started;
+                ClientStream::Plain(stream)
+            };
             Ok::<_, io::Error>(Connection::spawn(stream, addr, settings))
         });
         let result = match attempt.await {
@@ -102,18 +135,23 @@ impl Endpoint {
             }
             Err(e) => {
                 let e = Arc::new(e);
-                let wait = client
-                    .config
-                    .reconnect_backoff
-                    .saturating_mul(1 << backoff.failures.min(16))
-                    .min(client.config.max_reconnect_backoff);
-                backoff.failures += 1;
-                backoff.not_before = Some(Instant::now() + wait);
-                backoff.last_error = Some(Arc::clone(&e));
-                tracing::debug!(%addr, error = %e, ?wait, "connect failed; backing off");
+                self.back_off(&mut backoff, client, Arc::clone(&e));
                 Err(RpcError::Connect { addr, source: e })
             }
         }
+    }
+
+    /// Starts (or lengthens) the slot's reconnect backoff after `error`.
+    fn back_off(&self, backoff: &mut Backoff, client: &ClientInner, error: Arc<io::Error>) {
+        let wait = client
+            .config
+            .reconnect_backoff
+            .saturating_mul(1 << backoff.failures.min(16))
+            .min(client.config.max_reconnect_backoff);
+        backoff.failures += 1;
+        backoff.not_before = Some(Instant::now() + wait);
+        tracing::debug!(addr = %self.addr, %error, ?wait, "connect failed; backing off");
+        backoff.last_error = Some(error);
     }
 
     /// The next pooled connection (round-robin), if it is open and takes calls.

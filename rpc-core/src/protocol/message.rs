@@ -300,6 +300,9 @@ mod tests {
             .map(|c| c.join(" "))
             .collect::<Vec<_>>()
             .join(" | ");
-        assert!(doc.contains(&hex), "PROTOCOL.md lacks the cancel example `{hex}`");
+        assert!(
+            doc.contains(&hex),
+            "PROTOCOL.md lacks the cancel example `{hex}`"
+        );
     }
 }

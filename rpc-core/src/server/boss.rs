@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,6 @@ pub(crate) async fn run(
 ) -> io::Result<()> {
     tokio::pin!(signal);
     let mut backoff = Duration::from_millis(10);
-    let max_connections = shared.config.max_connections;
     loop {
         tokio::select! {
             () = &mut signal => break,
@@ -29,16 +27,15 @@ pub(crate) async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
-                    if shared.connections.load(Ordering::Acquire) >= max_connections {
-                        tracing::warn!(%peer, max_connections, "refusing connection: at the connection limit");
+                    if let Err(limit) = shared.admit(peer) {
+                        tracing::warn!(%peer, "refusing connection: {limit}");
                         continue;
                     }
                     if let Err(e) = crate::transport::configure(&stream) {
                         tracing::warn!(%peer, error = %e, "cannot set the socket up");
                     }
-                    shared.connections.fetch_add(1, Ordering::AcqRel);
                     if let Err(e) = workers.dispatch(stream, peer) {
-                        shared.connections.fetch_sub(1, Ordering::AcqRel);
+                        shared.release(peer);
                         tracing::error!(%peer, error = %e, "cannot hand connection to a worker");
                     }
                 }

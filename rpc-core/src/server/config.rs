@@ -50,6 +50,25 @@ pub struct ServerConfig {
     /// On shutdown, how long running calls get to finish before connections are
     /// closed regardless. Default: 10 s.
     pub drain_timeout: Duration,
+    /// A frame whose first bytes have arrived must be complete this long after; a
+    /// peer that stalls in the middle of a frame (a slow-loris) is closed with a
+    /// logged reason instead of holding the connection until the idle timeout. It
+    /// also bounds how long a peer that stopped reading its replies may keep the
+    /// server's write buffer full without the socket taking a byte. Default: 5 s
+    /// (a frame of the default 8 MiB maximum then needs at least 1.7 MB/s).
+    pub frame_timeout: Duration,
+    /// Open connections at most from one IP address; more are closed as they are
+    /// accepted, with a logged reason. Default: 1024.
+    pub max_connections_per_peer: usize,
+    /// Reply bytes one connection may have waiting to be written: past it the server
+    /// stops reading that connection's requests (its peer is not reading replies, or
+    /// reads them slower than it sends requests), and a connection whose waiting
+    /// replies reach this plus one maximum frame (replies of calls already running)
+    /// is closed with a logged reason. Default: 4 MiB.
+    pub max_write_buffer: usize,
+    /// TLS settings (the `tls` feature); `None`, the default, serves plaintext.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +81,11 @@ impl Default for ServerConfig {
             max_connections: 65_536,
             idle_timeout: Duration::from_secs(90),
             drain_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(5),
+            max_connections_per_peer: 1024,
+            max_write_buffer: 4 * 1024 * 1024,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -82,7 +106,9 @@ impl ServerConfig {
     /// [`RpcError::InvalidConfig`] naming the setting: zero workers, threads or limits,
     /// more than 1024 workers or pool threads, a maximum frame length under
     /// [`MIN_FRAME_LEN`] (1 KiB: room for every error reply), an idle timeout under
-    /// 10 ms.
+    /// 10 ms, a frame timeout under 10 ms, a
+    /// per-peer connection cap of zero, a write buffer cap
+    /// under [`MIN_FRAME_LEN`], a zero TLS handshake timeout.
     pub fn validate(&self) -> Result<(), RpcError> {
         let invalid = |message: String| Err(RpcError::InvalidConfig(message));
         if !(1..=MAX_THREADS).contains(&self.workers) {
@@ -116,6 +142,25 @@ impl ServerConfig {
                 "idle_timeout must be at least {MIN_IDLE_TIMEOUT:?}, not {:?}",
                 self.idle_timeout
             ));
+        }
+        if self.frame_timeout < MIN_IDLE_TIMEOUT {
+            return invalid(format!(
+                "frame_timeout must be at least {MIN_IDLE_TIMEOUT:?}, not {:?}",
+                self.frame_timeout
+            ));
+        }
+        if self.max_connections_per_peer == 0 {
+            return invalid("max_connections_per_peer must be at least 1".to_owned());
+        }
+        if self.max_write_buffer < MIN_FRAME_LEN {
+            return invalid(format!(
+                "max_write_buffer must be at least {MIN_FRAME_LEN} bytes, not {}",
+                self.max_write_buffer
+            ));
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         Ok(())
     }
@@ -193,6 +238,46 @@ impl ServerBuilder {
     /// ```
     pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a frame that has begun may take to arrive in full (see
+    /// [`ServerConfig::frame_timeout`]).
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().frame_timeout(std::time::Duration::from_secs(2));
+    /// ```
+    pub fn frame_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.frame_timeout = timeout;
+        self
+    }
+
+    /// Sets the most connections open at once, in all and from one IP address.
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().max_connections(10_000, 100);
+    /// ```
+    pub fn max_connections(mut self, total: usize, per_peer: usize) -> Self {
+        self.config.max_connections = total;
+        self.config.max_connections_per_peer = per_peer;
+        self
+    }
+
+    /// Sets how many reply bytes may wait for a peer before the server stops reading
+    /// its requests (see [`ServerConfig::max_write_buffer`]).
+    ///
+    /// ```
+    /// let builder = rpc_core::Server::builder().max_write_buffer(1 << 20);
+    /// ```
+    pub fn max_write_buffer(mut self, bytes: usize) -> Self {
+        self.config.max_write_buffer = bytes;
+        self
+    }
+
+    /// Serves TLS only, with these settings (the `tls` feature).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::ServerTls) -> Self {
+        self.config.tls = Some(tls);
         self
     }
 

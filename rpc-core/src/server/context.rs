@@ -21,7 +21,7 @@
 //! ```
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -45,10 +45,37 @@ pub struct CallContext {
     pub auth_token: Option<Vec<u8>>,
     /// User attachments, in the order they were sent.
     pub attachments: Vec<(String, Vec<u8>)>,
+    /// Who the client is, when it presented a certificate the server verified
+    /// (mutual TLS, the `tls` feature); `None` on plaintext connections and for
+    /// clients without a certificate. Shared by every call of the connection.
+    pub peer_identity: Option<Arc<PeerIdentity>>,
     /// Set when the caller cancels the call; made only when someone asks for it (a
     /// handler, or the server once the call outlives its first poll), so a call that
     /// finishes at once costs no allocation for it.
     cancel: OnceLock<Arc<CancelSignal>>,
+}
+
+/// The identity of a client that presented a verified certificate (mutual TLS): what
+/// an authorization rule or an auth filter needs to know who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerIdentity {
+    /// The client's leaf certificate, DER-encoded, for checks these fields do not
+    /// cover.
+    pub certificate: Vec<u8>,
+    /// The certificate's subject distinguished name (`CN=alice, O=Example`); empty
+    /// if it could not be read.
+    pub subject: String,
+    /// The subject's common name, if it has one.
+    pub common_name: Option<String>,
+    /// DNS names among the subject alternative names.
+    pub dns_names: Vec<String>,
+    /// URIs among the subject alternative names (SPIFFE ids, for example).
+    pub uris: Vec<String>,
+    /// E-mail addresses among the subject alternative names.
+    pub emails: Vec<String>,
+    /// IP addresses among the subject alternative names.
+    pub ip_addresses: Vec<IpAddr>,
 }
 
 impl Clone for CallContext {
@@ -56,6 +83,7 @@ impl Clone for CallContext {
     fn clone(&self) -> Self {
         CallContext {
             peer: self.peer,
+            peer_identity: self.peer_identity.clone(),
             deadline: self.deadline,
             trace: self.trace,
             auth_token: self.auth_token.clone(),
@@ -118,14 +146,16 @@ impl CallContext {
         self.cancel.get_or_init(Arc::default)
     }
 
-    /// The context of a request read at `received`, as the server builds it.
+    /// The context of a request read at `received` from `peer` (with its verified
+    /// identity, if any), as the server builds it.
     pub(crate) fn from_request(
-        peer: SocketAddr,
+        (peer, peer_identity): (SocketAddr, &Option<Arc<PeerIdentity>>),
         received: Instant,
         meta: &RequestMeta<'_>,
     ) -> CallContext {
         CallContext {
             peer,
+            peer_identity: peer_identity.clone(),
             deadline: meta.timeout.map(|t| received + t),
             trace: meta.trace,
             auth_token: meta.auth_token.map(<[u8]>::to_vec),
@@ -237,6 +267,7 @@ mod tests {
             auth_token: None,
             attachments: vec![("tag".to_owned(), tag.as_bytes().to_vec())],
             cancel: OnceLock::new(),
+            peer_identity: None,
         }
     }
 

@@ -39,6 +39,8 @@ pub(super) struct Dispatch<'a> {
     pub(super) shared: &'a ServerShared,
     /// The peer, for the call context and log messages.
     pub(super) peer: SocketAddr,
+    /// The peer's verified certificate identity (mutual TLS), for the call context.
+    pub(super) peer_identity: Option<std::sync::Arc<super::PeerIdentity>>,
     /// Encoded frames waiting to be written.
     pub(super) wbuf: BytesMut,
     /// Handlers running on this worker.
@@ -72,6 +74,7 @@ impl<'a> Dispatch<'a> {
         Dispatch {
             shared,
             peer,
+            peer_identity: None,
             wbuf: BytesMut::new(),
             inflight: FuturesUnordered::new(),
             pool_tx,
@@ -192,7 +195,8 @@ impl<'a> Dispatch<'a> {
             }
         };
         let timeout = meta.timeout;
-        let context = CallContext::from_request(self.peer, self.received, &meta);
+        let context =
+            CallContext::from_request((self.peer, &self.peer_identity), self.received, &meta);
         match &self.shared.pool {
             None => {
                 // Most handlers finish on their first poll: encode the result right

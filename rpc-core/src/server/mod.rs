@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Execution, ServerBuilder, ServerConfig};
-pub use context::{CallContext, Cancellation};
+pub use context::{CallContext, Cancellation, PeerIdentity};
 pub(crate) use service::Reply;
 pub use service::{
     dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,
@@ -87,6 +87,42 @@ pub(crate) struct ServerShared {
     pub(crate) shutdown: CancellationToken,
     /// Open connections, to enforce `max_connections`.
     pub(crate) connections: Arc<AtomicUsize>,
+    /// Open connections per peer IP address, to enforce `max_connections_per_peer`;
+    /// touched once when a connection opens and once when it closes.
+    pub(crate) per_peer: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+impl ServerShared {
+    /// Counts a new connection from `peer`, unless it is one past a cap; then says
+    /// which.
+    pub(crate) fn admit(&self, peer: SocketAddr) -> Result<(), &'static str> {
+        use std::sync::atomic::Ordering;
+        if self.connections.load(Ordering::Acquire) >= self.config.max_connections {
+            return Err("at the connection limit (max_connections)");
+        }
+        let mut per_peer = self.per_peer.lock();
+        let count = per_peer.entry(peer.ip()).or_insert(0);
+        if *count >= self.config.max_connections_per_peer {
+            return Err("at the per-address connection limit (max_connections_per_peer)");
+        }
+        *count += 1;
+        drop(per_peer);
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Uncounts a connection from `peer` that has ended (or never started).
+    pub(crate) fn release(&self, peer: SocketAddr) {
+        self.connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut per_peer = self.per_peer.lock();
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = per_peer.entry(peer.ip()) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
 }
 
 /// A bound server, ready to [`serve`](Server::serve).
@@ -187,6 +223,7 @@ impl Server {
             pool: pool.as_ref().map(|p| p.handle().clone()),
             shutdown,
             connections: self.connections,
+            per_peer: parking_lot::Mutex::new(HashMap::new()),
             config: self.config,
         });
         let workers = WorkerGroup::start(shared.config.workers, &shared)?;

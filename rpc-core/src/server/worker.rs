@@ -101,9 +101,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Handoff>, shared: Arc<ServerShared>
                 tracker.spawn(connection::serve(stream, peer, Arc::clone(&shared)));
             }
             Err(e) => {
-                shared
-                    .connections
-                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                shared.release(peer);
                 tracing::warn!(%peer, error = %e, "cannot register connection with worker");
             }
         }
