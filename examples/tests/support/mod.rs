@@ -224,9 +224,9 @@ impl EtcdMember {
         http_get_contains(self.client_port, "/health", "\"health\":\"true\"")
     }
 
-    /// The member's own view: whether it is the leader (`/v2/stats/self`).
+    /// The member's own view: whether it is the leader (its `/metrics`).
     pub(crate) fn is_leader(&self) -> bool {
-        http_get_contains(self.client_port, "/v2/stats/self", "StateLeader")
+        http_get_contains(self.client_port, "/metrics", "\netcd_server_is_leader 1")
     }
 }
 
