@@ -379,9 +379,9 @@ impl Discovery for EtcdBackend {
             }
             Ok::<bool, etcd_client::Error>(false)
         };
-        match tokio::time::timeout(wait, watched).await {
-            Ok(Err(e)) => return Err(self.fail(e, None)),
-            Ok(Ok(_)) | Err(_) => {}
+        // A timeout (nothing changed within `wait`) answers with a fresh read too.
+        if let Ok(Err(e)) = tokio::time::timeout(wait, watched).await {
+            return Err(self.fail(e, None));
         }
         self.lookup(service).await
     }
