@@ -5,7 +5,8 @@
 //! until the consumer's provider list (what its balancer balances over) has it; then
 //! stops heartbeating that lease (the provider "dies": no deregistration) and times
 //! until the list no longer has it. Death-to-visible is therefore dominated by the
-//! backend's expiry of a 1 s lease.
+//! backend's expiry of a 1 s lease. One more instance stays registered throughout,
+//! since a consumer never lets an outage-looking update empty its list.
 //!
 //! ```text
 //! cargo run --release -p rpc-benches --bin discovery-latency                              # embedded registry, in process
@@ -60,6 +61,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .client_name("discovery-latency")
         .connect(SERVICE)
         .await?;
+    // One instance that stays: a consumer refuses an update that would empty its list
+    // (unless its providers left gracefully), so each death leaves this one behind.
+    let anchor = backend
+        .grant("discovery-latency", Some(Duration::from_secs(1)))
+        .await?;
+    backend
+        .register(anchor.id, &Instance::new(SERVICE, "127.0.0.1:19999"))
+        .await?;
+    let anchor_heartbeat = {
+        let backend = Arc::clone(&backend);
+        let every = Duration::from_millis(anchor.heartbeat_ms.max(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let _ = backend.keep_alive(anchor.id).await;
+            }
+        })
+    };
     let mut registered = Histogram::<u64>::new(3)?;
     let mut died = Histogram::<u64>::new(3)?;
     for round in 0..args.rounds {
@@ -110,6 +129,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(&died, 0.5),
         ms(&died, 0.99),
     );
+    anchor_heartbeat.abort();
+    let _ = backend.revoke(anchor.id).await;
     consumer.shutdown().await;
     Ok(())
 }
