@@ -12,8 +12,8 @@
 //!   leases, per-service revisions, long polls, the TTL sweep with its mass-eviction
 //!   guard, the caps;
 //! - `client`: the object-safe backend traits ([`Registry`], [`Discovery`],
-//!   [`Backend`]) that ZooKeeper and etcd backends implement next, [`connect`] picking
-//!   a backend from a URL, the provider side ([`Publisher`]) and the consumer side
+//!   [`Backend`]) that our `rpc://` backend and the etcd backend (feature `etcd`)
+//!   implement, [`connect`] picking a backend from a URL, the provider side ([`Publisher`]) and the consumer side
 //!   ([`Consumer`]), with its on-disk snapshot;
 //! - `validate`: the name and address rules both sides check;
 //! - `cli`: [`RegistryArgs`], the flags of a registry process.

@@ -28,7 +28,8 @@ struct Args {
     /// Run handlers on a business pool of this many threads.
     #[arg(long)]
     business_pool: Option<usize>,
-    /// Register with these registries (`rpc://host:port[,host:port]`).
+    /// Register with these registries (`rpc://host:port[,host:port]`,
+    /// `etcd://host:port[,host:port][/root]`).
     #[arg(long)]
     registry: Option<String>,
     /// Weight to register with (relative share of calls).
@@ -40,6 +41,10 @@ struct Args {
     /// Wait after deregistering before draining, so consumers see the departure.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     deregister_delay: Duration,
+    /// Lease TTL to ask the registry for (default: the registry's); a provider killed
+    /// without deregistering disappears after about this long.
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Option<Duration>,
 }
 
 #[tokio::main]
@@ -65,10 +70,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     };
     let server = server.spawn();
-    let publisher = Publisher::builder(rpc_registry::connect(url)?)
+    let mut publisher = Publisher::builder(rpc_registry::connect(url)?)
         .owner("inventory-provider")
-        .deregister_delay(args.deregister_delay)
-        .start();
+        .deregister_delay(args.deregister_delay);
+    if let Some(ttl) = args.ttl {
+        publisher = publisher.ttl(ttl);
+    }
+    let publisher = publisher.start();
     let advertised = args.advertise.unwrap_or_else(|| addr.to_string());
     publisher
         .publish(Instance::new(rpc_examples::INVENTORY_SERVICE, advertised).weight(args.weight))?;

@@ -88,7 +88,17 @@ pub(crate) fn start_registry(listen: &str, flags: &[&str]) -> (Reaper, SocketAdd
 /// Starts `inventory-provider` on 127.0.0.1:0 registered with `registry` (a URL) at
 /// `weight`, and returns it with its address.
 pub(crate) fn start_registered_provider(registry: &str, weight: u32) -> (Reaper, SocketAddr) {
-    spawn_provider(&[
+    start_registered_provider_with(registry, weight, &[])
+}
+
+/// [`start_registered_provider`] with extra flags (e.g. `--ttl 1s`).
+pub(crate) fn start_registered_provider_with(
+    registry: &str,
+    weight: u32,
+    extra: &[&str],
+) -> (Reaper, SocketAddr) {
+    let weight = weight.to_string();
+    let mut args = vec![
         "--listen",
         "127.0.0.1:0",
         "--workers",
@@ -96,10 +106,12 @@ pub(crate) fn start_registered_provider(registry: &str, weight: u32) -> (Reaper,
         "--registry",
         registry,
         "--weight",
-        &weight.to_string(),
+        &weight,
         "--deregister-delay",
         "300ms",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    spawn_provider(&args)
 }
 
 /// Sends SIGTERM to the child by PID.
@@ -107,4 +119,194 @@ pub(crate) fn terminate(child: &Child) {
     let pid = child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success(), "kill -TERM {pid}");
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether `program` is on the PATH; when not, says so loudly so a skipped test is
+/// never mistaken for a passing one.
+pub(crate) fn have(program: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if !found {
+        eprintln!(
+            "\n!!!!! SKIPPED {test}: `{program}` is not installed (Debian: etcd-server / \
+             zookeeper; .ci/run installs them) !!!!!\n"
+        );
+    }
+    found
+}
+
+/// A fresh directory under the system temp dir, removed by [`TempDir`]'s drop.
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rpc-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One etcd member: client and peer URLs on 127.0.0.1, its own data dir. Stopping it
+/// kills it by PID (SIGKILL); starting it again reuses its data dir and ports.
+pub(crate) struct EtcdMember {
+    /// Member name (`n0`, `n1`, ...).
+    pub(crate) name: String,
+    /// Client port.
+    pub(crate) client_port: u16,
+    /// Peer port.
+    pub(crate) peer_port: u16,
+    /// `n0=http://127.0.0.1:p0,...`: the whole cluster.
+    initial_cluster: String,
+    /// Its data dir.
+    data: TempDir,
+    /// The running process.
+    child: Option<Reaper>,
+}
+
+impl EtcdMember {
+    /// `host:port` for clients.
+    pub(crate) fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Starts (or restarts) the member and returns at once.
+    pub(crate) fn start(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(self.data.0.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "rpc-test"])
+            // Fast elections on loopback.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(Reaper(child));
+    }
+
+    /// Kills the member (SIGKILL, by PID) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        self.child = None;
+    }
+
+    /// Whether the member answers `/health` with `true`.
+    pub(crate) fn healthy(&self) -> bool {
+        http_get_contains(self.client_port, "/health", "\"health\":\"true\"")
+    }
+
+    /// The member's own view: whether it is the leader (its `/metrics`).
+    pub(crate) fn is_leader(&self) -> bool {
+        http_get_contains(self.client_port, "/metrics", "\netcd_server_is_leader 1")
+    }
+}
+
+/// A GET on 127.0.0.1:`port` whose answer contains `needle`.
+fn http_get_contains(port: u16, path: &str, needle: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.contains(needle)
+}
+
+/// An etcd cluster of `size` members on loopback, started and healthy.
+pub(crate) struct EtcdCluster {
+    /// Its members.
+    pub(crate) members: Vec<EtcdMember>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits (up to 20 s) until every one is healthy.
+    pub(crate) fn start(size: usize) -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<EtcdMember> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client_port, peer_port))| EtcdMember {
+                name: format!("n{i}"),
+                client_port,
+                peer_port,
+                initial_cluster: initial_cluster.clone(),
+                data: TempDir::new("etcd"),
+                child: None,
+            })
+            .collect();
+        for member in &mut members {
+            member.start();
+        }
+        let cluster = EtcdCluster { members };
+        cluster.wait_healthy(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Waits until every running member answers healthy.
+    pub(crate) fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .all(EtcdMember::healthy)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `etcd://h1,h2,h3` for the whole cluster.
+    pub(crate) fn url(&self) -> String {
+        let endpoints: Vec<String> = self.members.iter().map(EtcdMember::endpoint).collect();
+        format!("etcd://{}", endpoints.join(","))
+    }
 }

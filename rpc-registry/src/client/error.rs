@@ -20,7 +20,7 @@ pub enum Error {
     /// The URL's scheme has no backend.
     #[error(
         "unsupported registry scheme {scheme:?}: this build supports rpc://host:port[,host:port] \
-         (zookeeper:// and etcd:// are planned)"
+         (and etcd://host:port[,host:port][/root] when built with the `etcd` feature)"
     )]
     UnsupportedScheme {
         /// The scheme given.

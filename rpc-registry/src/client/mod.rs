@@ -14,6 +14,8 @@
 
 mod consumer;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod publisher;
 mod rpc;
 mod snapshot;
@@ -164,8 +166,9 @@ impl Registries {
 /// - `rpc://host:port[,host2:port2...]`: our embedded registry; each address is an
 ///   independent registry (providers register with each, consumers merge). A bare
 ///   `host:port[,...]` means the same.
-/// - `zookeeper://` and `etcd://` are reserved for the backends that implement these
-///   traits next; today they are refused with [`Error::UnsupportedScheme`].
+/// - `etcd://h1:2379[,h2:2379...][/root]` (feature `etcd`): one etcd cluster, reached
+///   through any of the endpoints; keys live under `/root` (default `/dubbo`).
+/// - `zookeeper://` is refused with [`Error::UnsupportedScheme`] in this build.
 ///
 /// ```
 /// let registries = rpc_registry::connect("rpc://127.0.0.1:7000,127.0.0.1:7001")?;
@@ -191,6 +194,10 @@ pub fn connect(url: &str) -> Result<Registries, Error> {
                 .collect();
             Ok(Registries::from_backends(members))
         }
+        #[cfg(feature = "etcd")]
+        "etcd" => Ok(Registries::from_backends(vec![Arc::new(
+            etcd::EtcdBackend::parse(url, rest)?,
+        )])),
         other => Err(Error::UnsupportedScheme {
             scheme: other.chars().take(32).collect(),
         }),

@@ -1,0 +1,262 @@
+//! The etcd backend against real etcd servers (Debian `etcd-server`, started here on
+//! loopback ports): providers and consumers as real processes under continuous load.
+//! Each test skips with a loud message when `etcd` is not installed; `.ci/run`
+//! installs it.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rpc_core::lb::Strategy;
+use rpc_core::Client;
+use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
+use rpc_registry::{Consumer, Instance, Publisher};
+use support::{have, start_provider, EtcdCluster, Reaper};
+
+/// Lease TTL of the providers in these tests (etcd counts whole seconds).
+const TTL: &str = "1s";
+
+/// Calls in a loop from a few tasks until stopped; failures kept.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<(Instant, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Tasks calling at once: a call in flight on a provider killed with SIGKILL may fail.
+const CONCURRENCY: usize = 2;
+
+impl Load {
+    fn start(inventory: &InventoryClient) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..CONCURRENCY)
+            .map(|_| {
+                let inventory = inventory.clone();
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match inventory.list().timeout(Duration::from_secs(2)).await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures
+                                .lock()
+                                .unwrap()
+                                .push((Instant::now(), e.to_string())),
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    async fn finish(self) -> Vec<(Instant, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        failures
+    }
+}
+
+/// A consumer of the inventory discovering through `url`.
+async fn consumer(url: &str) -> Consumer {
+    Consumer::builder(rpc_registry::connect(url).unwrap())
+        .client(
+            Client::builder()
+                .timeout(Duration::from_secs(2))
+                .balancer(Strategy::RoundRobin),
+        )
+        .retry_interval(Duration::from_millis(100))
+        .lookup_timeout(Duration::from_secs(1))
+        .client_name("etcd-test")
+        .connect(INVENTORY_SERVICE)
+        .await
+        .unwrap()
+}
+
+/// Starts the provider binary registered through `url` with a 1 s lease.
+fn provider(url: &str) -> Reaper {
+    support::start_registered_provider_with(url, 100, &["--ttl", TTL]).0
+}
+
+/// Waits until the consumer's balancer has `count` providers.
+async fn until_count(consumer: &Consumer, count: usize, limit: Duration) -> Duration {
+    let started = Instant::now();
+    assert!(
+        consumer.wait_for(limit, |l| l.len() == count).await,
+        "consumer did not reach {count} providers within {limit:?} (has {})",
+        consumer.providers().len()
+    );
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_register_discover_call_and_weight_change() {
+    if !have("etcd", "etcd_register_discover_call_and_weight_change") {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let url = cluster.url();
+    let _a = provider(&url);
+    // A plain provider process whose registration this test drives, to change weight.
+    let (_b, b_addr) = start_provider(1);
+    let publisher = Publisher::builder(rpc_registry::connect(&url).unwrap())
+        .ttl(Duration::from_secs(1))
+        .start();
+    publisher
+        .publish(Instance::new(INVENTORY_SERVICE, b_addr.to_string()).weight(100))
+        .unwrap();
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let consumer = consumer(&url).await;
+    until_count(&consumer, 2, Duration::from_secs(5)).await;
+    let inventory = InventoryClient::new(consumer.client());
+    let load = Load::start(&inventory);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(load.ok() > 0, "calls succeed");
+
+    publisher
+        .publish(Instance::new(INVENTORY_SERVICE, b_addr.to_string()).weight(300))
+        .unwrap();
+    let changed = Instant::now();
+    let b = b_addr.to_string();
+    assert!(
+        consumer
+            .wait_for(Duration::from_secs(3), |l| l
+                .iter()
+                .any(|i| i.addr == b && i.weight == 300))
+            .await,
+        "the weight change reached the consumer's balancer"
+    );
+    println!("weight change seen after {:?}", changed.elapsed());
+    let failures = load.finish().await;
+    assert!(failures.is_empty(), "failed calls: {failures:?}");
+    publisher.shutdown().await;
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_killed_provider_disappears_within_ttl() {
+    if !have("etcd", "etcd_killed_provider_disappears_within_ttl") {
+        return;
+    }
+    let cluster = EtcdCluster::start(1);
+    let url = cluster.url();
+    let mut providers: Vec<Reaper> = (0..3).map(|_| provider(&url)).collect();
+    let consumer = consumer(&url).await;
+    until_count(&consumer, 3, Duration::from_secs(5)).await;
+    let load = Load::start(&InventoryClient::new(consumer.client()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut victim = providers.pop().unwrap();
+    victim.0.kill().unwrap(); // SIGKILL: no deregistration
+    victim.0.wait().unwrap();
+    let killed = Instant::now();
+    let gone = until_count(&consumer, 2, Duration::from_secs(4)).await;
+    // etcd expires a lease up to its TTL after the last keep-alive.
+    assert!(
+        gone <= Duration::from_secs(2),
+        "gone {gone:?} after the kill; TTL 1 s + 1 s allowed"
+    );
+    let before = load.ok();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(load.ok() > before, "calls go on");
+    let failures = load.finish().await;
+    let late: Vec<_> = failures
+        .iter()
+        .filter(|(at, _)| *at > killed + Duration::from_millis(100))
+        .collect();
+    assert!(late.is_empty(), "calls failed after the kill: {late:?}");
+    assert!(failures.len() <= CONCURRENCY, "failed calls: {failures:?}");
+    println!("etcd: killed provider gone from the balancer after {gone:?}");
+    consumer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_keeps_calls_going_and_providers_come_back() {
+    if !have(
+        "etcd",
+        "etcd_outage_keeps_calls_going_and_providers_come_back",
+    ) {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(1);
+    let url = cluster.url();
+    let _providers: Vec<Reaper> = (0..2).map(|_| provider(&url)).collect();
+    let first = consumer(&url).await;
+    until_count(&first, 2, Duration::from_secs(5)).await;
+    let load = Load::start(&InventoryClient::new(first.client()));
+
+    cluster.members[0].kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        first.providers().len(),
+        2,
+        "an outage never empties the list"
+    );
+    cluster.members[0].start();
+    cluster.wait_healthy(Duration::from_secs(20));
+
+    let second = consumer(&url).await;
+    until_count(&second, 2, Duration::from_secs(5)).await;
+    // Past a lease TTL after the restart: the providers' leases were renewed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(second.providers().len(), 2, "providers stayed registered");
+    assert_eq!(first.providers().len(), 2);
+    let failures = load.finish().await;
+    assert!(failures.is_empty(), "failed calls: {failures:?}");
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_three_node_cluster_leader_killed() {
+    if !have("etcd", "etcd_three_node_cluster_leader_killed") {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(3);
+    let url = cluster.url();
+    let _providers: Vec<Reaper> = (0..2).map(|_| provider(&url)).collect();
+    let first = consumer(&url).await;
+    until_count(&first, 2, Duration::from_secs(5)).await;
+    let load = Load::start(&InventoryClient::new(first.client()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let leader = cluster
+        .members
+        .iter()
+        .position(support::EtcdMember::is_leader)
+        .expect("a leader");
+    cluster.members[leader].kill();
+    // Several lease TTLs with the leader gone: nothing may expire or fail.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(first.providers().len(), 2, "no provider lost");
+    let _third = provider(&url);
+    let second = consumer(&url).await;
+    until_count(&second, 3, Duration::from_secs(5)).await;
+    until_count(&first, 3, Duration::from_secs(5)).await;
+    let failures = load.finish().await;
+    assert!(failures.is_empty(), "failed calls: {failures:?}");
+    first.shutdown().await;
+    second.shutdown().await;
+}
