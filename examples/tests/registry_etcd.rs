@@ -5,92 +5,15 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rpc_core::lb::Strategy;
-use rpc_core::Client;
 use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
 use rpc_registry::{Consumer, Instance, Publisher};
-use support::{have, start_provider, EtcdCluster, Reaper};
+use support::CONCURRENCY;
+use support::{consumer, have, start_provider, EtcdCluster, Load, Reaper};
 
 /// Lease TTL of the providers in these tests (etcd counts whole seconds).
 const TTL: &str = "1s";
-
-/// Calls in a loop from a few tasks until stopped; failures kept.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<(Instant, String)>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Tasks calling at once: a call in flight on a provider killed with SIGKILL may fail.
-const CONCURRENCY: usize = 2;
-
-impl Load {
-    fn start(inventory: &InventoryClient) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..CONCURRENCY)
-            .map(|_| {
-                let inventory = inventory.clone();
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match inventory.list().timeout(Duration::from_secs(2)).await {
-                            Ok(_) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => failures
-                                .lock()
-                                .unwrap()
-                                .push((Instant::now(), e.to_string())),
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    async fn finish(self) -> Vec<(Instant, String)> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        failures
-    }
-}
-
-/// A consumer of the inventory discovering through `url`.
-async fn consumer(url: &str) -> Consumer {
-    Consumer::builder(rpc_registry::connect(url).unwrap())
-        .client(
-            Client::builder()
-                .timeout(Duration::from_secs(2))
-                .balancer(Strategy::RoundRobin),
-        )
-        .retry_interval(Duration::from_millis(100))
-        .lookup_timeout(Duration::from_secs(1))
-        .client_name("etcd-test")
-        .connect(INVENTORY_SERVICE)
-        .await
-        .unwrap()
-}
 
 /// Starts the provider binary registered through `url` with a 1 s lease.
 fn provider(url: &str) -> Reaper {
@@ -128,7 +51,7 @@ async fn etcd_register_discover_call_and_weight_change() {
         .wait_registered(Duration::from_secs(5))
         .await
         .unwrap();
-    let consumer = consumer(&url).await;
+    let consumer = consumer(&url, "etcd-test").await;
     until_count(&consumer, 2, Duration::from_secs(5)).await;
     let inventory = InventoryClient::new(consumer.client());
     let load = Load::start(&inventory);
@@ -163,7 +86,7 @@ async fn etcd_killed_provider_disappears_within_ttl() {
     let cluster = EtcdCluster::start(1);
     let url = cluster.url();
     let mut providers: Vec<Reaper> = (0..3).map(|_| provider(&url)).collect();
-    let consumer = consumer(&url).await;
+    let consumer = consumer(&url, "etcd-test").await;
     until_count(&consumer, 3, Duration::from_secs(5)).await;
     let load = Load::start(&InventoryClient::new(consumer.client()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -203,7 +126,7 @@ async fn etcd_outage_keeps_calls_going_and_providers_come_back() {
     let mut cluster = EtcdCluster::start(1);
     let url = cluster.url();
     let _providers: Vec<Reaper> = (0..2).map(|_| provider(&url)).collect();
-    let first = consumer(&url).await;
+    let first = consumer(&url, "etcd-test").await;
     until_count(&first, 2, Duration::from_secs(5)).await;
     let load = Load::start(&InventoryClient::new(first.client()));
 
@@ -217,7 +140,7 @@ async fn etcd_outage_keeps_calls_going_and_providers_come_back() {
     cluster.members[0].start();
     cluster.wait_healthy(Duration::from_secs(20));
 
-    let second = consumer(&url).await;
+    let second = consumer(&url, "etcd-test").await;
     until_count(&second, 2, Duration::from_secs(5)).await;
     // Past a lease TTL after the restart: the providers' leases were renewed.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -237,7 +160,7 @@ async fn etcd_three_node_cluster_leader_killed() {
     let mut cluster = EtcdCluster::start(3);
     let url = cluster.url();
     let _providers: Vec<Reaper> = (0..2).map(|_| provider(&url)).collect();
-    let first = consumer(&url).await;
+    let first = consumer(&url, "etcd-test").await;
     until_count(&first, 2, Duration::from_secs(5)).await;
     let load = Load::start(&InventoryClient::new(first.client()));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -252,7 +175,7 @@ async fn etcd_three_node_cluster_leader_killed() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(first.providers().len(), 2, "no provider lost");
     let _third = provider(&url);
-    let second = consumer(&url).await;
+    let second = consumer(&url, "etcd-test").await;
     until_count(&second, 3, Duration::from_secs(5)).await;
     until_count(&first, 3, Duration::from_secs(5)).await;
     let failures = load.finish().await;

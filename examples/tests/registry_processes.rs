@@ -7,15 +7,16 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rpc_core::lb::Strategy;
 use rpc_core::Client;
 use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
-use rpc_registry::{Consumer, RegistryApiClient};
-use support::{start_registered_provider, start_registry, terminate, wait_with_deadline, Reaper};
+use rpc_registry::RegistryApiClient;
+use support::CONCURRENCY;
+use support::{
+    consumer, start_registered_provider, start_registry, terminate, wait_with_deadline, Load,
+    Reaper,
+};
 
 /// Registry flags for these tests: TTL 1 s (heartbeats every 333 ms), so eviction and
 /// the start-up grace take about a second.
@@ -38,82 +39,6 @@ const SLOW: &[&str] = &[
     "--sweep-interval",
     "100ms",
 ];
-
-/// Calls made in a loop by a few tasks until stopped; failures kept with their time.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<(Instant, String)>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// Tasks calling at once: each call in flight when a provider dies may fail (the
-/// client cannot know whether it ran), so at most this many calls can be excused.
-const CONCURRENCY: usize = 2;
-
-impl Load {
-    fn start(inventory: &InventoryClient) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..CONCURRENCY)
-            .map(|_| {
-                let inventory = inventory.clone();
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match inventory.list().timeout(Duration::from_secs(2)).await {
-                            Ok(_) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => failures
-                                .lock()
-                                .unwrap()
-                                .push((Instant::now(), e.to_string())),
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Stops the load and returns its failures.
-    async fn finish(self) -> Vec<(Instant, String)> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            task.await.unwrap();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        failures
-    }
-}
-
-/// A consumer of the inventory discovering through `url`.
-async fn consumer(url: &str) -> Consumer {
-    Consumer::builder(rpc_registry::connect(url).unwrap())
-        .client(
-            Client::builder()
-                .timeout(Duration::from_secs(2))
-                .balancer(Strategy::RoundRobin),
-        )
-        .retry_interval(Duration::from_millis(100))
-        .lookup_timeout(Duration::from_secs(1))
-        .client_name("process-test")
-        .connect(INVENTORY_SERVICE)
-        .await
-        .unwrap()
-}
 
 /// The inventory instances `registry` lists now (`None` if it cannot be asked).
 async fn listed(registry: SocketAddr) -> Option<usize> {
@@ -170,7 +95,7 @@ async fn killed_provider_is_evicted_within_ttl_and_no_call_fails() {
         .map(|_| start_registered_provider(&url, 100))
         .collect();
     until_listed(addr, 3, Duration::from_secs(5)).await;
-    let consumer = consumer(&url).await;
+    let consumer = consumer(&url, "process-test").await;
     assert_eq!(consumer.providers().len(), 3);
     let load = Load::start(&InventoryClient::new(consumer.client()));
     // Past the registry's start-up grace (one TTL), so eviction is up to the TTL.
@@ -216,7 +141,7 @@ async fn graceful_provider_shutdown_fails_no_call() {
         .map(|_| start_registered_provider(&url, 100))
         .collect();
     until_listed(addr, 3, Duration::from_secs(5)).await;
-    let consumer = consumer(&url).await;
+    let consumer = consumer(&url, "process-test").await;
     let load = Load::start(&InventoryClient::new(consumer.client()));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -242,7 +167,7 @@ async fn registry_killed_and_restarted() {
         .map(|_| start_registered_provider(&url, 100))
         .collect();
     until_listed(addr, 3, Duration::from_secs(5)).await;
-    let consumer = consumer(&url).await;
+    let consumer = consumer(&url, "process-test").await;
     let load = Load::start(&InventoryClient::new(consumer.client()));
 
     registry.0.kill().unwrap();
@@ -283,7 +208,7 @@ async fn new_provider_gets_calls_within_a_second() {
         .map(|_| start_registered_provider(&url, 100))
         .collect();
     until_listed(addr, 3, Duration::from_secs(5)).await;
-    let consumer = consumer(&url).await;
+    let consumer = consumer(&url, "process-test").await;
     let inventory = InventoryClient::new(consumer.client());
     let load = Load::start(&inventory);
 
@@ -350,7 +275,7 @@ async fn two_registries_one_killed() {
         .collect();
     until_listed(first_addr, 3, Duration::from_secs(5)).await;
     until_listed(second_addr, 3, Duration::from_secs(5)).await;
-    let consumer = consumer(&url).await;
+    let consumer = consumer(&url, "process-test").await;
     assert_eq!(consumer.providers().len(), 3, "merged without duplicates");
     let load = Load::start(&InventoryClient::new(consumer.client()));
 

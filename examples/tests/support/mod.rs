@@ -6,7 +6,14 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use rpc_core::lb::Strategy;
+use rpc_core::Client;
+use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
+use rpc_registry::Consumer;
 
 /// Kills the child by PID when dropped, so a failing test leaves no process behind.
 pub(crate) struct Reaper(pub(crate) Child);
@@ -137,11 +144,21 @@ pub(crate) fn have(program: &str, test: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
     if !found {
         eprintln!(
-            "\n!!!!! SKIPPED {test}: `{program}` is not installed (Debian: etcd-server / \
-             zookeeper; .ci/run installs them) !!!!!\n"
+            "\n!!!!! SKIPPED {test}: `{program}` is not installed (Debian: etcd-server; \
+             .ci/run installs it) !!!!!\n"
         );
+        return false;
     }
-    found
+    // The example binaries link the same rpc-registry as this test: without its
+    // `etcd` feature (`cargo test -p rpc-examples` alone) they cannot speak etcd.
+    if program == "etcd" && rpc_registry::connect("etcd://127.0.0.1:2379").is_err() {
+        eprintln!(
+            "\n!!!!! SKIPPED {test}: rpc-registry was built without its `etcd` feature; \
+             run `cargo test --workspace` or add `--features etcd` !!!!!\n"
+        );
+        return false;
+    }
+    true
 }
 
 /// A fresh directory under the system temp dir, removed by [`TempDir`]'s drop.
@@ -309,4 +326,80 @@ impl EtcdCluster {
         let endpoints: Vec<String> = self.members.iter().map(EtcdMember::endpoint).collect();
         format!("etcd://{}", endpoints.join(","))
     }
+}
+
+/// Calls made in a loop by a few tasks until stopped; failures kept with their time.
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<(Instant, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Tasks calling at once: each call in flight when a provider dies may fail (the
+/// client cannot know whether it ran), so at most this many calls can be excused.
+pub(crate) const CONCURRENCY: usize = 2;
+
+impl Load {
+    pub(crate) fn start(inventory: &InventoryClient) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..CONCURRENCY)
+            .map(|_| {
+                let inventory = inventory.clone();
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match inventory.list().timeout(Duration::from_secs(2)).await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures
+                                .lock()
+                                .unwrap()
+                                .push((Instant::now(), e.to_string())),
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    pub(crate) fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the load and returns its failures.
+    pub(crate) async fn finish(self) -> Vec<(Instant, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        failures
+    }
+}
+
+/// A consumer of the inventory discovering through `url`, announcing itself as `name`.
+pub(crate) async fn consumer(url: &str, name: &str) -> Consumer {
+    Consumer::builder(rpc_registry::connect(url).unwrap())
+        .client(
+            Client::builder()
+                .timeout(Duration::from_secs(2))
+                .balancer(Strategy::RoundRobin),
+        )
+        .retry_interval(Duration::from_millis(100))
+        .lookup_timeout(Duration::from_secs(1))
+        .client_name(name)
+        .connect(INVENTORY_SERVICE)
+        .await
+        .unwrap()
 }
