@@ -373,6 +373,24 @@ impl Load {
         }
     }
 
+    /// After a provider was killed at `killed`: calls still succeed over the next
+    /// `settle`, and once stopped, no call failed later than 100 ms after the kill
+    /// (only calls in flight on the victim may fail, at most one per task). Returns how
+    /// many failed.
+    pub(crate) async fn finish_after_kill(self, killed: Instant, settle: Duration) -> usize {
+        let before = self.ok();
+        tokio::time::sleep(settle).await;
+        assert!(self.ok() > before, "calls go on");
+        let failures = self.finish().await;
+        let late: Vec<_> = failures
+            .iter()
+            .filter(|(at, _)| *at > killed + Duration::from_millis(100))
+            .collect();
+        assert!(late.is_empty(), "calls failed after the kill: {late:?}");
+        assert!(failures.len() <= CONCURRENCY, "failed calls: {failures:?}");
+        failures.len()
+    }
+
     pub(crate) fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
     }
