@@ -233,7 +233,7 @@ const SHARE_MIN: usize = 2048;
 
 /// `bytes` as a view into the buffer being decoded if they lie inside it and are not
 /// small, else a copy.
-fn share_or_copy(bytes: &[u8]) -> Bytes {
+pub(crate) fn share_or_copy(bytes: &[u8]) -> Bytes {
     if bytes.len() < SHARE_MIN {
         return Bytes::copy_from_slice(bytes);
     }

@@ -79,6 +79,7 @@
 mod blob;
 mod client;
 mod error;
+pub mod filter;
 pub mod protocol;
 mod runtime;
 pub mod server;

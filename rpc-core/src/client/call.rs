@@ -17,8 +17,10 @@ use rpc_lb::Picked;
 use super::connection::PendingReply;
 use super::Client;
 use crate::error::RpcError;
+use crate::filter::ClientRequest;
 use crate::protocol::{
-    encode_request, EncodeError, Frame, ProtocolError, RequestTarget, Status, SERIALIZATION_MSGPACK,
+    encode_args, encode_request, EncodeError, Frame, ProtocolError, RequestTarget, Status,
+    SERIALIZATION_MSGPACK,
 };
 
 /// One remote call, built by a generated client stub and made in one of four modes:
@@ -272,6 +274,51 @@ where
     }
 }
 
+impl<A, T, E> Call<A, T, E>
+where
+    A: Serialize + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    /// Makes the call through the client's filter chain: the arguments are encoded
+    /// once, into the request every filter sees.
+    async fn run_chain(self) -> Result<T, RpcError<E>> {
+        let timeout = self.effective_timeout();
+        let target = self.target();
+        let body = encode_args(&self.args).map_err(|e| match e {
+            EncodeError::Serialize(e) => RpcError::serialization(
+                format_args!(
+                    "cannot encode the arguments of {target} as {}",
+                    std::any::type_name::<A>()
+                ),
+                e,
+            ),
+            EncodeError::Protocol(p) => RpcError::Protocol(p),
+        })?;
+        let mut request = ClientRequest::new(self.service, self.method, body, timeout);
+        request.set_oneway(self.oneway);
+        request.set_hash_key(self.hash_key);
+        *request.attachments_mut() = self.attachments;
+        let Some(chain) = self.client.chain() else {
+            return Err(RpcError::Internal(
+                "the client has no filter chain".to_owned(),
+            ));
+        };
+        let response = crate::filter::client::run(chain, request)
+            .await
+            .map_err(RpcError::widen)?;
+        if self.oneway {
+            return decode_outcome(None, timeout, target);
+        }
+        decode_body(
+            response.status().code(),
+            response.body().clone(),
+            timeout,
+            target,
+        )
+    }
+}
+
 /// Any call a generated stub returns, for code generic over calls: one bound to name
 /// instead of the three a [`Call`]'s types need.
 ///
@@ -408,8 +455,18 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
             "response body uses an unsupported serialization id",
         )));
     }
-    match Status::from_code(frame.header.status) {
-        Status::Ok => crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body))
+    decode_body(frame.header.status, frame.body, timeout, target)
+}
+
+/// Turns a reply's status and body into the call's result.
+fn decode_body<T: DeserializeOwned, E: DeserializeOwned>(
+    status: u8,
+    body: bytes::Bytes,
+    timeout: Duration,
+    target: Target,
+) -> Result<T, RpcError<E>> {
+    match Status::from_code(status) {
+        Status::Ok => crate::blob::decode_from(body, |body| rmp_serde::from_slice(body))
             .0
             .map_err(|e| {
                 RpcError::serialization(
@@ -421,7 +478,7 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
                 )
             }),
         Status::ApplicationError => {
-            match crate::blob::decode_from(frame.body, |body| rmp_serde::from_slice(body)).0 {
+            match crate::blob::decode_from(body, |body| rmp_serde::from_slice(body)).0 {
                 Ok(e) => Err(RpcError::Application(e)),
                 Err(e) => Err(RpcError::serialization(
                     format_args!(
@@ -433,8 +490,8 @@ fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
             }
         }
         status => {
-            let message: String = rmp_serde::from_slice(&frame.body)
-                .unwrap_or_else(|_| "(no readable message)".to_owned());
+            let message: String =
+                rmp_serde::from_slice(&body).unwrap_or_else(|_| "(no readable message)".to_owned());
             Err(RpcError::from_status(status, message, timeout).widen())
         }
     }
@@ -540,6 +597,11 @@ where
         loop {
             match &mut this.state {
                 CallState::Start(call) => {
+                    if call.client.chain().is_some() {
+                        let call = this.take_call();
+                        this.state = CallState::Run(Box::pin(call.run_chain()));
+                        continue;
+                    }
                     // Encoded where it lies: the call is not moved out for this.
                     let target = call.target();
                     let (reply, timeout, picked) = match call.try_queue(cx) {

@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tower::Layer;
 
 use rpc_lb::{LoadBalancer, Provider, Strategy};
 
 use super::route::{Cluster, Route};
 use super::Client;
 use crate::error::RpcError;
+use crate::filter::client::{ClientChain, ErasedLayer};
+use crate::filter::{BoxError, ClientRequest, ClientResponse};
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, MIN_FRAME_LEN};
 use crate::runtime::OwnedRuntime;
 
@@ -124,7 +127,7 @@ impl ClientConfig {
 }
 
 /// Builds a [`Client`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClientBuilder {
     /// Settings so far.
     config: ClientConfig,
@@ -132,6 +135,19 @@ pub struct ClientBuilder {
     strategy: Strategy,
     /// Warm-up period, hash-ring size and latency decay of the balancer.
     balancer_config: rpc_lb::Config,
+    /// Filter layers, outermost first.
+    layers: Vec<ErasedLayer>,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("strategy", &self.strategy)
+            .field("balancer_config", &self.balancer_config)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
 }
 
 impl ClientBuilder {
@@ -312,7 +328,8 @@ impl ClientBuilder {
             self.strategy,
             self.balancer_config,
         ));
-        let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned);
+        let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned)
+            .with_layers(&self.layers);
         client.update_providers(providers);
         Ok(client)
     }
@@ -321,6 +338,32 @@ impl ClientBuilder {
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::ClientTls) -> Self {
         self.config.tls = Some(tls);
+        self
+    }
+
+    /// Adds a filter layer (any [`tower::Layer`] over the client's chain, see
+    /// [`filter`](crate::filter)). The first layer added is the outermost: it sees a
+    /// call first and its result last. A client with no layers runs no chain: its
+    /// calls take the hand-tuned path. Each layer added costs a boxed future per call;
+    /// several layers composed into one `tower::ServiceBuilder` and added at once cost
+    /// one.
+    ///
+    /// ```
+    /// use rpc_core::filter::trace::TraceLayer;
+    /// let builder = rpc_core::Client::builder().layer(TraceLayer::client());
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<ClientChain> + Send + Sync + 'static,
+        L::Service: tower::Service<ClientRequest, Response = ClientResponse, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<ClientRequest>>::Future: Send + 'static,
+    {
+        self.layers
+            .push(Arc::new(move |inner| ClientChain::new(layer.layer(inner))));
         self
     }
 
@@ -351,7 +394,7 @@ impl ClientBuilder {
         let runtime = current_runtime("ClientBuilder::connect")?;
         let shown = format!("{addr:?}");
         let addr = resolve(shown, tokio::net::lookup_host(addr).await)?;
-        let client = Client::single(addr, self.config, runtime, None);
+        let client = Client::single(addr, self.config, runtime, None).with_layers(&self.layers);
         client.first_connection().await?;
         Ok(client)
     }
@@ -371,7 +414,8 @@ impl ClientBuilder {
         let addr = resolve(format!("{addr:?}"), addr.to_socket_addrs())?;
         let runtime = start_runtime()?;
         let handle = runtime.handle().clone();
-        let client = Client::single(addr, self.config, handle, Some(runtime));
+        let client =
+            Client::single(addr, self.config, handle, Some(runtime)).with_layers(&self.layers);
         // The connect attempt times out by itself; this only guards against its task
         // never running.
         let limit = client.inner.config.connect_timeout + Duration::from_secs(1);

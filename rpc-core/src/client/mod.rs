@@ -57,6 +57,9 @@ use route::Route;
 pub struct Client {
     /// Shared by all clones.
     inner: Arc<ClientInner>,
+    /// The filter chain calls pass through, when layers were added; its
+    /// [`Transport`](crate::filter::Transport) holds this client without it.
+    chain: Option<Arc<crate::filter::client::ClientChain>>,
 }
 
 struct ClientInner {
@@ -81,6 +84,7 @@ impl fmt::Debug for Client {
                 .field("providers", &cluster.balancer.providers().len()),
         };
         d.field("config", &self.inner.config)
+            .field("filtered", &self.chain.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +141,37 @@ impl Client {
                 runtime,
                 owned,
             }),
+            chain: None,
         }
+    }
+
+    /// This client with a chain made of `layers` (outermost first) around its
+    /// transport; unchanged when there are none.
+    fn with_layers(mut self, layers: &[crate::filter::client::ErasedLayer]) -> Client {
+        if layers.is_empty() {
+            return self;
+        }
+        let mut chain =
+            crate::filter::client::ClientChain::new(crate::filter::Transport::new(&self));
+        for layer in layers.iter().rev() {
+            chain = layer(chain);
+        }
+        self.chain = Some(Arc::new(chain));
+        self
+    }
+
+    /// This client without its filter chain: what the chain's transport sends
+    /// through.
+    pub(crate) fn without_chain(&self) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            chain: None,
+        }
+    }
+
+    /// The filter chain, if layers were added.
+    pub(crate) fn chain(&self) -> Option<&crate::filter::client::ClientChain> {
+        self.chain.as_deref()
     }
 
     /// The server's address, for a single-server client; `None` for a client over

@@ -59,6 +59,64 @@ pub fn encode_request<A: Serialize + ?Sized>(
     args: &A,
     max_frame_len: usize,
 ) -> Result<(), EncodeError> {
+    encode_request_with(dst, request_id, oneway, target, max_frame_len, |dst| {
+        let start = dst.len();
+        rmp_serde::encode::write_named(&mut dst.writer(), args)?;
+        // The body is the argument array. A method without arguments has `()` as its
+        // argument tuple, which serde writes as nil: send the empty array instead.
+        if dst.len() == start + 1 && dst[start] == NIL {
+            dst[start] = EMPTY_ARRAY;
+        }
+        Ok(())
+    })
+}
+
+/// Appends a request frame whose body (the argument array) is already encoded, as
+/// [`encode_args`] encodes it: a call sent again (a retry, a forked or hedged copy)
+/// costs no second serialization.
+///
+/// # Errors
+///
+/// If metadata exceeds its limits or the frame is longer than `max_frame_len`. `dst`
+/// is left as it was.
+pub fn encode_raw_request(
+    dst: &mut BytesMut,
+    request_id: u64,
+    oneway: bool,
+    target: &RequestTarget<'_>,
+    body: &[u8],
+    max_frame_len: usize,
+) -> Result<(), EncodeError> {
+    encode_request_with(dst, request_id, oneway, target, max_frame_len, |dst| {
+        dst.extend_from_slice(body);
+        Ok(())
+    })
+}
+
+/// Encodes an argument tuple as a request body (what [`encode_request`] puts in the
+/// frame).
+///
+/// # Errors
+///
+/// If the arguments cannot be serialized.
+pub fn encode_args<A: Serialize + ?Sized>(args: &A) -> Result<bytes::Bytes, EncodeError> {
+    let mut body = BytesMut::new();
+    rmp_serde::encode::write_named(&mut (&mut body).writer(), args)?;
+    if body[..] == [NIL] {
+        body[0] = EMPTY_ARRAY;
+    }
+    Ok(body.freeze())
+}
+
+/// The frame around a request body `write_body` appends.
+fn encode_request_with(
+    dst: &mut BytesMut,
+    request_id: u64,
+    oneway: bool,
+    target: &RequestTarget<'_>,
+    max_frame_len: usize,
+    write_body: impl FnOnce(&mut BytesMut) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
     let start = dst.len();
     let result = (|| {
         dst.put_bytes(0, HEADER_LEN);
@@ -77,12 +135,7 @@ pub fn encode_request<A: Serialize + ?Sized>(
             meta.attachment(key, value)?;
         }
         let meta_end = dst.len();
-        rmp_serde::encode::write_named(&mut dst.writer(), args)?;
-        // The body is the argument array. A method without arguments has `()` as its
-        // argument tuple, which serde writes as nil: send the empty array instead.
-        if dst.len() == meta_end + 1 && dst[meta_end] == NIL {
-            dst[meta_end] = EMPTY_ARRAY;
-        }
+        write_body(dst)?;
         let flags = if oneway {
             Flags::ONEWAY
         } else {

@@ -23,7 +23,8 @@ pub use frame::{
     SERIALIZATION_MSGPACK, VERSION,
 };
 pub use message::{
-    encode_cancel, encode_event, encode_heartbeat, encode_raw_response, encode_request,
-    encode_response, encode_response_with, EncodeError, RequestTarget, ResponseError,
+    encode_args, encode_cancel, encode_event, encode_heartbeat, encode_raw_request,
+    encode_raw_response, encode_request, encode_response, encode_response_with, EncodeError,
+    RequestTarget, ResponseError,
 };
 pub use status::{Event, Status};

@@ -10,8 +10,13 @@ use std::time::Duration;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::runtime::Handle;
 
+use tower::layer::util::{Identity, Stack};
+use tower::util::BoxCloneSyncService;
+use tower::Layer;
+
 use super::{Server, Service};
 use crate::error::RpcError;
+use crate::filter::{BoxError, Invoker, ServerRequest, ServerResponse};
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, MIN_FRAME_LEN};
 
 /// Where handlers run.
@@ -166,25 +171,42 @@ impl ServerConfig {
     }
 }
 
-/// Builds a [`Server`]: settings, then services, then [`bind`](Self::bind).
-#[derive(Default)]
-pub struct ServerBuilder {
+/// Builds a [`Server`]: settings, services and filter layers, then
+/// [`bind`](Self::bind). `L` is the stack of layers added with
+/// [`layer`](Self::layer) (none by default).
+pub struct ServerBuilder<L = Identity> {
     /// Settings so far.
     config: ServerConfig,
     /// Services so far, by name.
     services: HashMap<String, Arc<dyn Service>>,
+    /// The filter layers, outermost first.
+    layers: L,
+    /// Whether any layer was added: without one the server runs no chain at all.
+    layered: bool,
 }
 
-impl fmt::Debug for ServerBuilder {
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            config: ServerConfig::default(),
+            services: HashMap::new(),
+            layers: Identity::new(),
+            layered: false,
+        }
+    }
+}
+
+impl<L> fmt::Debug for ServerBuilder<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerBuilder")
             .field("config", &self.config)
             .field("services", &self.services.keys().collect::<Vec<_>>())
+            .field("layered", &self.layered)
             .finish()
     }
 }
 
-impl ServerBuilder {
+impl<L> ServerBuilder<L> {
     /// Replaces all settings.
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
@@ -281,6 +303,23 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds a filter layer (any [`tower::Layer`] over the server's chain, see
+    /// [`filter`](crate::filter)). The first layer added is the outermost: it sees a
+    /// call first and its reply last. A server with no layers runs no chain.
+    ///
+    /// ```
+    /// use rpc_core::filter::auth::TokenAuthLayer;
+    /// let builder = rpc_core::Server::builder().layer(TokenAuthLayer::tokens(["s3cr3t"]));
+    /// ```
+    pub fn layer<N>(self, layer: N) -> ServerBuilder<Stack<N, L>> {
+        ServerBuilder {
+            config: self.config,
+            services: self.services,
+            layers: Stack::new(layer, self.layers),
+            layered: true,
+        }
+    }
+
     /// Hosts a service. A later service with the same name replaces an earlier one.
     pub fn add_service(mut self, service: impl Service) -> Self {
         self.services
@@ -296,7 +335,16 @@ impl ServerBuilder {
     /// [`RpcError::InvalidConfig`] for a setting out of range (see
     /// [`ServerConfig::validate`]); [`RpcError::NoRuntime`] outside a tokio runtime;
     /// [`RpcError::Bind`] if the address does not resolve or cannot be bound.
-    pub async fn bind(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server, RpcError> {
+    pub async fn bind(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server, RpcError>
+    where
+        L: Layer<Invoker>,
+        L::Service: tower::Service<ServerRequest, Response = ServerResponse, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<ServerRequest>>::Future: Send + 'static,
+    {
         self.config.validate()?;
         let runtime =
             Handle::try_current().map_err(|_| RpcError::NoRuntime("ServerBuilder::bind"))?;
@@ -313,6 +361,9 @@ impl ServerBuilder {
             runtime,
             config: self.config,
             services: self.services,
+            chain: self
+                .layered
+                .then(|| BoxCloneSyncService::new(self.layers.layer(Invoker))),
             connections: Arc::new(AtomicUsize::new(0)),
         })
     }

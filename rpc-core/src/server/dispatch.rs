@@ -17,7 +17,8 @@ use super::context::CancelSignal;
 use super::in_flight::{
     not_started, panicked, poll_guarded, run_on_pool, InFlight, Outcome, PoolCall,
 };
-use super::{CallContext, Reply, ServerShared, Service};
+use super::{CallContext, DispatchError, Reply, ServerShared, Service};
+use crate::filter::{self, server::ServerChain, ServerRequest};
 use crate::protocol::metadata::RequestMeta;
 use crate::protocol::{
     encode_heartbeat, encode_raw_response, encode_response, encode_response_with, Event, Flags,
@@ -52,7 +53,7 @@ pub(super) struct Dispatch<'a> {
     /// The service last called on this connection, to skip the map lookup: a
     /// connection usually calls one service over and over. Borrowed from `shared`, so
     /// a call costs no reference-count traffic on the service all workers share.
-    last_service: Option<(&'a str, &'a dyn Service)>,
+    last_service: Option<(&'a str, &'a Arc<dyn Service>)>,
     /// When the current batch of requests was read; their deadlines count from here.
     pub(super) received: Instant,
     /// The time as last read, for deadline checks (see [`CLOCK_EVERY`]).
@@ -62,6 +63,8 @@ pub(super) struct Dispatch<'a> {
     /// Calls still running (on this worker or the pool) that the caller may cancel, by
     /// request id. A call that finishes on its first poll never enters it.
     running: HashMap<u64, Arc<CancelSignal>>,
+    /// This connection's copy of the server's filter chain, if it has one.
+    chain: Option<ServerChain>,
 }
 
 impl<'a> Dispatch<'a> {
@@ -84,6 +87,7 @@ impl<'a> Dispatch<'a> {
             now: Instant::now(),
             since_clock: 0,
             running: HashMap::new(),
+            chain: shared.chain.clone(),
         }
     }
 
@@ -187,28 +191,61 @@ impl<'a> Dispatch<'a> {
             self.write_reply(id, oneway, &not_started(meta.timeout));
             return Ok(());
         }
-        let mut call = match service.call(meta.method, body) {
-            Ok(call) => call,
-            Err(e) => {
-                self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
-                return Ok(());
-            }
-        };
         let timeout = meta.timeout;
         let context =
             CallContext::from_request((self.peer, &self.peer_identity), self.received, &meta);
+        let (mut call, context, cancel) = match &mut self.chain {
+            None => match service.call(meta.method, body) {
+                Ok(call) => (call, Some(context), None),
+                Err(e) => {
+                    self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
+                    return Ok(());
+                }
+            },
+            Some(chain) => {
+                let Some(method) = service.methods().iter().find(|m| **m == meta.method) else {
+                    let e = DispatchError::MethodNotFound {
+                        service: meta.service.to_owned(),
+                        method: meta.method.to_owned(),
+                    };
+                    self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
+                    return Ok(());
+                };
+                // The context moves into the request: the cancel signal is made now,
+                // for the server to keep.
+                let cancel = Arc::clone(context.signal());
+                let args = crate::blob::share_or_copy(body);
+                let request =
+                    ServerRequest::new(Arc::clone(service), method, args, context, oneway);
+                match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    filter::server::start(chain, request)
+                })) {
+                    Ok(Ok(call)) => (call, None, Some(cancel)),
+                    Ok(Err((status, message))) => {
+                        self.write_reply(id, oneway, &Reply::error(status, &message));
+                        return Ok(());
+                    }
+                    Err(panic) => {
+                        self.write_reply(id, oneway, &panicked(&*panic));
+                        return Ok(());
+                    }
+                }
+            }
+        };
         match &self.shared.pool {
             None => {
                 // Most handlers finish on their first poll: encode the result right
                 // away, straight into the write buffer.
-                let mut context = Some(context);
+                let mut context = context;
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 match poll_guarded(&mut call, &mut context, &mut cx) {
                     Ok(Poll::Ready(())) => self.write_outcome(id, oneway, Outcome::Finished(call)),
                     Ok(Poll::Pending) => {
-                        let cancel = context
-                            .as_ref()
-                            .map_or_else(Arc::default, |c| Arc::clone(c.signal()));
+                        let cancel = cancel.unwrap_or_else(|| {
+                            context
+                                .as_ref()
+                                .map_or_else(Arc::default, |c| Arc::clone(c.signal()))
+                        });
                         if !oneway {
                             self.running.insert(id, Arc::clone(&cancel));
                         }
@@ -228,7 +265,13 @@ impl<'a> Dispatch<'a> {
                 }
             }
             Some(pool) => {
-                let cancel = (!oneway).then(|| Arc::clone(context.signal()));
+                let cancel = (!oneway).then(|| {
+                    cancel.unwrap_or_else(|| {
+                        context
+                            .as_ref()
+                            .map_or_else(Arc::default, |c| Arc::clone(c.signal()))
+                    })
+                });
                 if let Some(cancel) = &cancel {
                     self.running.insert(id, Arc::clone(cancel));
                 }
@@ -236,7 +279,7 @@ impl<'a> Dispatch<'a> {
                 let tx = self.pool_tx.clone();
                 let job = PoolCall {
                     call,
-                    context: Some(context),
+                    context,
                     timeout,
                     received: self.received,
                     oneway,
@@ -288,14 +331,13 @@ impl<'a> Dispatch<'a> {
     }
 
     /// The service named `name`.
-    fn service(&mut self, name: &str) -> Option<&'a dyn Service> {
+    fn service(&mut self, name: &str) -> Option<&'a Arc<dyn Service>> {
         if let Some((last, service)) = self.last_service {
             if last == name {
                 return Some(service);
             }
         }
         let (name, service) = self.shared.services.get_key_value(name)?;
-        let service: &'a dyn Service = &**service;
         self.last_service = Some((name.as_str(), service));
         Some(service)
     }

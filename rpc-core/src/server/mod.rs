@@ -62,6 +62,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Execution, ServerBuilder, ServerConfig};
+pub(crate) use context::enter as enter_context;
 pub use context::{CallContext, Cancellation, PeerIdentity};
 pub(crate) use service::Reply;
 pub use service::{
@@ -77,6 +78,9 @@ use worker::WorkerGroup;
 pub(crate) struct ServerShared {
     /// Hosted services by name.
     pub(crate) services: HashMap<String, Arc<dyn Service>>,
+    /// The filter chain every call passes through, when layers were added; each
+    /// connection works on a clone of it.
+    pub(crate) chain: Option<crate::filter::server::ServerChain>,
     /// Comma-separated service names, for "service not found" messages.
     pub(crate) service_names: String,
     /// The server's settings.
@@ -137,6 +141,8 @@ pub struct Server {
     config: ServerConfig,
     /// Hosted services by name.
     services: HashMap<String, Arc<dyn Service>>,
+    /// The filter chain, when layers were added.
+    chain: Option<crate::filter::server::ServerChain>,
     /// Open connections, shared with the running server.
     connections: Arc<AtomicUsize>,
 }
@@ -220,6 +226,7 @@ impl Server {
         let shared = Arc::new(ServerShared {
             service_names,
             services: self.services,
+            chain: self.chain,
             pool: pool.as_ref().map(|p| p.handle().clone()),
             shutdown,
             connections: self.connections,

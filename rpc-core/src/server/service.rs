@@ -37,6 +37,13 @@ pub trait Handler: Send {
 #[error("cannot encode the result: {0}")]
 pub struct EncodeFailure(String);
 
+impl EncodeFailure {
+    /// A failure with this message.
+    pub(crate) fn new(message: String) -> EncodeFailure {
+        EncodeFailure(message)
+    }
+}
+
 /// A method's result, ready to become a response body. The macro wraps every result in
 /// [`Plain`] or [`Fallible`].
 pub trait IntoReply: Send {
@@ -188,6 +195,11 @@ impl Reply {
     /// The reply of a finished call, encoded into a buffer of its own (for handlers
     /// that ran away from the connection's worker).
     pub(crate) fn finished(mut call: Dispatched) -> Reply {
+        Reply::finished_in_place(&mut call)
+    }
+
+    /// [`Reply::finished`], for a call that stays where it is.
+    pub(crate) fn finished_in_place(call: &mut Dispatched) -> Reply {
         let mut status = Status::Ok;
         let encoded = crate::protocol::scratch::encode_with(|buf| {
             status = call.as_mut().encode_result(buf)?;

@@ -1,0 +1,104 @@
+//! The filter chain: every call passes through a stack of [tower] layers, on the
+//! server between the connection and the handler, on the client between the stub and
+//! the connection.
+//!
+//! A server's chain is a [`tower::Service`] from [`ServerRequest`] to
+//! [`ServerResponse`]; the innermost service, the [`Invoker`], decodes the arguments and
+//! runs the handler. Add layers with [`ServerBuilder::layer`](crate::ServerBuilder::layer):
+//! the first added is the outermost. Any tower middleware whose service is generic
+//! over its inner service fits, besides the filters here. A server without layers
+//! does not run a chain at all: its calls take the hand-tuned path, unchanged.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use rpc_core::filter::{auth::TokenAuthLayer, limit::LimitLayer};
+//! # #[rpc_core::service] trait Echo { async fn echo(&self, s: String) -> String; }
+//! # struct E; impl Echo for E { async fn echo(&self, s: String) -> String { s } }
+//! # async fn run() -> Result<(), rpc_core::RpcError> {
+//! let server = rpc_core::Server::builder()
+//!     .layer(TokenAuthLayer::tokens(["s3cr3t"]))
+//!     .layer(LimitLayer::new().concurrency("Echo", "echo", 64))
+//!     .add_service(EchoServer::new(E))
+//!     .bind("127.0.0.1:0")
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Errors in a chain
+//!
+//! A server filter fails a call by returning an error; the reply's status comes from
+//! it: a [`Rejection`] carries its own, tower's `Overloaded` (load shedding) becomes
+//! [`Status::Overloaded`], tower's `Elapsed` (timeout) [`Status::Timeout`], anything
+//! else [`Status::InternalError`] with the error's message. A chain that is not ready
+//! when a call arrives (a tower limiter that is full) does not queue it: the call is
+//! answered [`Status::Overloaded`] at once.
+//!
+//! Deadlines hold through the chain: the server stops a call whose deadline passed
+//! wherever it is in the chain, and the [`Invoker`] does not start a handler whose
+//! deadline passed while the call waited in a filter.
+
+pub(crate) mod client;
+pub(crate) mod server;
+
+use std::fmt;
+
+pub use client::{into_rpc_error, ClientRequest, ClientResponse, Transport};
+pub use server::{Invocation, Invoker, ServerRequest, ServerResponse};
+
+use crate::protocol::Status;
+
+/// The error type of every chain: any error, boxed (tower's convention).
+pub type BoxError = tower::BoxError;
+
+/// A filter's refusal of a call, with the status the caller receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The reply's status.
+    status: Status,
+    /// Why, for the caller's error message.
+    message: String,
+}
+
+impl Rejection {
+    /// A refusal answered with `status` and `message`.
+    pub fn new(status: Status, message: impl Into<String>) -> Rejection {
+        Rejection {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The status the caller receives.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// Why.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// The status and message a failed call is answered with (see the module docs).
+pub(crate) fn status_of(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) -> (Status, String) {
+    if let Some(rejection) = error.downcast_ref::<Rejection>() {
+        return (rejection.status, rejection.message.clone());
+    }
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        return (Status::Overloaded, error.to_string());
+    }
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return (Status::Timeout, error.to_string());
+    }
+    (Status::InternalError, error.to_string())
+}
