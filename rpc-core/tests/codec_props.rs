@@ -382,7 +382,7 @@ proptest! {
         args in (any::<i64>(), "\\PC{0,20}", prop::collection::vec(any::<u8>(), 0..16)),
         sizes in chunk_sizes(),
     ) {
-        let trace = trace.map(|(trace_id, span_id)| TraceContext { trace_id, span_id });
+        let trace = trace.map(|(trace_id, span_id)| TraceContext { trace_id, span_id, flags: 1 });
         let target = RequestTarget {
             service: &service,
             method: &method,

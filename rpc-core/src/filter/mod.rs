@@ -37,15 +37,129 @@
 //! wherever it is in the chain, and the [`Invoker`] does not start a handler whose
 //! deadline passed while the call waited in a filter.
 
+pub mod access_log;
+pub mod auth;
 pub(crate) mod client;
+pub mod fault;
+pub mod limit;
+pub mod metrics;
 pub(crate) mod server;
+pub mod trace;
 
 use std::fmt;
 
 pub use client::{into_rpc_error, ClientRequest, ClientResponse, Transport};
 pub use server::{Invocation, Invoker, ServerRequest, ServerResponse};
 
+use crate::error::RpcError;
 use crate::protocol::Status;
+
+/// What a filter that works on both sides (metrics, access log, fault injection) can
+/// ask of a call.
+pub trait CallInfo {
+    /// The service's wire name.
+    fn service(&self) -> &str;
+    /// The method's wire name.
+    fn method(&self) -> &str;
+    /// The other end: the client, on a server; `None` on a client.
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+impl CallInfo for ServerRequest {
+    fn service(&self) -> &str {
+        ServerRequest::service(self)
+    }
+    fn method(&self) -> &str {
+        ServerRequest::method(self)
+    }
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        Some(self.context().peer)
+    }
+}
+
+impl CallInfo for ClientRequest {
+    fn service(&self) -> &str {
+        ClientRequest::service(self)
+    }
+    fn method(&self) -> &str {
+        ClientRequest::method(self)
+    }
+}
+
+/// A chain's response, on either side: its status.
+pub trait ReplyStatus {
+    /// OK, or APPLICATION_ERROR, or another status a filter answered with.
+    fn status(&self) -> Status;
+}
+
+impl ReplyStatus for ServerResponse {
+    fn status(&self) -> Status {
+        ServerResponse::status(self)
+    }
+}
+
+impl ReplyStatus for ClientResponse {
+    fn status(&self) -> Status {
+        ClientResponse::status(self)
+    }
+}
+
+/// A short, fixed label for how a call ended (for metrics and logs): the reply's status
+/// (`ok`, `application_error`, `timeout`, `overloaded`, ...) or, on a client, the
+/// failure that left no status (`connection_lost`, `connect_failed`, `not_sent`,
+/// `no_provider`, ...).
+pub fn outcome_label<R: ReplyStatus>(result: &Result<R, BoxError>) -> &'static str {
+    match result {
+        Ok(response) => status_label(response.status()),
+        Err(error) => match error.downcast_ref::<RpcError>() {
+            Some(e) => error_label(e),
+            None => status_label(status_of(&**error).0),
+        },
+    }
+}
+
+/// The label of a status.
+pub fn status_label(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "ok",
+        Status::ApplicationError => "application_error",
+        Status::ServiceNotFound => "service_not_found",
+        Status::MethodNotFound => "method_not_found",
+        Status::BadRequest => "bad_request",
+        Status::Overloaded => "overloaded",
+        Status::Timeout => "timeout",
+        Status::InternalError => "internal_error",
+        Status::Unauthenticated => "unauthenticated",
+        Status::ShuttingDown => "shutting_down",
+        Status::Unknown(_) => "unknown_status",
+    }
+}
+
+/// The label of a client-side error.
+fn error_label(error: &RpcError) -> &'static str {
+    match error {
+        RpcError::Application(never) => match *never {},
+        RpcError::Timeout(_) => "timeout",
+        RpcError::NoProvider { .. } => "no_provider",
+        RpcError::Connect { .. } | RpcError::Resolve { .. } => "connect_failed",
+        RpcError::NotSent { .. } => "not_sent",
+        RpcError::RequestTooLarge { .. } => "request_too_large",
+        RpcError::ConnectionLost { .. } => "connection_lost",
+        RpcError::ShuttingDown => "shutting_down",
+        RpcError::ServiceNotFound(_) => "service_not_found",
+        RpcError::MethodNotFound(_) => "method_not_found",
+        RpcError::BadRequest(_) => "bad_request",
+        RpcError::Overloaded(_) => "overloaded",
+        RpcError::Unauthenticated(_) => "unauthenticated",
+        RpcError::Internal(_) => "internal_error",
+        RpcError::Serialization { .. } => "serialization",
+        RpcError::Protocol(_) => "protocol",
+        RpcError::ClientClosed => "client_closed",
+        _ => "error",
+    }
+}
 
 /// The error type of every chain: any error, boxed (tower's convention).
 pub type BoxError = tower::BoxError;

@@ -28,16 +28,132 @@ pub mod tag {
     pub const AUTH_TOKEN: u8 = 0x06;
     /// A user attachment: `key_len: u8`, `key` (UTF-8), then the value (the rest).
     pub const ATTACHMENT: u8 = 0x07;
+    /// Trace flags, 1 byte (W3C trace context: bit 0 = sampled). Absent means 0.
+    pub const TRACE_FLAGS: u8 = 0x08;
 }
 
 /// Trace context carried with a call (the Dapper model: one trace id for the whole
-/// request tree, one span id per hop).
+/// request tree, one span id per hop), with the fields of a W3C `traceparent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TraceContext {
     /// Identifies the whole trace.
     pub trace_id: [u8; 16],
     /// Identifies the caller's span.
     pub span_id: [u8; 8],
+    /// W3C trace flags; bit 0 (`0x01`) means sampled.
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// The W3C "sampled" flag.
+    pub const SAMPLED: u8 = 0x01;
+
+    /// A new trace: random trace and span ids, sampled.
+    pub fn new_root() -> TraceContext {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let mut trace_id = [0u8; 16];
+        // All-zero ids are invalid in W3C trace context.
+        while trace_id == [0; 16] {
+            rng.fill(&mut trace_id);
+        }
+        TraceContext {
+            trace_id,
+            span_id: new_span_id(&mut rng),
+            flags: TraceContext::SAMPLED,
+        }
+    }
+
+    /// A span in the same trace with a new random span id (whose parent is this one).
+    pub fn child(&self) -> TraceContext {
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: new_span_id(&mut rand::thread_rng()),
+            flags: self.flags,
+        }
+    }
+
+    /// The trace id as 32 lowercase hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The span id as 16 lowercase hex digits.
+    pub fn span_id_hex(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// The W3C `traceparent` header value: `00-{trace id}-{span id}-{flags}`.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id_hex(),
+            self.span_id_hex(),
+            self.flags
+        )
+    }
+
+    /// Parses a W3C `traceparent` (version 00); `None` if it is malformed or has an
+    /// all-zero id.
+    pub fn from_traceparent(value: &str) -> Option<TraceContext> {
+        let mut parts = value.trim().split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version != "00" || parts.next().is_some() {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        unhex(trace, &mut trace_id)?;
+        unhex(span, &mut span_id)?;
+        let mut flag = [0u8; 1];
+        unhex(flags, &mut flag)?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            flags: flag[0],
+        })
+    }
+}
+
+/// A random, non-zero span id.
+fn new_span_id(rng: &mut impl rand::Rng) -> [u8; 8] {
+    let mut id = [0u8; 8];
+    while id == [0; 8] {
+        rng.fill(&mut id);
+    }
+    id
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Decodes exactly `out.len()` bytes of lowercase hex from `text`.
+fn unhex(text: &str, out: &mut [u8]) -> Option<()> {
+    let text = text.as_bytes();
+    if text.len() != out.len() * 2 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(())
 }
 
 /// Appends metadata entries to a buffer.
@@ -91,15 +207,20 @@ impl<'a> MetadataWriter<'a> {
         self.dst.put_u32(ms);
     }
 
-    /// Appends the trace context.
+    /// Appends the trace context (the flags only when not zero).
     pub fn trace(&mut self, trace: &TraceContext) {
-        self.dst.reserve(3 + 16 + 3 + 8);
+        self.dst.reserve(3 + 16 + 3 + 8 + 4);
         self.dst.put_u8(tag::TRACE_ID);
         self.dst.put_u16(16);
         self.dst.put_slice(&trace.trace_id);
         self.dst.put_u8(tag::SPAN_ID);
         self.dst.put_u16(8);
         self.dst.put_slice(&trace.span_id);
+        if trace.flags != 0 {
+            self.dst.put_u8(tag::TRACE_FLAGS);
+            self.dst.put_u16(1);
+            self.dst.put_u8(trace.flags);
+        }
     }
 
     /// Appends a user attachment.
@@ -203,6 +324,7 @@ impl<'a> RequestMeta<'a> {
         let mut trace_id = None;
         let mut span_id = None;
         let mut auth_token = None;
+        let mut flags = 0;
         for entry in Entries::new(section) {
             let (tag, value) = entry?;
             match tag {
@@ -230,6 +352,12 @@ impl<'a> RequestMeta<'a> {
                         })?);
                 }
                 tag::AUTH_TOKEN => auth_token = Some(value),
+                tag::TRACE_FLAGS => {
+                    let [f] = <[u8; 1]>::try_from(value).map_err(|_| {
+                        ProtocolError::Metadata("trace flags are not 1 byte".into())
+                    })?;
+                    flags = f;
+                }
                 tag::ATTACHMENT => {
                     parse_attachment(value)?;
                 }
@@ -237,7 +365,11 @@ impl<'a> RequestMeta<'a> {
             }
         }
         let trace = match (trace_id, span_id) {
-            (Some(trace_id), Some(span_id)) => Some(TraceContext { trace_id, span_id }),
+            (Some(trace_id), Some(span_id)) => Some(TraceContext {
+                trace_id,
+                span_id,
+                flags,
+            }),
             _ => None,
         };
         Ok(RequestMeta {
@@ -284,6 +416,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn traceparent_round_trips_and_rejects_malformed_values() {
+        let trace = TraceContext::new_root();
+        let text = trace.traceparent();
+        assert_eq!(text.len(), 55);
+        assert_eq!(TraceContext::from_traceparent(&text), Some(trace));
+        let known = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceContext::from_traceparent(known).unwrap();
+        assert_eq!(parsed.traceparent(), known);
+        assert_eq!(parsed.flags, TraceContext::SAMPLED);
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(TraceContext::from_traceparent(bad), None, "{bad}");
+        }
+        let child = trace.child();
+        assert_eq!(child.trace_id, trace.trace_id);
+        assert_ne!(child.span_id, trace.span_id);
+    }
+
+    #[test]
     fn request_meta_round_trips() {
         let mut buf = BytesMut::new();
         let mut w = MetadataWriter::new(&mut buf);
@@ -292,6 +449,7 @@ mod tests {
         let trace = TraceContext {
             trace_id: [7; 16],
             span_id: [9; 8],
+            flags: TraceContext::SAMPLED,
         };
         w.trace(&trace);
         w.entry(tag::AUTH_TOKEN, b"secret").unwrap();

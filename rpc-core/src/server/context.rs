@@ -39,8 +39,12 @@ pub struct CallContext {
     pub peer: SocketAddr,
     /// When the caller stops waiting, if it said (from the request's timeout).
     pub deadline: Option<Instant>,
-    /// Trace context, if the caller sent one.
+    /// Trace context, if the caller sent one: the caller's span.
     pub trace: Option<TraceContext>,
+    /// This call's own span on the server, when the server traces its calls
+    /// ([`TraceLayer`](crate::filter::trace::TraceLayer)): the caller's trace (or a new
+    /// one) with a span id of its own. Calls the handler makes are its children.
+    pub span: Option<TraceContext>,
     /// The caller's authentication token, if any.
     pub auth_token: Option<Vec<u8>>,
     /// User attachments, in the order they were sent.
@@ -86,6 +90,7 @@ impl Clone for CallContext {
             peer_identity: self.peer_identity.clone(),
             deadline: self.deadline,
             trace: self.trace,
+            span: self.span,
             auth_token: self.auth_token.clone(),
             attachments: self.attachments.clone(),
             cancel: OnceLock::from(Arc::clone(self.signal())),
@@ -158,6 +163,7 @@ impl CallContext {
             peer_identity: peer_identity.clone(),
             deadline: meta.timeout.map(|t| received + t),
             trace: meta.trace,
+            span: None,
             auth_token: meta.auth_token.map(<[u8]>::to_vec),
             attachments: meta
                 .attachments()
@@ -264,6 +270,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
             deadline: None,
             trace: None,
+            span: None,
             auth_token: None,
             attachments: vec![("tag".to_owned(), tag.as_bytes().to_vec())],
             cancel: OnceLock::new(),

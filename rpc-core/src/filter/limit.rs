@@ -1,0 +1,348 @@
+//! Per-method concurrency and rate limits on the server, with load shedding: a call
+//! over a limit is answered [`Status::Overloaded`] at once, never queued.
+//!
+//! - A **concurrency limit** caps the calls of a method running at once (counted from
+//!   when the call enters this filter until its reply is ready, or it is cancelled or
+//!   times out).
+//! - A **rate limit** is a token bucket: `per_second` calls a second on average, with
+//!   bursts of up to `burst` calls (default: one second's worth).
+//!
+//! Limits are set per method, or for every method of a service with the method name
+//! `"*"` (each method then has its own counters); a method's own setting wins over the
+//! service-wide one. Methods without a setting are not limited. Every setting is
+//! checked by [`LimitBuilder::build`]: a zero limit is an error there, not a server
+//! that refuses every call.
+//!
+//! ```
+//! use rpc_core::filter::limit::LimitLayer;
+//! let limits = LimitLayer::builder()
+//!     .concurrency("example.Inventory", "reserve", 64)
+//!     .rate("example.Inventory", "*", 10_000.0)
+//!     .build()?;
+//! # Ok::<(), rpc_core::RpcError>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_util::future::Either;
+use tower::{Layer, Service};
+
+use super::{BoxError, Rejection, ServerRequest, ServerResponse};
+use crate::error::RpcError;
+use crate::protocol::Status;
+
+/// The settings of one method (or one service's methods).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Setting {
+    /// Calls running at once, at most.
+    concurrency: Option<usize>,
+    /// Calls per second on average, and the burst allowed.
+    rate: Option<(f64, f64)>,
+}
+
+/// Collects limits; [`build`](Self::build) checks them.
+#[derive(Debug, Clone, Default)]
+pub struct LimitBuilder {
+    /// Settings by (service, method or `"*"`).
+    settings: HashMap<(String, String), Setting>,
+}
+
+impl LimitBuilder {
+    /// At most `max` calls of `service.method` (or of each method of `service`, with
+    /// `"*"`) run at once.
+    pub fn concurrency(mut self, service: &str, method: &str, max: usize) -> Self {
+        self.entry(service, method).concurrency = Some(max);
+        self
+    }
+
+    /// At most `per_second` calls a second of `service.method` (or of each method,
+    /// with `"*"`), in bursts of up to one second's worth.
+    pub fn rate(self, service: &str, method: &str, per_second: f64) -> Self {
+        self.rate_with_burst(service, method, per_second, per_second.max(1.0))
+    }
+
+    /// As [`rate`](Self::rate), with bursts of up to `burst` calls.
+    pub fn rate_with_burst(
+        mut self,
+        service: &str,
+        method: &str,
+        per_second: f64,
+        burst: f64,
+    ) -> Self {
+        self.entry(service, method).rate = Some((per_second, burst));
+        self
+    }
+
+    fn entry(&mut self, service: &str, method: &str) -> &mut Setting {
+        self.settings
+            .entry((service.to_owned(), method.to_owned()))
+            .or_default()
+    }
+
+    /// The layer.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::InvalidConfig`] for a zero concurrency limit, a rate that is not a
+    /// positive finite number, a burst below one call, or no limit at all.
+    pub fn build(self) -> Result<LimitLayer, RpcError> {
+        if self.settings.is_empty() {
+            return Err(RpcError::InvalidConfig(
+                "a limit layer needs at least one limit".to_owned(),
+            ));
+        }
+        let mut services: HashMap<String, ServiceLimits> = HashMap::new();
+        for ((service, method), setting) in self.settings {
+            let name = format!("{service}.{method}");
+            if setting.concurrency == Some(0) {
+                return Err(RpcError::InvalidConfig(format!(
+                    "the concurrency limit of {name} is 0: it would refuse every call"
+                )));
+            }
+            if let Some((rate, burst)) = setting.rate {
+                if !(rate.is_finite() && rate > 0.0) {
+                    return Err(RpcError::InvalidConfig(format!(
+                        "the rate limit of {name} is {rate} calls/s; it must be a positive number"
+                    )));
+                }
+                if !(burst.is_finite() && burst >= 1.0) {
+                    return Err(RpcError::InvalidConfig(format!(
+                        "the burst of {name} is {burst} calls; it must be at least 1"
+                    )));
+                }
+            }
+            let limits = services.entry(service).or_default();
+            if method == "*" {
+                limits.every = Some(setting);
+            } else {
+                limits
+                    .methods
+                    .insert(method, Arc::new(MethodLimit::new(setting)));
+            }
+        }
+        Ok(LimitLayer {
+            services: Arc::new(
+                services
+                    .into_iter()
+                    .map(|(name, limits)| (name, Arc::new(limits)))
+                    .collect(),
+            ),
+        })
+    }
+}
+
+/// Limits of one service.
+#[derive(Debug, Default)]
+struct ServiceLimits {
+    /// Methods with their own setting.
+    methods: HashMap<String, Arc<MethodLimit>>,
+    /// The setting of every other method (`"*"`); their counters are made on first
+    /// use.
+    every: Option<Setting>,
+    /// Counters of methods under `every`, by name.
+    others: parking_lot::RwLock<HashMap<&'static str, Arc<MethodLimit>>>,
+}
+
+impl ServiceLimits {
+    /// The counters of `method`, if it is limited.
+    fn of(&self, method: &'static str) -> Option<Arc<MethodLimit>> {
+        if let Some(limit) = self.methods.get(method) {
+            return Some(Arc::clone(limit));
+        }
+        let every = self.every?;
+        if let Some(limit) = self.others.read().get(method) {
+            return Some(Arc::clone(limit));
+        }
+        let mut others = self.others.write();
+        Some(Arc::clone(
+            others
+                .entry(method)
+                .or_insert_with(|| Arc::new(MethodLimit::new(every))),
+        ))
+    }
+}
+
+/// The live counters of one limited method.
+#[derive(Debug)]
+struct MethodLimit {
+    /// The concurrency cap.
+    max_running: Option<usize>,
+    /// Calls running now.
+    running: AtomicUsize,
+    /// The token bucket, if rate-limited.
+    bucket: Option<parking_lot::Mutex<Bucket>>,
+}
+
+/// A token bucket.
+#[derive(Debug)]
+struct Bucket {
+    /// Tokens added per second.
+    rate: f64,
+    /// Tokens held at most.
+    burst: f64,
+    /// Tokens now.
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    updated: Instant,
+}
+
+impl MethodLimit {
+    fn new(setting: Setting) -> MethodLimit {
+        MethodLimit {
+            max_running: setting.concurrency,
+            running: AtomicUsize::new(0),
+            bucket: setting.rate.map(|(rate, burst)| {
+                parking_lot::Mutex::new(Bucket {
+                    rate,
+                    burst,
+                    tokens: burst,
+                    updated: Instant::now(),
+                })
+            }),
+        }
+    }
+
+    /// Admits a call, or says which limit refused it.
+    fn admit(self: &Arc<Self>) -> Result<Option<Running>, &'static str> {
+        if let Some(bucket) = &self.bucket {
+            let mut bucket = bucket.lock();
+            let now = Instant::now();
+            let refill = now.duration_since(bucket.updated).as_secs_f64() * bucket.rate;
+            bucket.tokens = (bucket.tokens + refill).min(bucket.burst);
+            bucket.updated = now;
+            if bucket.tokens < 1.0 {
+                return Err("the method is at its rate limit");
+            }
+            bucket.tokens -= 1.0;
+        }
+        let Some(max) = self.max_running else {
+            return Ok(None);
+        };
+        let before = self.running.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return Err("the method is at its concurrency limit");
+        }
+        Ok(Some(Running(Arc::clone(self))))
+    }
+}
+
+/// A call counted against a concurrency limit, until dropped.
+#[derive(Debug)]
+struct Running(Arc<MethodLimit>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Adds per-method limits to a server's chain; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct LimitLayer {
+    /// Limits by service name.
+    services: Arc<HashMap<String, Arc<ServiceLimits>>>,
+}
+
+impl LimitLayer {
+    /// Starts collecting limits.
+    pub fn builder() -> LimitBuilder {
+        LimitBuilder::default()
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit {
+            inner,
+            services: Arc::clone(&self.services),
+        }
+    }
+}
+
+/// The service [`LimitLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Limit<S> {
+    /// The rest of the chain.
+    inner: S,
+    /// Limits by service name.
+    services: Arc<HashMap<String, Arc<ServiceLimits>>>,
+}
+
+impl<S> Service<ServerRequest> for Limit<S>
+where
+    S: Service<ServerRequest, Response = ServerResponse, Error = BoxError>,
+{
+    type Response = ServerResponse;
+    type Error = BoxError;
+    type Future = Either<std::future::Ready<Result<ServerResponse, BoxError>>, Counted<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ServerRequest) -> Self::Future {
+        let limit = self
+            .services
+            .get(request.service())
+            .and_then(|limits| limits.of(request.method()));
+        let running = match limit.as_ref().map(MethodLimit::admit) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(running))) => Some(running),
+            Some(Err(reason)) => {
+                tracing::debug!(
+                    service = request.service(),
+                    method = request.method(),
+                    "call shed: {reason}"
+                );
+                let message = format!("{}.{}: {reason}", request.service(), request.method());
+                return Either::Left(std::future::ready(Err(Rejection::new(
+                    Status::Overloaded,
+                    message,
+                )
+                .into())));
+            }
+        };
+        Either::Right(Counted {
+            inner: self.inner.call(request),
+            running,
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's future, counted against its method's concurrency limit until it ends
+    /// or is dropped.
+    pub struct Counted<F> {
+        #[pin]
+        inner: F,
+        running: Option<Running>,
+    }
+}
+
+impl<F> fmt::Debug for Counted<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Counted").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        // The call is over: it no longer counts, even if the reply is still to go.
+        this.running.take();
+        Poll::Ready(output)
+    }
+}

@@ -1,0 +1,196 @@
+//! Distributed tracing in the Dapper model: one trace id for a whole request tree,
+//! a span per hop, carried in each request's metadata as the fields of a W3C
+//! `traceparent` (trace id, the caller's span id, flags; see `docs/PROTOCOL.md`),
+//! and bridged to `tracing` spans.
+//!
+//! - On a **client**, [`TraceLayer::client`] gives every call a span of its own: a
+//!   child of the span of the call being served when the call is made from inside a
+//!   handler ([`CallContext::span`](crate::server::CallContext::span)), else of a
+//!   trace set with [`with_trace`], else the root of a new trace. The call carries
+//!   that span's ids; the call's future runs inside a `tracing` span `rpc.client`.
+//! - On a **server**, [`TraceLayer::server`] gives every call a span whose parent is
+//!   the caller's (a call that carried no trace starts a new one), makes it the
+//!   handler's [`CallContext::span`](crate::server::CallContext::span), and runs the
+//!   chain inside a `tracing` span `rpc.server`.
+//!
+//! Both `tracing` spans have the fields `rpc.service`, `rpc.method`, `trace_id`,
+//! `span_id` and `parent_id` (hex; empty for a root), at `INFO`, so any subscriber
+//! (a log, or an OpenTelemetry exporter through `tracing-opentelemetry`) sees the
+//! tree with our ids.
+//!
+//! ```
+//! use rpc_core::filter::trace::TraceLayer;
+//! let server = rpc_core::Server::builder().layer(TraceLayer::server());
+//! let client = rpc_core::Client::builder().layer(TraceLayer::client());
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service};
+use tracing::instrument::Instrumented;
+use tracing::Instrument as _;
+
+use super::{BoxError, ClientRequest, ServerRequest};
+use crate::protocol::metadata::TraceContext;
+use crate::server::CallContext;
+
+tokio::task_local! {
+    /// The trace set by [`with_trace`] for calls made outside a handler.
+    static TRACE: TraceContext;
+}
+
+/// Runs `future` with `trace` as the parent of the calls it makes through a tracing
+/// client (outside a handler; inside one, the call being served is the parent).
+/// For a consumer that received a `traceparent` from elsewhere (an HTTP request, say):
+/// parse it with [`TraceContext::from_traceparent`].
+pub async fn with_trace<F: Future>(trace: TraceContext, future: F) -> F::Output {
+    TRACE.scope(trace, future).await
+}
+
+/// The span a call made now should be a child of, if any.
+fn current_parent() -> Option<TraceContext> {
+    CallContext::with_current(|ctx| ctx.and_then(|c| c.span.or(c.trace)))
+        .or_else(|| TRACE.try_with(|t| *t).ok())
+}
+
+/// Which side a [`TraceLayer`] traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Traces calls; see the [module docs](self).
+#[derive(Debug, Clone, Copy)]
+pub struct TraceLayer {
+    /// The side it is for.
+    side: Side,
+}
+
+impl TraceLayer {
+    /// The layer for a server's chain.
+    pub fn server() -> TraceLayer {
+        TraceLayer { side: Side::Server }
+    }
+
+    /// The layer for a client's chain.
+    pub fn client() -> TraceLayer {
+        TraceLayer { side: Side::Client }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Traced<S>;
+
+    fn layer(&self, inner: S) -> Traced<S> {
+        Traced {
+            inner,
+            side: self.side,
+        }
+    }
+}
+
+/// The service [`TraceLayer`] makes.
+#[derive(Clone)]
+pub struct Traced<S> {
+    /// The rest of the chain.
+    inner: S,
+    /// The side it traces.
+    side: Side,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Traced<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Traced")
+            .field("inner", &self.inner)
+            .field("side", &self.side)
+            .finish()
+    }
+}
+
+/// A `tracing` span for a call with span `span` whose parent is `parent`.
+fn tracing_span(
+    side: Side,
+    service: &str,
+    method: &str,
+    span: &TraceContext,
+    parent: Option<&TraceContext>,
+) -> tracing::Span {
+    let parent_id = parent.map(TraceContext::span_id_hex).unwrap_or_default();
+    match side {
+        Side::Server => tracing::info_span!(
+            "rpc.server",
+            rpc.service = %service,
+            rpc.method = %method,
+            trace_id = %span.trace_id_hex(),
+            span_id = %span.span_id_hex(),
+            parent_id = %parent_id,
+        ),
+        Side::Client => tracing::info_span!(
+            "rpc.client",
+            rpc.service = %service,
+            rpc.method = %method,
+            trace_id = %span.trace_id_hex(),
+            span_id = %span.span_id_hex(),
+            parent_id = %parent_id,
+        ),
+    }
+}
+
+impl<S> Service<ServerRequest> for Traced<S>
+where
+    S: Service<ServerRequest, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: ServerRequest) -> Self::Future {
+        let parent = request.context().trace;
+        let span = parent.map_or_else(TraceContext::new_root, |p| p.child());
+        request.context_mut().span = Some(span);
+        let traced = tracing_span(
+            self.side,
+            request.service(),
+            request.method(),
+            &span,
+            parent.as_ref(),
+        );
+        let _entered = traced.enter();
+        self.inner.call(request).instrument(traced.clone())
+    }
+}
+
+impl<S> Service<ClientRequest> for Traced<S>
+where
+    S: Service<ClientRequest, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: ClientRequest) -> Self::Future {
+        let parent = request.trace().copied().or_else(current_parent);
+        let span = parent.map_or_else(TraceContext::new_root, |p| p.child());
+        request.set_trace(Some(span));
+        let traced = tracing_span(
+            self.side,
+            request.service(),
+            request.method(),
+            &span,
+            parent.as_ref(),
+        );
+        let _entered = traced.enter();
+        self.inner.call(request).instrument(traced.clone())
+    }
+}
