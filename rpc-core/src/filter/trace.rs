@@ -25,7 +25,7 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
+use std::future::IntoFuture;
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
@@ -45,8 +45,8 @@ tokio::task_local! {
 /// client (outside a handler; inside one, the call being served is the parent).
 /// For a consumer that received a `traceparent` from elsewhere (an HTTP request, say):
 /// parse it with [`TraceContext::from_traceparent`].
-pub async fn with_trace<F: Future>(trace: TraceContext, future: F) -> F::Output {
-    TRACE.scope(trace, future).await
+pub async fn with_trace<F: IntoFuture>(trace: TraceContext, future: F) -> F::Output {
+    TRACE.scope(trace, future.into_future()).await
 }
 
 /// The span a call made now should be a child of, if any.
