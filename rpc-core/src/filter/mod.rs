@@ -41,6 +41,7 @@ pub mod access_log;
 pub mod auth;
 pub(crate) mod client;
 pub mod fault;
+pub mod isolation;
 pub mod limit;
 pub mod metrics;
 pub(crate) mod server;
