@@ -195,6 +195,10 @@ fn run(args: &RunArgs) -> ExitCode {
             .map_or_else(String::new, |v| v.get_name().to_owned()),
     );
     print!("{}", markdown_table(&cells));
+    if let Some(chains) = rpc_benches::chain_table(&cells) {
+        println!();
+        print!("{chains}");
+    }
     eprintln!("rpc-bench: took {:.0} s", began.elapsed().as_secs_f64());
     if failed {
         eprintln!("rpc-bench: some runs failed; see above");

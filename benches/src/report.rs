@@ -88,6 +88,57 @@ pub fn markdown_table(cells: &[CellResult]) -> String {
     out
 }
 
+/// The cost of filter chains, when the chain variants of ours ran: their calls/s and
+/// p99 beside plain ours, and the ratios.
+pub fn chain_table(cells: &[CellResult]) -> Option<String> {
+    let variants = [System::OursNoop, System::OursProd];
+    if !cells
+        .iter()
+        .any(|c| variants.iter().any(|v| c.get(*v).is_some()))
+    {
+        return None;
+    }
+    let mut out = String::new();
+    out.push_str(
+        "| payload | in flight | ours calls/s | ours-noop calls/s | ours-prod calls/s \
+         | noop/ours calls/s | prod/ours calls/s | ours p99 µs | noop p99 µs | prod p99 µs |\n",
+    );
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for cell in cells {
+        let rate = |s| {
+            cell.get(s).map_or_else(
+                || cell.missing(s).to_owned(),
+                |m| format!("{:.0}", m.calls_per_sec()),
+            )
+        };
+        let p99 = |s| {
+            cell.get(s)
+                .map_or_else(|| cell.missing(s).to_owned(), |m| micros(m.p99))
+        };
+        let ratio = |s| match (cell.get(System::Ours), cell.get(s)) {
+            (Some(ours), Some(v)) if ours.calls_per_sec() > 0.0 => {
+                format!("{:.3}", v.calls_per_sec() / ours.calls_per_sec())
+            }
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            payload_label(cell.payload),
+            cell.in_flight,
+            rate(System::Ours),
+            rate(System::OursNoop),
+            rate(System::OursProd),
+            ratio(System::OursNoop),
+            ratio(System::OursProd),
+            p99(System::Ours),
+            p99(System::OursNoop),
+            p99(System::OursProd),
+        );
+    }
+    Some(out)
+}
+
 /// `16 B`, `1 KiB`, `64 KiB`.
 fn payload_label(bytes: usize) -> String {
     if bytes >= 1024 && bytes % 1024 == 0 {

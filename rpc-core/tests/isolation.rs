@@ -66,7 +66,10 @@ async fn a_method_that_misses_its_deadlines_moves_to_the_slow_pool_and_the_other
 
         // Learn: blocking calls that time out (200 ms of work, 50 ms deadline).
         for _ in 0..4 {
-            let late = client.blocking(200).timeout(Duration::from_millis(50)).await;
+            let late = client
+                .blocking(200)
+                .timeout(Duration::from_millis(50))
+                .await;
             assert!(matches!(late, Err(RpcError::Timeout(_))), "{late:?}");
         }
         // Let the pool threads finish the work they were stuck in.
@@ -83,7 +86,11 @@ async fn a_method_that_misses_its_deadlines_moves_to_the_slow_pool_and_the_other
                 let client = client.clone();
                 tokio::spawn(async move {
                     while Instant::now() < stop {
-                        let _ = client.blocking(200).timeout(Duration::from_millis(100)).into_future().await;
+                        let _ = client
+                            .blocking(200)
+                            .timeout(Duration::from_millis(100))
+                            .into_future()
+                            .await;
                     }
                 })
             })
@@ -103,14 +110,31 @@ async fn a_method_that_misses_its_deadlines_moves_to_the_slow_pool_and_the_other
         let p99 = latencies[latencies.len() * 99 / 100];
         // Without isolation the two pool threads are held by 200 ms sleeps and a fast
         // call waits for one; isolated, it never waits behind them.
-        assert!(p99 < Duration::from_millis(120), "fast p99 {p99:?} over {} calls", latencies.len());
+        assert!(
+            p99 < Duration::from_millis(120),
+            "fast p99 {p99:?} over {} calls",
+            latencies.len()
+        );
 
         let blocking = service.blocking_threads.lock().unwrap().clone();
-        assert!(blocking[..learned].iter().all(|t| t.starts_with("rpc-business")), "{blocking:?}");
+        assert!(
+            blocking[..learned]
+                .iter()
+                .all(|t| t.starts_with("rpc-business")),
+            "{blocking:?}"
+        );
         assert!(blocking.len() > learned, "{blocking:?}");
-        assert!(blocking[learned..].iter().all(|t| t.starts_with("rpc-slow")), "{blocking:?}");
+        assert!(
+            blocking[learned..]
+                .iter()
+                .all(|t| t.starts_with("rpc-slow")),
+            "{blocking:?}"
+        );
         let fast = service.fast_threads.lock().unwrap().clone();
-        assert!(fast.iter().all(|t| t.starts_with("rpc-business")), "{fast:?}");
+        assert!(
+            fast.iter().all(|t| t.starts_with("rpc-business")),
+            "{fast:?}"
+        );
         server.shutdown().await.unwrap();
     })
     .await
@@ -122,5 +146,8 @@ fn bad_isolation_settings_are_errors_when_built() {
     assert!(IsolationLayer::builder().ratio(0.0).build().is_err());
     assert!(IsolationLayer::builder().ratio(1.5).build().is_err());
     assert!(IsolationLayer::builder().threads(0).build().is_err());
-    assert!(IsolationLayer::builder().window(Duration::ZERO).build().is_err());
+    assert!(IsolationLayer::builder()
+        .window(Duration::ZERO)
+        .build()
+        .is_err());
 }

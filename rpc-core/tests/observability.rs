@@ -45,7 +45,12 @@ struct Recorder {
 }
 
 impl<S: tracing::Subscriber> Layer<S> for Recorder {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, _: &tracing::span::Id, _: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: Context<'_, S>,
+    ) {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         self.spans.lock().unwrap().push(Seen {
@@ -160,7 +165,10 @@ async fn three_hops_share_one_trace_with_correct_parent_links() {
         let consumer = traced_client(a.local_addr()).await;
 
         // The consumer continues a trace it got from elsewhere.
-        let incoming = TraceContext::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let incoming = TraceContext::from_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .unwrap();
         let hops = with_trace(incoming, consumer.relay()).await.unwrap();
         assert_eq!(hops.len(), 2);
         let (hop_a, hop_b) = (&hops[0], &hops[1]);
@@ -172,7 +180,9 @@ async fn three_hops_share_one_trace_with_correct_parent_links() {
         let of_trace = |name: &str| -> Vec<Seen> {
             spans
                 .iter()
-                .filter(|s| s.name == name && s.fields.get("trace_id").map(String::as_str) == Some(trace))
+                .filter(|s| {
+                    s.name == name && s.fields.get("trace_id").map(String::as_str) == Some(trace)
+                })
                 .cloned()
                 .collect()
         };
@@ -181,17 +191,41 @@ async fn three_hops_share_one_trace_with_correct_parent_links() {
         assert_eq!((clients.len(), servers.len()), (2, 2), "{spans:#?}");
         let field = |s: &Seen, f: &str| s.fields[f].clone();
         // consumer's client span: child of the incoming trace's span.
-        let consumer_span = clients.iter().find(|s| field(s, "parent_id") == "00f067aa0ba902b7").expect("the consumer's span");
+        let consumer_span = clients
+            .iter()
+            .find(|s| field(s, "parent_id") == "00f067aa0ba902b7")
+            .expect("the consumer's span");
         // A's server span: child of the consumer's client span; A saw it as its parent.
-        let a_server = servers.iter().find(|s| field(s, "parent_id") == field(consumer_span, "span_id")).expect("A's span");
-        assert_eq!(hop_a.parent.as_deref(), Some(field(consumer_span, "span_id").as_str()));
-        assert_eq!(hop_a.span.as_deref(), Some(field(a_server, "span_id").as_str()));
+        let a_server = servers
+            .iter()
+            .find(|s| field(s, "parent_id") == field(consumer_span, "span_id"))
+            .expect("A's span");
+        assert_eq!(
+            hop_a.parent.as_deref(),
+            Some(field(consumer_span, "span_id").as_str())
+        );
+        assert_eq!(
+            hop_a.span.as_deref(),
+            Some(field(a_server, "span_id").as_str())
+        );
         // A's call to B: a child of A's server span.
-        let a_client = clients.iter().find(|s| field(s, "parent_id") == field(a_server, "span_id")).expect("A's outgoing span");
+        let a_client = clients
+            .iter()
+            .find(|s| field(s, "parent_id") == field(a_server, "span_id"))
+            .expect("A's outgoing span");
         // B's server span: child of A's outgoing span.
-        let b_server = servers.iter().find(|s| field(s, "parent_id") == field(a_client, "span_id")).expect("B's span");
-        assert_eq!(hop_b.parent.as_deref(), Some(field(a_client, "span_id").as_str()));
-        assert_eq!(hop_b.span.as_deref(), Some(field(b_server, "span_id").as_str()));
+        let b_server = servers
+            .iter()
+            .find(|s| field(s, "parent_id") == field(a_client, "span_id"))
+            .expect("B's span");
+        assert_eq!(
+            hop_b.parent.as_deref(),
+            Some(field(a_client, "span_id").as_str())
+        );
+        assert_eq!(
+            hop_b.span.as_deref(),
+            Some(field(b_server, "span_id").as_str())
+        );
         assert_eq!(field(a_server, "rpc.method"), "relay");
 
         // The access log saw both server calls.

@@ -25,6 +25,13 @@ pub enum System {
     Tarpc,
     /// A length-prefixed echo with no serialization: the physical floor.
     Raw,
+    /// Ours with a filter chain of one do-nothing layer on both sides: what the
+    /// chain's machinery costs.
+    OursNoop,
+    /// Ours with the recommended production chain on both sides: metrics, tracing,
+    /// per-method limits and token auth on the server; metrics and tracing on the
+    /// client, which sends a token.
+    OursProd,
 }
 
 impl System {
@@ -37,6 +44,8 @@ impl System {
             System::Ours => "ours",
             System::Tarpc => "tarpc",
             System::Raw => "raw",
+            System::OursNoop => "ours-noop",
+            System::OursProd => "ours-prod",
         }
     }
 
@@ -54,6 +63,8 @@ impl System {
         runtime.block_on(async {
             match self {
                 System::Ours => ours::serve(ready).await,
+                System::OursNoop => ours::serve_chain(ours::Chain::Noop, ready).await,
+                System::OursProd => ours::serve_chain(ours::Chain::Production, ready).await,
                 System::Tarpc => tarpc_echo::serve(ready).await,
                 System::Raw => raw_echo::serve(ready).await,
             }
@@ -82,6 +93,10 @@ impl System {
             let run = async {
                 match self {
                     System::Ours => ours::drive(addr, load).await,
+                    System::OursNoop => ours::drive_chain(addr, load, ours::Chain::Noop).await,
+                    System::OursProd => {
+                        ours::drive_chain(addr, load, ours::Chain::Production).await
+                    }
                     System::Tarpc => tarpc_echo::drive(addr, load).await,
                     System::Raw => raw_echo::drive(addr, load).await,
                 }

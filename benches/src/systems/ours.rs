@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rpc_core::filter::auth::TokenAuthLayer;
+use rpc_core::filter::limit::LimitLayer;
+use rpc_core::filter::metrics::Metrics;
+use rpc_core::filter::trace::TraceLayer;
 use rpc_core::{Blob, Client, Server, ServerConfig};
 
 use super::LISTEN_ADDR;
@@ -73,6 +77,72 @@ async fn serve_with(mut config: ServerConfig, ready: impl FnOnce(SocketAddr)) ->
         .map_err(io::Error::other)?;
     ready(server.local_addr());
     server.serve().await.map_err(io::Error::other)
+}
+
+/// Which filter chain a variant of ours runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chain {
+    /// One layer that does nothing.
+    Noop,
+    /// Metrics, tracing, limits and auth.
+    Production,
+}
+
+/// The token the production chain's client sends and its server accepts.
+const TOKEN: &str = "bench-token";
+
+/// Serves [`Echo`] on one worker reactor through `chain`.
+pub(super) async fn serve_chain(chain: Chain, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    let mut config = ServerConfig::default();
+    config.max_connections_per_peer = config.max_connections;
+    let builder = Server::builder().config(config).workers(1);
+    let server = match chain {
+        Chain::Noop => {
+            builder
+                .layer(tower::layer::util::Identity::new())
+                .add_service(EchoServer::new(EchoImpl))
+                .bind(LISTEN_ADDR)
+                .await
+        }
+        Chain::Production => {
+            let metrics = Metrics::new();
+            let limits = LimitLayer::builder()
+                .concurrency("bench.Echo", "*", 1 << 20)
+                .rate("bench.Echo", "*", 1e9)
+                .build()
+                .map_err(io::Error::other)?;
+            builder
+                .layer(metrics.server_layer())
+                .layer(TraceLayer::server())
+                .layer(TokenAuthLayer::tokens([TOKEN]))
+                .layer(limits)
+                .add_service(EchoServer::new(EchoImpl))
+                .bind(LISTEN_ADDR)
+                .await
+        }
+    }
+    .map_err(io::Error::other)?;
+    ready(server.local_addr());
+    server.serve().await.map_err(io::Error::other)
+}
+
+/// Runs `load` through one [`Client`] with `chain`.
+pub(super) async fn drive_chain(
+    addr: SocketAddr,
+    load: &Load,
+    chain: Chain,
+) -> io::Result<Measurement> {
+    let builder = Client::builder().connections(1);
+    let builder = match chain {
+        Chain::Noop => builder.layer(tower::layer::util::Identity::new()),
+        Chain::Production => builder.auth_token(TOKEN).layer(
+            tower::ServiceBuilder::new()
+                .layer(Metrics::new().client_layer())
+                .layer(TraceLayer::client()),
+        ),
+    };
+    let client = builder.connect(addr).await.map_err(io::Error::other)?;
+    Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
 }
 
 /// Runs `load` through one [`Client`] (default settings: one connection).

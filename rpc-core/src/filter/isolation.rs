@@ -186,7 +186,11 @@ impl MethodWindow {
         let isolated = self.isolated.load(Ordering::Relaxed);
         if !isolated && share >= settings.ratio {
             self.isolated.store(true, Ordering::Relaxed);
-            tracing::warn!(method = name, share, "method isolated on the slow pool: its calls miss their deadlines");
+            tracing::warn!(
+                method = name,
+                share,
+                "method isolated on the slow pool: its calls miss their deadlines"
+            );
         } else if isolated && share < settings.ratio / 2.0 {
             self.isolated.store(false, Ordering::Relaxed);
             tracing::info!(method = name, share, "method back from the slow pool");

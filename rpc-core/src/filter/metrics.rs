@@ -137,8 +137,39 @@ impl MethodStats {
     }
 }
 
-/// Series by (side, service, method).
-type Table = parking_lot::RwLock<HashMap<(Side, String, String), Arc<MethodStats>>>;
+/// Series of one side by service, then method: looked up by `&str` with no
+/// allocation.
+type SideTable = parking_lot::RwLock<HashMap<String, HashMap<String, Arc<MethodStats>>>>;
+
+/// Series of both sides.
+#[derive(Debug, Default)]
+struct Table {
+    server: SideTable,
+    client: SideTable,
+}
+
+impl Table {
+    fn side(&self, side: Side) -> &SideTable {
+        match side {
+            Side::Server => &self.server,
+            Side::Client => &self.client,
+        }
+    }
+
+    /// Every series, sorted: (side, service, method, stats).
+    fn rows(&self) -> Vec<(Side, String, String, Arc<MethodStats>)> {
+        let mut rows = Vec::new();
+        for side in [Side::Server, Side::Client] {
+            for (service, methods) in self.side(side).read().iter() {
+                for (method, stats) in methods {
+                    rows.push((side, service.clone(), method.clone(), Arc::clone(stats)));
+                }
+            }
+        }
+        rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+        rows
+    }
+}
 
 /// Per-method metrics of a server or client (or both); see the [module docs](self).
 /// Cheap to clone; clones share the numbers.
@@ -153,7 +184,7 @@ pub struct Metrics {
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics")
-            .field("series", &self.table.read().len())
+            .field("series", &self.table.rows().len())
             .finish_non_exhaustive()
     }
 }
@@ -213,10 +244,10 @@ impl Metrics {
 
     /// The numbers now, one entry per side and method seen, sorted.
     pub fn snapshot(&self) -> Vec<MethodSnapshot> {
-        let table = self.table.read();
-        let mut out: Vec<MethodSnapshot> = table
-            .iter()
-            .map(|((side, service, method), stats)| {
+        self.table
+            .rows()
+            .into_iter()
+            .map(|(side, service, method, stats)| {
                 let outcomes: Vec<(&'static str, u64)> = OUTCOMES
                     .iter()
                     .zip(&stats.outcomes)
@@ -231,9 +262,9 @@ impl Metrics {
                 let calls: u64 = buckets.iter().sum();
                 let sum = stats.sum_micros.load(Ordering::Relaxed);
                 MethodSnapshot {
-                    server: *side == Side::Server,
-                    service: service.clone(),
-                    method: method.clone(),
+                    server: side == Side::Server,
+                    service,
+                    method,
                     calls,
                     errors: outcomes
                         .iter()
@@ -252,11 +283,7 @@ impl Metrics {
                     p99: quantile(&buckets, 0.99),
                 }
             })
-            .collect();
-        out.sort_by(|a, b| {
-            (a.server, &a.service, &a.method).cmp(&(b.server, &b.service, &b.method))
-        });
-        out
+            .collect()
     }
 
     /// Serves the metrics over HTTP at `GET /metrics` on `addr` (the `metrics-http`
@@ -410,11 +437,13 @@ fn quantile(buckets: &[u64], q: f64) -> Duration {
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let table = self.0.read();
-        let mut rows: Vec<_> = table.iter().collect();
-        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let all = self.0.rows();
         for side in [Side::Server, Side::Client] {
-            let rows: Vec<_> = rows.iter().filter(|(key, _)| key.0 == side).collect();
+            let rows: Vec<_> = all
+                .iter()
+                .filter(|row| row.0 == side)
+                .map(|(_, service, method, stats)| ((service, method), stats))
+                .collect();
             if rows.is_empty() {
                 continue;
             }
@@ -426,7 +455,7 @@ impl prometheus_client::collector::Collector for Collector {
                 None,
                 MetricType::Counter,
             )?;
-            for ((_, service, method), stats) in &rows {
+            for ((service, method), stats) in &rows {
                 for (label, n) in OUTCOMES.iter().zip(&stats.outcomes) {
                     let n = n.load(Ordering::Relaxed);
                     if n == 0 {
@@ -444,7 +473,7 @@ impl prometheus_client::collector::Collector for Collector {
             let name = format!("{prefix}_in_flight");
             let mut family =
                 encoder.encode_descriptor(&name, "Calls running now", None, MetricType::Gauge)?;
-            for ((_, service, method), stats) in &rows {
+            for ((service, method), stats) in &rows {
                 let labels = [("service", service.as_str()), ("method", method.as_str())];
                 let gauge = prometheus_client::metrics::gauge::ConstGauge::new(
                     stats.in_flight.load(Ordering::Relaxed),
@@ -454,7 +483,7 @@ impl prometheus_client::collector::Collector for Collector {
             let name = format!("{prefix}_latency_seconds");
             let mut family =
                 encoder.encode_descriptor(&name, "Call latency", None, MetricType::Histogram)?;
-            for ((_, service, method), stats) in &rows {
+            for ((service, method), stats) in &rows {
                 let labels = [("service", service.as_str()), ("method", method.as_str())];
                 let counts: Vec<u64> = stats
                     .buckets
@@ -515,6 +544,9 @@ impl<S> Layer<S> for MetricsLayer {
     }
 }
 
+/// A method's name and its series, remembered by a copy of the chain.
+type LastMethod = (Box<str>, Box<str>, Arc<MethodStats>);
+
 /// The service [`MetricsLayer`] makes.
 #[derive(Clone)]
 pub struct Measured<S> {
@@ -525,8 +557,9 @@ pub struct Measured<S> {
     /// Which side's series.
     side: Side,
     /// The method counted last by this copy of the chain (a server's connection
-    /// usually calls one method over and over), to skip the table lookup.
-    last: Option<(Box<str>, Box<str>, Arc<MethodStats>)>,
+    /// usually calls one method over and over), to skip the table lookup; shared,
+    /// so that cloning the chain (a client does per call) costs no allocation.
+    last: Option<Arc<LastMethod>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Measured<S> {
@@ -541,23 +574,33 @@ impl<S: fmt::Debug> fmt::Debug for Measured<S> {
 impl<S> Measured<S> {
     /// The series of `service.method`, made on first use.
     fn stats(&mut self, service: &str, method: &str) -> Arc<MethodStats> {
-        if let Some((s, m, stats)) = &self.last {
-            if &**s == service && &**m == method {
-                return Arc::clone(stats);
+        if let Some(last) = &self.last {
+            if &*last.0 == service && &*last.1 == method {
+                return Arc::clone(&last.2);
             }
         }
-        let key = (self.side, service.to_owned(), method.to_owned());
-        let found = self.table.read().get(&key).cloned();
+        let table = self.table.side(self.side);
+        let found = table
+            .read()
+            .get(service)
+            .and_then(|methods| methods.get(method))
+            .cloned();
         let stats = match found {
             Some(stats) => stats,
             None => Arc::clone(
-                self.table
+                table
                     .write()
-                    .entry(key)
+                    .entry(service.to_owned())
+                    .or_default()
+                    .entry(method.to_owned())
                     .or_insert_with(|| Arc::new(MethodStats::new())),
             ),
         };
-        self.last = Some((service.into(), method.into(), Arc::clone(&stats)));
+        self.last = Some(Arc::new((
+            service.into(),
+            method.into(),
+            Arc::clone(&stats),
+        )));
         stats
     }
 }
