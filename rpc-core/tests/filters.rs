@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use rpc_core::filter::auth::TokenAuthLayer;
 use rpc_core::filter::fault::FaultLayer;
 use rpc_core::filter::limit::LimitLayer;
-use rpc_core::filter::metrics::Metrics;
 use rpc_core::filter::{ClientRequest, ServerRequest};
 use rpc_core::protocol::Status;
 use rpc_core::{service, Client, RpcError, Server, ServerHandle};
@@ -447,7 +446,8 @@ async fn a_tower_limiter_that_would_queue_sheds_instead() {
     .await;
 }
 
-/// GET `path` over a plain TCP connection; the response body.
+/// GET `path` over a plain TCP connection; the response head and body.
+#[cfg(feature = "metrics-http")]
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -460,6 +460,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text body.
+#[cfg(feature = "metrics-http")]
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -477,8 +478,11 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
+// Needs rpc-core's `metrics-http` feature (on in `cargo test --workspace`).
+#[cfg(feature = "metrics-http")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_by_outcome_and_are_scraped_over_http() {
+    use rpc_core::filter::metrics::Metrics;
     bounded(async {
         let server_metrics = Metrics::new();
         let client_metrics = Metrics::new();

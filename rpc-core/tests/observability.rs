@@ -42,22 +42,39 @@ impl Visit for Fields {
 struct Recorder {
     spans: Arc<Mutex<Vec<Seen>>>,
     events: Arc<Mutex<Vec<Seen>>>,
+    /// Where each live span is in `spans`, for fields recorded later.
+    index: Mutex<HashMap<tracing::span::Id, usize>>,
 }
 
 impl<S: tracing::Subscriber> Layer<S> for Recorder {
     fn on_new_span(
         &self,
         attrs: &tracing::span::Attributes<'_>,
-        _: &tracing::span::Id,
+        id: &tracing::span::Id,
         _: Context<'_, S>,
     ) {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
-        self.spans.lock().unwrap().push(Seen {
+        let mut spans = self.spans.lock().unwrap();
+        self.index.lock().unwrap().insert(id.clone(), spans.len());
+        spans.push(Seen {
             name: attrs.metadata().name().to_owned(),
             target: attrs.metadata().target().to_owned(),
             fields: fields.0,
         });
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: Context<'_, S>,
+    ) {
+        let Some(&at) = self.index.lock().unwrap().get(id) else {
+            return;
+        };
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        self.spans.lock().unwrap()[at].fields.extend(fields.0);
     }
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
         let mut fields = Fields::default();
@@ -81,6 +98,7 @@ fn recorded() -> &'static (Log, Log) {
         let subscriber = tracing_subscriber::registry().with(Recorder {
             spans: Arc::clone(&spans),
             events: Arc::clone(&events),
+            index: Mutex::default(),
         });
         tracing::subscriber::set_global_default(subscriber).expect("one subscriber per binary");
         (spans, events)

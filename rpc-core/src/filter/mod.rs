@@ -17,7 +17,7 @@
 //! # async fn run() -> Result<(), rpc_core::RpcError> {
 //! let server = rpc_core::Server::builder()
 //!     .layer(TokenAuthLayer::tokens(["s3cr3t"]))
-//!     .layer(LimitLayer::new().concurrency("Echo", "echo", 64))
+//!     .layer(LimitLayer::builder().concurrency("Echo", "echo", 64).build()?)
 //!     .add_service(EchoServer::new(E))
 //!     .bind("127.0.0.1:0")
 //!     .await?;

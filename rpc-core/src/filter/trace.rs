@@ -15,8 +15,12 @@
 //!
 //! Both `tracing` spans have the fields `rpc.service`, `rpc.method`, `trace_id`,
 //! `span_id` and `parent_id` (hex; empty for a root), at `INFO`, so any subscriber
-//! (a log, or an OpenTelemetry exporter through `tracing-opentelemetry`) sees the
-//! tree with our ids.
+//! sees the tree with our ids.
+//!
+//! With the `otel` feature, and a `tracing-opentelemetry` layer in the subscriber,
+//! each call's OpenTelemetry span is made the child of the remote parent and its ids
+//! become the ones sent on the wire: an OpenTelemetry exporter (OTLP, Jaeger, ...)
+//! receives one joined trace across services.
 //!
 //! ```
 //! use rpc_core::filter::trace::TraceLayer;
@@ -110,32 +114,85 @@ impl<S: fmt::Debug> fmt::Debug for Traced<S> {
     }
 }
 
-/// A `tracing` span for a call with span `span` whose parent is `parent`.
-fn tracing_span(
+/// A `tracing` span for a call whose parent is `parent`, and the call's own trace
+/// context: a child of `parent` (or a new root). With the `otel` feature and an
+/// OpenTelemetry layer installed, the OpenTelemetry span is made a child of `parent`
+/// and its ids become the call's, so exported spans and the ids on the wire agree.
+fn start_span(
     side: Side,
     service: &str,
     method: &str,
-    span: &TraceContext,
     parent: Option<&TraceContext>,
-) -> tracing::Span {
+) -> (tracing::Span, TraceContext) {
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+    let mut span = parent.map_or_else(TraceContext::new_root, TraceContext::child);
     let parent_id = parent.map(TraceContext::span_id_hex).unwrap_or_default();
-    match side {
+    let empty = tracing::field::Empty;
+    let traced = match side {
         Side::Server => tracing::info_span!(
             "rpc.server",
             rpc.service = %service,
             rpc.method = %method,
-            trace_id = %span.trace_id_hex(),
-            span_id = %span.span_id_hex(),
+            trace_id = empty,
+            span_id = empty,
             parent_id = %parent_id,
         ),
         Side::Client => tracing::info_span!(
             "rpc.client",
             rpc.service = %service,
             rpc.method = %method,
-            trace_id = %span.trace_id_hex(),
-            span_id = %span.span_id_hex(),
+            trace_id = empty,
+            span_id = empty,
             parent_id = %parent_id,
         ),
+    };
+    if !traced.is_disabled() {
+        #[cfg(feature = "otel")]
+        otel::adopt(&traced, parent, &mut span);
+        traced.record("trace_id", tracing::field::display(span.trace_id_hex()));
+        traced.record("span_id", tracing::field::display(span.span_id_hex()));
+    }
+    (traced, span)
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    //! The bridge to OpenTelemetry.
+
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use crate::protocol::metadata::TraceContext;
+
+    /// Makes `traced`'s OpenTelemetry span a child of `parent` (a remote span) and
+    /// takes its ids into `span`. Without an OpenTelemetry layer, does nothing.
+    pub(super) fn adopt(
+        traced: &tracing::Span,
+        parent: Option<&TraceContext>,
+        span: &mut TraceContext,
+    ) {
+        let cx = match parent {
+            Some(p) => opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from_bytes(p.trace_id),
+                SpanId::from_bytes(p.span_id),
+                TraceFlags::new(p.flags),
+                true,
+                TraceState::default(),
+            )),
+            None => opentelemetry::Context::new(),
+        };
+        if traced.set_parent(cx).is_err() {
+            return;
+        }
+        let cx = traced.context();
+        let otel = cx.span().span_context().clone();
+        if otel.is_valid() {
+            span.trace_id = otel.trace_id().to_bytes();
+            span.span_id = otel.span_id().to_bytes();
+            span.flags = otel.trace_flags().to_u8();
+        }
     }
 }
 
@@ -153,15 +210,13 @@ where
 
     fn call(&mut self, mut request: ServerRequest) -> Self::Future {
         let parent = request.context().trace;
-        let span = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        request.context_mut().span = Some(span);
-        let traced = tracing_span(
+        let (traced, span) = start_span(
             self.side,
             request.service(),
             request.method(),
-            &span,
             parent.as_ref(),
         );
+        request.context_mut().span = Some(span);
         let _entered = traced.enter();
         self.inner.call(request).instrument(traced.clone())
     }
@@ -181,15 +236,13 @@ where
 
     fn call(&mut self, mut request: ClientRequest) -> Self::Future {
         let parent = request.trace().copied().or_else(current_parent);
-        let span = parent.map_or_else(TraceContext::new_root, |p| p.child());
-        request.set_trace(Some(span));
-        let traced = tracing_span(
+        let (traced, span) = start_span(
             self.side,
             request.service(),
             request.method(),
-            &span,
             parent.as_ref(),
         );
+        request.set_trace(Some(span));
         let _entered = traced.enter();
         self.inner.call(request).instrument(traced.clone())
     }
