@@ -70,6 +70,36 @@ fn quickstart_runs() {
 }
 
 #[test]
+fn filters_example_authenticates_sheds_and_counts() {
+    let mut child = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_filters"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start filters"),
+    );
+    let status = wait_with_deadline(&mut child.0, Duration::from_secs(60));
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{out}");
+    // A burst of five goes through; a slow machine may refill a token or two.
+    let shed: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("list: ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no shed count in:\n{out}"));
+    assert!((12..=15).contains(&shed), "{shed} shed:\n{out}");
+    assert!(out.contains("anonymous call refused"), "{out}");
+    assert!(
+        out.contains("consumer example.Inventory.reserve: 10 calls, 0 errors"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"rpc_server_calls_total{service="example.Inventory",method="list",outcome="unauthenticated"} 1"#),
+        "{out}"
+    );
+}
+
+#[test]
 fn balancers_example_runs_every_strategy() {
     let mut child = Reaper(
         Command::new(env!("CARGO_BIN_EXE_balancers"))
