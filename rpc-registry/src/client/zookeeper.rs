@@ -31,8 +31,9 @@
 //! - After such an expiry, the server may still hold the old session's node of the
 //!   same instance (the client gives up on a session 1.4 session timeouts after it last
 //!   heard from the server; a restarted server expires it one session timeout after it
-//!   is back). Registering deletes a node of another session and creates it again
-//!   under ours, as Dubbo does.
+//!   is back). Registering replaces a node of another session by ours (delete and
+//!   create in one transaction, so subscribers never see the instance missing), as
+//!   Dubbo does (in two steps).
 //! - Lookups and watches use one reader session per backend, opened again when it
 //!   ends. A watch that sees the connection drop reports the registry unreachable (the
 //!   consumer keeps its list); the next watch reads everything again, since events
@@ -312,8 +313,16 @@ impl ZooKeeperBackend {
                             owner = %format_args!("{:#x}", stat.ephemeral_owner),
                             "replacing a node left by an earlier session"
                         );
-                        match timed(client.delete(path, Some(stat.version))).await {
-                            Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
+                        // In one transaction, so subscribers never see the instance
+                        // missing in between.
+                        let mut replace = client.new_multi_writer();
+                        replace.add_delete(path, Some(stat.version))?;
+                        replace.add_create(path, data, &EPHEMERAL)?;
+                        match timed(async { replace.commit().await.map_err(zk::Error::from) })
+                            .await
+                        {
+                            Ok(_) => return Ok(()),
+                            Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
                             Err(e) => return Err(e),
                         }
                     }
