@@ -193,23 +193,43 @@ async fn zookeeper_session_expiry_providers_register_again() {
     let mut ensemble = ZkEnsemble::start(1);
     let url = ensemble.url();
     let _providers: Vec<Reaper> = (0..2).map(|_| provider(&url)).collect();
+    // And one registered from here, to see its session change.
+    let (_c, c_addr) = start_provider(1);
+    let publisher = Publisher::builder(rpc_registry::connect(&url).unwrap())
+        .ttl(SESSION)
+        .start();
+    publisher
+        .publish(Instance::new(INVENTORY_SERVICE, c_addr.to_string()))
+        .unwrap();
+    publisher
+        .wait_registered(Duration::from_secs(5))
+        .await
+        .unwrap();
+    let session_before = publisher.leases()[0].expect("a session");
     let first = consumer(&url, "zookeeper-test").await;
-    until_count(&first, 2, Duration::from_secs(5)).await;
+    until_count(&first, 3, Duration::from_secs(5)).await;
     let load = Load::start(&InventoryClient::new(first.client()));
 
     // Down for well over 1.4 session timeouts: every client gives its session up.
     ensemble.nodes[0].kill();
-    keeps_count(&first, 2, SESSION * 2 + Duration::from_secs(1)).await;
+    keeps_count(&first, 3, SESSION * 2 + Duration::from_secs(1)).await;
     ensemble.nodes[0].start();
     ensemble.wait_serving(Duration::from_secs(20));
 
     // The providers open new sessions and register again; the old sessions' nodes
     // (which the restarted server holds until it expires them) are replaced.
     let second = consumer(&url, "zookeeper-test").await;
-    until_count(&second, 2, Duration::from_secs(10)).await;
+    until_count(&second, 3, Duration::from_secs(10)).await;
+    publisher
+        .wait_registered(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let session_after = publisher.leases()[0].expect("a session");
+    assert_ne!(session_before, session_after, "registered under a new session");
     // Past the old sessions' expiry on the server: the nodes are the new sessions'.
-    keeps_count(&second, 2, SESSION + Duration::from_secs(1)).await;
-    assert_eq!(first.providers().len(), 2, "an expiry never empties the list");
+    keeps_count(&second, 3, SESSION + Duration::from_secs(1)).await;
+    assert_eq!(first.providers().len(), 3, "an expiry never empties the list");
+    publisher.shutdown().await;
     let failures = load.finish().await;
     assert!(failures.is_empty(), "failed calls: {failures:?}");
     first.shutdown().await;
