@@ -339,21 +339,31 @@ impl ZooKeeperBackend {
     async fn depart(&self, client: &zk::Client, key: &InstanceKey) -> Result<(), zk::Error> {
         let marker = self.departed_node(&key.service, &key.addr);
         let now = unix_millis_now().to_string();
-        loop {
+        let mut marked = false;
+        // As in `put_ephemeral`: a few rounds settle any race.
+        for _ in 0..4 {
             match timed(client.create(&marker, now.as_bytes(), &PERSISTENT)).await {
-                Ok(_) => break,
+                Ok(_) => marked = true,
                 Err(zk::Error::NoNode) => {
                     timed(client.mkdir(parent(&marker), &PERSISTENT)).await?;
                 }
                 Err(zk::Error::NodeExists) => {
                     match timed(client.set_data(&marker, now.as_bytes(), None)).await {
-                        Ok(_) => break,
+                        Ok(_) => marked = true,
                         Err(zk::Error::NoNode) => {}
                         Err(e) => return Err(e),
                     }
                 }
                 Err(e) => return Err(e),
             }
+            if marked {
+                break;
+            }
+        }
+        if !marked {
+            return Err(zk::Error::UnexpectedError(format!(
+                "{marker} kept changing while it was written"
+            )));
         }
         match timed(client.delete(&self.provider_node(key), None)).await {
             Ok(()) | Err(zk::Error::NoNode) => Ok(()),
