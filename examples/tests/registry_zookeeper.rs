@@ -225,10 +225,17 @@ async fn zookeeper_session_expiry_providers_register_again() {
         .await
         .unwrap();
     let session_after = publisher.leases()[0].expect("a session");
-    assert_ne!(session_before, session_after, "registered under a new session");
+    assert_ne!(
+        session_before, session_after,
+        "registered under a new session"
+    );
     // Past the old sessions' expiry on the server: the nodes are the new sessions'.
     keeps_count(&second, 3, SESSION + Duration::from_secs(1)).await;
-    assert_eq!(first.providers().len(), 3, "an expiry never empties the list");
+    assert_eq!(
+        first.providers().len(),
+        3,
+        "an expiry never empties the list"
+    );
     publisher.shutdown().await;
     let failures = load.finish().await;
     assert!(failures.is_empty(), "failed calls: {failures:?}");

@@ -439,7 +439,9 @@ impl ZkNode {
             Duration::from_millis(200),
         )
         .ok()?;
-        stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
         stream.write_all(b"srvr").ok()?;
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);

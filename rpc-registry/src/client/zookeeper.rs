@@ -55,8 +55,8 @@ use zookeeper_client::{Acls, AddWatchMode, CreateMode, CreateOptions, EventType,
 use super::layout::{consumer_url, decode, encode, instance_url};
 use super::{Backend, Discovery, Error, Registry};
 use crate::api::{
-    unix_millis_now, ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, RegistryError,
-    Revision, ServiceSummary, ServiceView,
+    unix_millis_now, ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, RegistryError, Revision,
+    ServiceSummary, ServiceView,
 };
 use crate::validate;
 
@@ -318,8 +318,7 @@ impl ZooKeeperBackend {
                         let mut replace = client.new_multi_writer();
                         replace.add_delete(path, Some(stat.version))?;
                         replace.add_create(path, data, &EPHEMERAL)?;
-                        match timed(async { replace.commit().await.map_err(zk::Error::from) })
-                            .await
+                        match timed(async { replace.commit().await.map_err(zk::Error::from) }).await
                         {
                             Ok(_) => return Ok(()),
                             Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
@@ -404,7 +403,11 @@ impl ZooKeeperBackend {
     }
 
     /// The service's instances, graceful leaves and revision, read through `client`.
-    async fn read_view(&self, client: &zk::Client, service: &str) -> Result<ServiceView, zk::Error> {
+    async fn read_view(
+        &self,
+        client: &zk::Client,
+        service: &str,
+    ) -> Result<ServiceView, zk::Error> {
         let dir = self.service_dir(service);
         let providers_dir = format!("{dir}/providers");
         let departed_dir = format!("{dir}/departed");
@@ -648,9 +651,7 @@ impl Discovery for ZooKeeperBackend {
         let failed = |e: zk::Error| self.unreachable(e);
         let root = timed(client.check_stat(&self.root)).await.map_err(failed)?;
         let epoch = root.map_or(0, |stat| stat.czxid as u64);
-        let (names, _) = Self::children(&client, &self.root)
-            .await
-            .map_err(failed)?;
+        let (names, _) = Self::children(&client, &self.root).await.map_err(failed)?;
         let counts = names.iter().map(|name| {
             let dir = format!("{}/{name}", self.root);
             let client = &client;
