@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
 use rpc_registry::{Consumer, Instance, Publisher};
-use support::{consumer, have, start_provider, EtcdCluster, Load, Reaper};
+use support::{
+    consumer, have, run_consumer_process, start_provider, EtcdCluster, Load, Reaper, TempDir,
+};
 
 /// Lease TTL of the providers in these tests (etcd counts whole seconds).
 const TTL: &str = "1s";
@@ -173,4 +175,36 @@ async fn etcd_three_node_cluster_leader_killed() {
     assert!(failures.is_empty(), "failed calls: {failures:?}");
     first.shutdown().await;
     second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_consumer_starts_from_its_snapshot_while_etcd_is_down() {
+    if !have(
+        "etcd",
+        "etcd_consumer_starts_from_its_snapshot_while_etcd_is_down",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("etcd-snapshot");
+    let snapshot = dir.0.join("inventory.json");
+    let snapshot = snapshot.to_str().unwrap().to_owned();
+    let mut cluster = EtcdCluster::start(1);
+    let url = cluster.url();
+    let _providers: Vec<Reaper> = (0..3).map(|_| provider(&url)).collect();
+    let watcher = consumer(&url, "etcd-test").await;
+    until_count(&watcher, 3, Duration::from_secs(5)).await;
+    watcher.shutdown().await;
+    let (u, s) = (url.clone(), snapshot.clone());
+    let out = tokio::task::spawn_blocking(move || run_consumer_process(&u, &["--snapshot", &s]))
+        .await
+        .unwrap();
+    assert!(out.contains("discovered 3 provider(s)"), "{out}");
+
+    cluster.members[0].kill();
+    let out =
+        tokio::task::spawn_blocking(move || run_consumer_process(&url, &["--snapshot", &snapshot]))
+            .await
+            .unwrap();
+    assert!(out.contains("discovered 3 provider(s)"), "{out}");
+    assert!(out.contains("53 ok, 0 failed"), "{out}");
 }

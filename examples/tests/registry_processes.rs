@@ -6,15 +6,14 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rpc_core::Client;
 use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
 use rpc_registry::RegistryApiClient;
 use support::{
-    consumer, start_registered_provider, start_registry, terminate, wait_with_deadline, Load,
-    Reaper,
+    consumer, run_consumer_process, start_registered_provider, start_registry, terminate,
+    wait_with_deadline, Load,
 };
 
 /// Registry flags for these tests: TTL 1 s (heartbeats every 333 ms), so eviction and
@@ -67,23 +66,6 @@ async fn until_listed(registry: SocketAddr, count: usize, limit: Duration) -> Du
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Runs the `inventory-consumer` binary in registry mode and returns its output.
-fn run_consumer_process(url: &str, extra: &[&str]) -> String {
-    let child = Command::new(env!("CARGO_BIN_EXE_inventory-consumer"))
-        .args(["--registry", url, "--calls", "50"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start consumer");
-    let mut child = Reaper(child);
-    let status = wait_with_deadline(&mut child.0, Duration::from_secs(30));
-    let mut out = String::new();
-    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(status.success(), "consumer process failed:\n{out}");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,13 +12,26 @@
 //!   leases, per-service revisions, long polls, the TTL sweep with its mass-eviction
 //!   guard, the caps;
 //! - `client`: the object-safe backend traits ([`Registry`], [`Discovery`],
-//!   [`Backend`]) that our `rpc://` backend and the etcd backend (feature `etcd`)
-//!   implement, [`connect`] picking a backend from a URL, the provider side ([`Publisher`]) and the consumer side
-//!   ([`Consumer`]), with its on-disk snapshot;
+//!   [`Backend`]) that our `rpc://` backend, the etcd backend and the ZooKeeper
+//!   backend implement, [`connect`] picking a backend from a URL, the provider side
+//!   ([`Publisher`]) and the consumer side ([`Consumer`]), with its on-disk snapshot;
 //! - `validate`: the name and address rules both sides check;
 //! - `cli`: [`RegistryArgs`], the flags of a registry process.
 //!
 //! The `rpc-registry` binary runs a registry from the command line.
+//!
+//! # Cargo features
+//!
+//! Both off by default, so a user of the embedded registry compiles neither client:
+//!
+//! - `etcd`: the `etcd://h1:2379[,h2:2379][/root]` backend (leases with a TTL, watches
+//!   from a revision), on `etcd-client`; needs `protoc` at build time.
+//! - `zookeeper`: the `zookeeper://h1:2181[,h2:2181][/chroot]` backend (sessions,
+//!   ephemeral nodes in Dubbo's `/dubbo/{service}/providers/{url}` layout, persistent
+//!   recursive watches; ZooKeeper 3.6+), on `zookeeper-client`; pure Rust.
+//!
+//! The provider and consumer code is the same for every backend: only the URL given to
+//! [`connect`] changes.
 //!
 //! # Example
 //!

@@ -112,13 +112,18 @@ async fn a_flooding_client_hits_the_caps() {
 
 #[tokio::test]
 async fn urls_are_checked() {
-    let e = rpc_registry::connect("zookeeper://zk1:2181,zk2:2181/dubbo").unwrap_err();
+    let e = rpc_registry::connect("consul://c1:8500").unwrap_err();
     assert!(matches!(e, rpc_registry::Error::UnsupportedScheme { .. }));
     assert!(e.to_string().contains("rpc://host:port"), "{e}");
-    // etcd is a backend when the `etcd` feature is on, an unknown scheme otherwise.
+    // etcd and ZooKeeper are backends when their features are on, unknown schemes
+    // otherwise.
     assert_eq!(
         rpc_registry::connect("etcd://h:2379").is_ok(),
         cfg!(feature = "etcd")
+    );
+    assert_eq!(
+        rpc_registry::connect("zookeeper://zk1:2181,zk2:2181/chroot").is_ok(),
+        cfg!(feature = "zookeeper")
     );
     for bad in [
         "rpc://",

@@ -1,20 +1,26 @@
 //! `discovery-latency`: how long a provider's registration, and its death, take to
 //! reach a consumer's balancer, on any registry backend.
 //!
-//! Each round takes a lease with a 1 s TTL, registers one instance under it and times
-//! until the consumer's provider list (what its balancer balances over) has it; then
-//! stops heartbeating that lease (the provider "dies": no deregistration) and times
-//! until the list no longer has it. Death-to-visible is therefore dominated by the
-//! backend's expiry of a 1 s lease. One more instance stays registered throughout,
-//! since a consumer never lets an outage-looking update empty its list.
+//! Each round starts a provider process (this binary with `--provider ADDR`), which
+//! takes a lease with a 1 s TTL (a 1 s session on ZooKeeper), notes the time and
+//! registers one instance under it; the round times until the consumer's provider list
+//! (what its balancer balances over) has it. Then the provider is killed with SIGKILL
+//! (no deregistration: its heartbeats, or its session's pings, just stop) and the
+//! round times until the list no longer has it. Death-to-visible is therefore
+//! dominated by the backend's expiry of a 1 s lease. One more instance stays
+//! registered throughout, since a consumer never lets an outage-looking update empty
+//! its list.
 //!
 //! ```text
 //! cargo run --release -p rpc-benches --bin discovery-latency                              # embedded registry, in process
 //! cargo run --release -p rpc-benches --bin discovery-latency -- --registry etcd://127.0.0.1:2379
+//! cargo run --release -p rpc-benches --bin discovery-latency -- --registry zookeeper://127.0.0.1:2181
 //! ```
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -30,6 +36,68 @@ struct Args {
     /// Rounds (one registration and one death each).
     #[arg(long, default_value_t = 30)]
     rounds: u32,
+    /// Run as the provider of one round: register ADDR through `--registry`, print
+    /// when, and heartbeat until killed.
+    #[arg(long, hide = true, requires = "registry")]
+    provider: Option<String>,
+}
+
+/// Microseconds since the Unix epoch: the provider process and the bench compare
+/// times on one machine's clock.
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The provider of one round: a lease with a 1 s TTL, one instance under it, then
+/// heartbeats until the bench kills this process.
+async fn provide(url: &str, addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let registries = rpc_registry::connect(url)?;
+    let backend = Arc::clone(&registries.members()[0]);
+    let lease = backend
+        .grant("discovery-latency", Some(Duration::from_secs(1)))
+        .await?;
+    let started = unix_micros();
+    backend
+        .register(lease.id, &Instance::new(SERVICE, addr))
+        .await?;
+    println!("registered at {started}");
+    std::io::stdout().flush()?;
+    let every = Duration::from_millis(lease.heartbeat_ms.max(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let _ = backend.keep_alive(lease.id).await;
+    }
+}
+
+/// Kills the provider by PID when dropped, so an early return leaves none behind.
+struct Provider(Child);
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a provider process registering `addr` through `url`; returns it with the
+/// time (Unix µs) it started registering.
+fn spawn_provider(url: &str, addr: &str) -> Result<(Provider, u64), Box<dyn std::error::Error>> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--registry", url, "--provider", addr])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let provider = Provider(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let started = line
+        .trim()
+        .strip_prefix("registered at ")
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("provider said {line:?}"))?;
+    Ok((provider, started))
 }
 
 const SERVICE: &str = "bench.DiscoveryLatency";
@@ -37,6 +105,9 @@ const SERVICE: &str = "bench.DiscoveryLatency";
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let (Some(url), Some(addr)) = (&args.registry, &args.provider) {
+        return provide(url, addr).await;
+    }
     let mut _embedded = None;
     let url = match args.registry {
         Some(url) => url,
@@ -83,33 +154,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut died = Histogram::<u64>::new(3)?;
     for round in 0..args.rounds {
         let addr = format!("127.0.0.1:{}", 20_000 + round);
-        let lease = backend
-            .grant("discovery-latency", Some(Duration::from_secs(1)))
-            .await?;
-        let started = Instant::now();
-        backend
-            .register(lease.id, &Instance::new(SERVICE, addr.clone()))
-            .await?;
-        let heartbeat = {
-            let backend = Arc::clone(&backend);
-            let every = Duration::from_millis(lease.heartbeat_ms.max(100));
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let _ = backend.keep_alive(lease.id).await;
-                }
-            })
-        };
+        let (mut provider, started) = spawn_provider(&url, &addr)?;
         let seen = consumer
             .wait_for(Duration::from_secs(10), |l| {
                 l.iter().any(|i| i.addr == addr)
             })
             .await;
         assert!(seen, "registration of {addr} not seen within 10 s");
-        registered.record(started.elapsed().as_micros() as u64)?;
+        registered.record(unix_micros().saturating_sub(started))?;
         // Live a little (the consumer settles), then die without deregistering.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        heartbeat.abort();
+        provider.0.kill()?;
         let killed = Instant::now();
         let gone = consumer
             .wait_for(Duration::from_secs(15), |l| {
@@ -118,6 +173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await;
         assert!(gone, "death of {addr} not seen within 15 s");
         died.record(killed.elapsed().as_micros() as u64)?;
+        drop(provider);
     }
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(

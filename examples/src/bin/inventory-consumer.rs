@@ -33,8 +33,9 @@ struct Args {
     /// SKU prefix, so several consumers can share one provider.
     #[arg(long, default_value = "demo")]
     prefix: String,
-    /// Discover the providers in these registries (`rpc://host:port[,host:port]`)
-    /// instead of calling `--server`.
+    /// Discover the providers in these registries (`rpc://host:port[,host:port]`,
+    /// `zookeeper://host:port[,host:port][/chroot]`,
+    /// `etcd://host:port[,host:port][/root]`) instead of calling `--server`.
     #[arg(long)]
     registry: Option<String>,
     /// How calls are spread over discovered providers: round-robin,

@@ -29,6 +29,7 @@ struct Args {
     #[arg(long)]
     business_pool: Option<usize>,
     /// Register with these registries (`rpc://host:port[,host:port]`,
+    /// `zookeeper://host:port[,host:port][/chroot]`,
     /// `etcd://host:port[,host:port][/root]`).
     #[arg(long)]
     registry: Option<String>,

@@ -20,7 +20,8 @@ pub enum Error {
     /// The URL's scheme has no backend.
     #[error(
         "unsupported registry scheme {scheme:?}: this build supports rpc://host:port[,host:port] \
-         (and etcd://host:port[,host:port][/root] when built with the `etcd` feature)"
+         (and etcd://host:port[,host:port][/root] with the `etcd` feature, \
+         zookeeper://host:port[,host:port][/chroot] with the `zookeeper` feature)"
     )]
     UnsupportedScheme {
         /// The scheme given.

@@ -24,6 +24,7 @@ use etcd_client::{
 };
 use tokio::sync::OnceCell;
 
+use super::layout::{consumer_url, decode, encode, instance_url};
 use super::{Backend, Discovery, Error, Registry};
 use crate::api::{
     ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, RegistryError, Revision, ServiceSummary,
@@ -140,31 +141,6 @@ impl EtcdBackend {
     }
 }
 
-/// `rpc://addr/service?group=..&version=..`: how an instance is named in its key.
-fn instance_url(key: &InstanceKey) -> String {
-    format!(
-        "rpc://{}/{}?group={}&version={}",
-        key.addr,
-        key.service,
-        encode(&key.group),
-        encode(&key.version)
-    )
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986), as Dubbo does for
-/// the node names of its instance URLs.
-pub(super) fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 fn ttl_secs(ttl: Option<Duration>) -> i64 {
     let ttl = ttl.unwrap_or(DEFAULT_TTL);
     // etcd counts whole seconds; round up so the lease never outlives less than asked.
@@ -279,10 +255,7 @@ impl Registry for EtcdBackend {
         let key = format!(
             "{}consumers/{}",
             self.service_prefix(&consumer.service),
-            encode(&format!(
-                "consumer://{}/{}?client={}&lease={}",
-                consumer.addr, consumer.service, consumer.client_name, lease
-            ))
+            encode(&consumer_url(consumer, lease))
         );
         let mut client = self.client().await?;
         client
@@ -449,38 +422,17 @@ impl Backend for EtcdBackend {
     }
 }
 
-/// Reverses [`encode`] (invalid escapes are kept as they are).
-fn decode(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn url_and_encoding() {
+    fn url() {
         let b = EtcdBackend::parse("etcd://a:1,b:2/reg", "a:1,b:2/reg").unwrap();
         assert_eq!(b.root, "/reg");
         assert_eq!(b.endpoints, vec!["a:1".to_owned(), "b:2".to_owned()]);
         let b = EtcdBackend::parse("etcd://a:1", "a:1").unwrap();
         assert_eq!(b.root, "/dubbo");
         assert!(EtcdBackend::parse("etcd://", "").is_err());
-        let text = "rpc://127.0.0.1:7/s?group=&version=1";
-        assert_eq!(decode(encode(text).as_bytes()), text);
-        assert!(!encode(text).contains('/'));
     }
 }

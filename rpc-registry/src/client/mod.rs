@@ -16,9 +16,13 @@ mod consumer;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+mod layout;
 mod publisher;
 mod rpc;
 mod snapshot;
+#[cfg(feature = "zookeeper")]
+mod zookeeper;
 
 use std::fmt;
 use std::sync::Arc;
@@ -168,12 +172,16 @@ impl Registries {
 ///   `host:port[,...]` means the same.
 /// - `etcd://h1:2379[,h2:2379...][/root]` (feature `etcd`): one etcd cluster, reached
 ///   through any of the endpoints; keys live under `/root` (default `/dubbo`).
-/// - `zookeeper://` is refused with [`Error::UnsupportedScheme`] in this build.
+/// - `zookeeper://h1:2181[,h2:2181...][/chroot]` (feature `zookeeper`): one ZooKeeper
+///   ensemble (3.6 or later), reached through any of the hosts; nodes live under
+///   `{chroot}/dubbo` in Dubbo's layout (`/dubbo/{service}/providers/...`).
+///
+/// Without its feature, `etcd://` or `zookeeper://` is an unsupported scheme.
 ///
 /// ```
 /// let registries = rpc_registry::connect("rpc://127.0.0.1:7000,127.0.0.1:7001")?;
 /// assert_eq!(registries.members().len(), 2);
-/// assert!(rpc_registry::connect("zookeeper://zk1:2181/dubbo").is_err());
+/// assert!(rpc_registry::connect("consul://127.0.0.1:8500").is_err());
 /// # Ok::<(), rpc_registry::Error>(())
 /// ```
 ///
@@ -197,6 +205,10 @@ pub fn connect(url: &str) -> Result<Registries, Error> {
         #[cfg(feature = "etcd")]
         "etcd" => Ok(Registries::from_backends(vec![Arc::new(
             etcd::EtcdBackend::parse(url, rest)?,
+        )])),
+        #[cfg(feature = "zookeeper")]
+        "zookeeper" => Ok(Registries::from_backends(vec![Arc::new(
+            zookeeper::ZooKeeperBackend::parse(url, rest)?,
         )])),
         other => Err(Error::UnsupportedScheme {
             scheme: other.chars().take(32).collect(),
