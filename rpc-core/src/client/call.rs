@@ -304,7 +304,7 @@ where
                 "the client has no filter chain".to_owned(),
             ));
         };
-        let response = crate::filter::client::run(chain, request)
+        let response = crate::filter::client::run(&self.client, chain, request)
             .await
             .map_err(RpcError::widen)?;
         if self.oneway {

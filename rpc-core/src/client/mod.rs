@@ -50,6 +50,7 @@ use rpc_lb::LoadBalancer;
 use crate::error::RpcError;
 use crate::runtime::OwnedRuntime;
 use pool::Endpoint;
+pub(crate) use route::Placement;
 use route::Route;
 
 /// A connection to one server, multiplexing any number of concurrent calls.

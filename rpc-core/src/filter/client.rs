@@ -1,10 +1,18 @@
 //! The client side of the chain: the request and response every client filter sees,
 //! the [`Transport`] at the end of the chain (sends the request over the client's
 //! connections), and how a call runs through a chain.
+//!
+//! A filter steers where a call goes through its request: a provider to avoid (a
+//! retry, a hedged or forked copy goes elsewhere, [`ClientRequest::avoid_provider`])
+//! or one provider pinned ([`ClientRequest::pin_provider`], a breaker's probe). The
+//! transport says which provider answered ([`ClientResponse::provider`]) or failed
+//! ([`ProviderError`], whose source is the [`RpcError`]); read a chain's error with
+//! [`rpc_error_of`] to see through it.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use tower::util::BoxCloneSyncService;
 
 use super::{status_of, BoxError};
+use crate::client::Placement;
 use crate::error::RpcError;
 use crate::protocol::metadata::TraceContext;
 use crate::protocol::{encode_raw_request, EncodeError, ProtocolError, RequestTarget, Status};
@@ -42,6 +51,13 @@ pub struct ClientRequest {
     trace: Option<TraceContext>,
     /// Token sent in the metadata, overriding the client's.
     auth_token: Option<Bytes>,
+    /// Providers this call should not go to (already tried by this call).
+    avoid: Vec<SocketAddr>,
+    /// The one provider this call must go to.
+    pinned: Option<SocketAddr>,
+    /// The client making the call, without its chain: where filters find its
+    /// balancer. `None` for a request built outside a client.
+    client: Option<Client>,
 }
 
 impl fmt::Debug for ClientRequest {
@@ -53,6 +69,8 @@ impl fmt::Debug for ClientRequest {
             .field("timeout", &self.timeout)
             .field("oneway", &self.oneway)
             .field("trace", &self.trace)
+            .field("avoid", &self.avoid)
+            .field("pinned", &self.pinned)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +94,9 @@ impl ClientRequest {
             hash_key: None,
             trace: None,
             auth_token: None,
+            avoid: Vec::new(),
+            pinned: None,
+            client: None,
         }
     }
 
@@ -155,6 +176,45 @@ impl ClientRequest {
     pub fn set_auth_token(&mut self, token: Option<Bytes>) {
         self.auth_token = token;
     }
+
+    /// The providers this call should not go to.
+    pub fn avoided(&self) -> &[SocketAddr] {
+        &self.avoid
+    }
+
+    /// Asks the transport not to send this call to `addr` (a provider it already
+    /// tried) while another provider can take it; when every available provider is
+    /// avoided, the balancer picks among all again. No effect on a single-server
+    /// client.
+    pub fn avoid_provider(&mut self, addr: SocketAddr) {
+        if !self.avoid.contains(&addr) {
+            self.avoid.push(addr);
+        }
+    }
+
+    /// The provider this call is pinned to, if any.
+    pub fn pinned_provider(&self) -> Option<SocketAddr> {
+        self.pinned
+    }
+
+    /// Pins the call to the provider at `addr`: the transport sends it there alone,
+    /// whatever the balancer's health marks say, and does not fail it over; an address
+    /// outside the provider set fails with [`RpcError::NoProvider`]. `None` lets the
+    /// balancer pick. No effect on a single-server client.
+    pub fn pin_provider(&mut self, addr: Option<SocketAddr>) {
+        self.pinned = addr;
+    }
+
+    /// The balancer of the client making the call, for a client over several
+    /// providers (`None` for a single-server client, or a request built by hand).
+    pub fn balancer(&self) -> Option<&rpc_lb::LoadBalancer> {
+        self.client.as_ref().and_then(Client::balancer)
+    }
+
+    /// The server's address, for a call made by a single-server client.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        self.client.as_ref().and_then(Client::addr)
+    }
 }
 
 /// What a client chain returns for a call that the server ran: the status (OK, or
@@ -167,6 +227,8 @@ pub struct ClientResponse {
     status: Status,
     /// The encoded result, or the method's error.
     body: Bytes,
+    /// The provider that answered; `None` for a response a filter made.
+    provider: Option<SocketAddr>,
 }
 
 impl fmt::Debug for ClientResponse {
@@ -174,6 +236,7 @@ impl fmt::Debug for ClientResponse {
         f.debug_struct("ClientResponse")
             .field("status", &self.status)
             .field("body_len", &self.body.len())
+            .field("provider", &self.provider)
             .finish()
     }
 }
@@ -182,7 +245,17 @@ impl ClientResponse {
     /// A response with `status` and an encoded `body`; a filter that answers by
     /// itself (a fallback) builds one.
     pub fn new(status: Status, body: Bytes) -> ClientResponse {
-        ClientResponse { status, body }
+        ClientResponse {
+            status,
+            body,
+            provider: None,
+        }
+    }
+
+    /// A response with the result nil: what `()` and `Option<T>` (as `None`) decode
+    /// from.
+    pub fn nil() -> ClientResponse {
+        ClientResponse::new(Status::Ok, Bytes::from_static(&[0xc0]))
     }
 
     /// A successful response carrying `value`, encoded as a method's result.
@@ -205,6 +278,96 @@ impl ClientResponse {
     pub fn body(&self) -> &Bytes {
         &self.body
     }
+
+    /// The provider (or single server) that answered; `None` for a response a filter
+    /// made itself (a fallback, a failsafe default).
+    pub fn provider(&self) -> Option<SocketAddr> {
+        self.provider
+    }
+}
+
+/// A chain error from the [`Transport`] when a provider was picked: the call's
+/// [`RpcError`] (its [`source`](std::error::Error::source)) and the provider that
+/// failed it, for filters that keep per-provider state (a circuit breaker). Errors
+/// with no provider (none was available) are plain [`RpcError`]s. Read either with
+/// [`rpc_error_of`]; [`into_rpc_error`] unwraps it.
+#[derive(Debug)]
+pub struct ProviderError {
+    /// The provider (or single server) that failed the call.
+    provider: SocketAddr,
+    /// Why.
+    error: RpcError,
+}
+
+impl ProviderError {
+    /// `error`, from the provider at `provider`.
+    pub fn new(provider: SocketAddr, error: RpcError) -> ProviderError {
+        ProviderError { provider, error }
+    }
+
+    /// The provider that failed the call.
+    pub fn provider(&self) -> SocketAddr {
+        self.provider
+    }
+
+    /// Why.
+    pub fn error(&self) -> &RpcError {
+        &self.error
+    }
+
+    /// Why, taken out.
+    pub fn into_error(self) -> RpcError {
+        self.error
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (provider {})", self.error, self.provider)
+    }
+}
+
+impl std::error::Error for ProviderError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The [`RpcError`] in a chain's error: the error itself, or the one a
+/// [`ProviderError`] carries. `None` for other errors (a tower middleware's own).
+pub fn rpc_error_of(error: &BoxError) -> Option<&RpcError> {
+    match error.downcast_ref::<ProviderError>() {
+        Some(e) => Some(&e.error),
+        None => error.downcast_ref::<RpcError>(),
+    }
+}
+
+/// The provider a chain's error names (a [`ProviderError`]'s), if any.
+pub fn provider_of(error: &BoxError) -> Option<SocketAddr> {
+    error.downcast_ref::<ProviderError>().map(|e| e.provider)
+}
+
+/// Whether `error` says the provider (or the path to it) is failing, rather than the
+/// call being wrong or answered: a timeout, a connection that failed or broke, a
+/// request not sent, a server overloaded, an internal server error, a protocol
+/// violation, a server shutting down. Not: application errors (those are answers),
+/// bad requests, unknown services or methods, authentication, serialization, a request
+/// too large, no provider available, a client misconfigured or closed.
+///
+/// The circuit breaker counts exactly these against a provider; failover retries
+/// them (for idempotent methods); a fallback answers for them.
+pub fn is_provider_failure(error: &RpcError) -> bool {
+    matches!(
+        error,
+        RpcError::Timeout(_)
+            | RpcError::Connect { .. }
+            | RpcError::NotSent { .. }
+            | RpcError::ConnectionLost { .. }
+            | RpcError::Overloaded(_)
+            | RpcError::Internal(_)
+            | RpcError::Protocol(_)
+            | RpcError::ShuttingDown
+    )
 }
 
 /// The end of every client chain: sends the request over the client's connections
@@ -244,12 +407,12 @@ impl tower::Service<ClientRequest> for Transport {
 
     fn call(&mut self, request: ClientRequest) -> Self::Future {
         let client = self.client.clone();
-        Box::pin(async move { send(&client, &request).await.map_err(BoxError::from) })
+        Box::pin(async move { send(&client, &request).await })
     }
 }
 
 /// Sends `request` over `client`'s connections; see [`Transport`].
-async fn send(client: &Client, request: &ClientRequest) -> Result<ClientResponse, RpcError> {
+async fn send(client: &Client, request: &ClientRequest) -> Result<ClientResponse, BoxError> {
     let config = client.config();
     let max = config.max_frame_len;
     let auth_token = request
@@ -278,26 +441,41 @@ async fn send(client: &Client, request: &ClientRequest) -> Result<ClientResponse
             },
         )
     };
-    let frame = client
-        .call_frame(
-            encode,
-            request.oneway,
-            request.timeout,
-            request.hash_key,
-            None,
-        )
-        .await?;
+    let placement = Placement {
+        hash_key: request.hash_key,
+        pinned: request.pinned,
+        avoid: &request.avoid,
+    };
+    let failed = |error: RpcError, provider: Option<SocketAddr>| -> BoxError {
+        match provider {
+            Some(provider) => Box::new(ProviderError { provider, error }),
+            None => Box::new(error),
+        }
+    };
+    let (frame, provider) = client
+        .call_frame_at(encode, request.oneway, request.timeout, &placement, None)
+        .await
+        .map_err(|f| failed(f.error, f.provider))?;
     let Some(frame) = frame else {
-        return Ok(ClientResponse::new(Status::Ok, Bytes::new()));
+        return Ok(ClientResponse {
+            status: Status::Ok,
+            body: Bytes::new(),
+            provider,
+        });
     };
     match Status::from_code(frame.header.status) {
-        status @ (Status::Ok | Status::ApplicationError) => {
-            Ok(ClientResponse::new(status, frame.body))
-        }
+        status @ (Status::Ok | Status::ApplicationError) => Ok(ClientResponse {
+            status,
+            body: frame.body,
+            provider,
+        }),
         status => {
             let message: String = rmp_serde::from_slice(&frame.body)
                 .unwrap_or_else(|_| "(no readable message)".to_owned());
-            Err(RpcError::from_status(status, message, request.timeout))
+            Err(failed(
+                RpcError::from_status(status, message, request.timeout),
+                provider,
+            ))
         }
     }
 }
@@ -309,12 +487,15 @@ pub(crate) type ClientChain = BoxCloneSyncService<ClientRequest, ClientResponse,
 /// stays one type whatever layers it has.
 pub(crate) type ErasedLayer = Arc<dyn Fn(ClientChain) -> ClientChain + Send + Sync>;
 
-/// Runs `request` through `chain` and turns a failure into the call's error.
+/// Runs `request`, made by `client`, through `chain` and turns a failure into the
+/// call's error.
 pub(crate) async fn run(
+    client: &Client,
     chain: &ClientChain,
-    request: ClientRequest,
+    mut request: ClientRequest,
 ) -> Result<ClientResponse, RpcError> {
     use tower::ServiceExt as _;
+    request.client = Some(client.without_chain());
     let timeout = request.timeout;
     let chain = chain.clone();
     chain
@@ -323,9 +504,14 @@ pub(crate) async fn run(
         .map_err(|e| into_rpc_error(e, timeout))
 }
 
-/// The call's error for a chain's failure: an [`RpcError`] as it is, anything else by
-/// the status it maps to (see the [module docs](super)).
+/// The call's error for a chain's failure: an [`RpcError`] as it is (or the one a
+/// [`ProviderError`] carries), anything else by the status it maps to (see the
+/// [module docs](super)).
 pub fn into_rpc_error(error: BoxError, timeout: Duration) -> RpcError {
+    let error = match error.downcast::<ProviderError>() {
+        Ok(e) => return e.error,
+        Err(other) => other,
+    };
     match error.downcast::<RpcError>() {
         Ok(e) => *e,
         Err(other) => {

@@ -42,7 +42,10 @@ pub(crate) mod server;
 
 use std::fmt;
 
-pub use client::{into_rpc_error, ClientRequest, ClientResponse, Transport};
+pub use client::{
+    into_rpc_error, is_provider_failure, provider_of, rpc_error_of, ClientRequest, ClientResponse,
+    ProviderError, Transport,
+};
 pub use server::{Invocation, Invoker, ServerRequest, ServerResponse};
 
 use crate::protocol::Status;
