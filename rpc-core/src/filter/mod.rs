@@ -38,6 +38,7 @@
 //! deadline passed while the call waited in a filter.
 
 pub(crate) mod client;
+pub mod cluster;
 pub(crate) mod server;
 
 use std::fmt;
