@@ -38,7 +38,10 @@
 //! deadline passed while the call waited in a filter.
 
 pub(crate) mod client;
+pub mod breaker;
 pub mod cluster;
+pub mod fallback;
+mod window;
 pub(crate) mod server;
 
 use std::fmt;

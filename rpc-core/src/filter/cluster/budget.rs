@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::error::RpcError;
-
-/// How many slots the budget's window is cut into: the window slides by a tenth.
-const SLOTS: usize = 10;
+use crate::filter::window::SlidingWindow;
 
 /// A cap on retries (and hedged copies) over a sliding window: within any `window`,
 /// at most `ratio` × calls + `min_per_second` × window-in-seconds retries are allowed.
@@ -46,51 +44,21 @@ pub struct RetryBudget {
     min_per_second: u32,
     /// How far back calls and retries count.
     window: Duration,
-    /// The slots of the window, and when the budget started.
-    state: Mutex<Slots>,
+    /// Calls and retries over the window, and since the start.
+    state: Mutex<Counts>,
     /// Retries refused since the start, for operators.
     refused: AtomicU64,
 }
 
-/// The window's slots: calls and retries per slot, indexed by slot number modulo
-/// [`SLOTS`].
+/// A budget's counts.
 #[derive(Debug)]
-struct Slots {
-    /// Time zero of the slot numbers.
-    epoch: Instant,
-    /// The slot number each entry holds counts for.
-    number: [u64; SLOTS],
-    /// Calls counted per slot.
-    calls: [u64; SLOTS],
-    /// Retries counted per slot.
-    retries: [u64; SLOTS],
+struct Counts {
+    /// Calls and retries over the window.
+    window: SlidingWindow,
     /// Calls since the start.
     total_calls: u64,
     /// Retries allowed since the start.
     total_retries: u64,
-}
-
-impl Slots {
-    /// The index of the slot for `now`, cleared first if it held an older slot.
-    fn current(&mut self, slot_len: Duration, now: Instant) -> usize {
-        let number = (now.saturating_duration_since(self.epoch).as_nanos()
-            / slot_len.as_nanos().max(1)) as u64;
-        let index = (number % SLOTS as u64) as usize;
-        if self.number[index] != number {
-            self.number[index] = number;
-            self.calls[index] = 0;
-            self.retries[index] = 0;
-        }
-        index
-    }
-
-    /// Calls and retries counted in the window ending in slot `number`.
-    fn in_window(&self, number: u64) -> (u64, u64) {
-        let live = |i: usize| number.saturating_sub(self.number[i]) < SLOTS as u64;
-        (0..SLOTS)
-            .filter(|&i| live(i))
-            .fold((0, 0), |(c, r), i| (c + self.calls[i], r + self.retries[i]))
-    }
 }
 
 /// What a [`RetryBudget`] has counted since it started.
@@ -136,27 +104,19 @@ impl RetryBudget {
         self.ratio
     }
 
-    fn slot_len(&self) -> Duration {
-        self.window / SLOTS as u32
-    }
-
     fn deposit_at(&self, now: Instant) {
-        let slot_len = self.slot_len();
         let mut state = self.state.lock();
-        let i = state.current(slot_len, now);
-        state.calls[i] += 1;
+        state.window.add(now, 1, 0);
         state.total_calls += 1;
     }
 
     fn try_withdraw_at(&self, now: Instant) -> bool {
-        let slot_len = self.slot_len();
         let mut state = self.state.lock();
-        let i = state.current(slot_len, now);
-        let (calls, retries) = state.in_window(state.number[i]);
+        let (calls, retries) = state.window.totals(now);
         let floor = f64::from(self.min_per_second) * self.window.as_secs_f64();
         let allowed = (self.ratio * calls as f64 + floor).floor() as u64;
         if retries < allowed {
-            state.retries[i] += 1;
+            state.window.add(now, 0, 1);
             state.total_retries += 1;
             true
         } else {
@@ -254,11 +214,8 @@ impl RetryBudgetBuilder {
             ratio: self.ratio,
             min_per_second: self.min_per_second,
             window: self.window,
-            state: Mutex::new(Slots {
-                epoch: Instant::now(),
-                number: [u64::MAX; SLOTS],
-                calls: [0; SLOTS],
-                retries: [0; SLOTS],
+            state: Mutex::new(Counts {
+                window: SlidingWindow::new(self.window, Instant::now()),
                 total_calls: 0,
                 total_retries: 0,
             }),
