@@ -79,7 +79,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use super::window::SlidingWindow;
-use super::{is_provider_failure, provider_of, rpc_error_of, BoxError, ClientRequest, ClientResponse};
+use super::{
+    is_provider_failure, provider_of, rpc_error_of, BoxError, ClientRequest, ClientResponse,
+};
 use crate::error::RpcError;
 
 /// Builds a [`BreakerLayer`]; see the [module docs](self) for the semantics.
@@ -199,7 +201,10 @@ impl BreakerBuilder {
             return invalid("at least one probe is needed to close a circuit".to_owned());
         }
         if self.window < Duration::from_millis(10) {
-            return invalid(format!("the window must be at least 10 ms, not {:?}", self.window));
+            return invalid(format!(
+                "the window must be at least 10 ms, not {:?}",
+                self.window
+            ));
         }
         if self.cool_down.is_zero() {
             return invalid("the cool-down must be more than zero".to_owned());
@@ -296,9 +301,9 @@ impl BreakerLayer {
     /// The state of `provider`'s circuit (closed for a provider not seen yet).
     pub fn state(&self, provider: SocketAddr) -> CircuitState {
         let circuits = self.shared.circuits.read();
-        circuits
-            .get(&provider)
-            .map_or(CircuitState::Closed, |c| c.snapshot(provider, Instant::now()).state)
+        circuits.get(&provider).map_or(CircuitState::Closed, |c| {
+            c.snapshot(provider, Instant::now()).state
+        })
     }
 }
 

@@ -51,12 +51,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::{into_rpc_error, is_provider_failure, rpc_error_of, BoxError, ClientRequest, ClientResponse};
+use super::{
+    into_rpc_error, is_provider_failure, rpc_error_of, BoxError, ClientRequest, ClientResponse,
+};
 use crate::error::RpcError;
 
 /// A method's fallback: the request and the error it failed with, to the response
 /// given to the caller instead.
-type Handler = Arc<dyn Fn(&ClientRequest, &RpcError) -> Result<ClientResponse, BoxError> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(&ClientRequest, &RpcError) -> Result<ClientResponse, BoxError> + Send + Sync>;
 
 /// Builds a [`FallbackLayer`]; see the [module docs](self).
 #[derive(Clone, Default)]
@@ -69,7 +72,11 @@ pub struct FallbackBuilder {
 
 impl fmt::Debug for FallbackBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let methods: Vec<String> = self.rules.iter().map(|(s, m, _)| format!("{s}.{m}")).collect();
+        let methods: Vec<String> = self
+            .rules
+            .iter()
+            .map(|(s, m, _)| format!("{s}.{m}"))
+            .collect();
         f.debug_struct("FallbackBuilder")
             .field("methods", &methods)
             .field("unavailable_only", &self.unavailable_only)
@@ -87,11 +94,20 @@ impl FallbackBuilder {
     /// let b = FallbackLayer::builder()
     ///     .method("shop.Catalog", "count", |_, _| ClientResponse::ok(&0u64));
     /// ```
-    pub fn method<F>(mut self, service: impl Into<String>, method: impl Into<String>, fallback: F) -> Self
+    pub fn method<F>(
+        mut self,
+        service: impl Into<String>,
+        method: impl Into<String>,
+        fallback: F,
+    ) -> Self
     where
-        F: Fn(&ClientRequest, &RpcError) -> Result<ClientResponse, BoxError> + Send + Sync + 'static,
+        F: Fn(&ClientRequest, &RpcError) -> Result<ClientResponse, BoxError>
+            + Send
+            + Sync
+            + 'static,
     {
-        self.rules.push((service.into(), method.into(), Arc::new(fallback)));
+        self.rules
+            .push((service.into(), method.into(), Arc::new(fallback)));
         self
     }
 
@@ -103,7 +119,12 @@ impl FallbackBuilder {
     /// let b = FallbackLayer::builder()
     ///     .value("shop.Catalog", "names", |_, _| vec!["tea".to_owned()]);
     /// ```
-    pub fn value<T, F>(self, service: impl Into<String>, method: impl Into<String>, value: F) -> Self
+    pub fn value<T, F>(
+        self,
+        service: impl Into<String>,
+        method: impl Into<String>,
+        value: F,
+    ) -> Self
     where
         T: serde::Serialize,
         F: Fn(&ClientRequest, &RpcError) -> T + Send + Sync + 'static,

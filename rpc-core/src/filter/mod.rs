@@ -37,12 +37,12 @@
 //! wherever it is in the chain, and the [`Invoker`] does not start a handler whose
 //! deadline passed while the call waited in a filter.
 
-pub(crate) mod client;
 pub mod breaker;
+pub(crate) mod client;
 pub mod cluster;
 pub mod fallback;
-mod window;
 pub(crate) mod server;
+mod window;
 
 use std::fmt;
 
