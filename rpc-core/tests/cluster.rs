@@ -204,8 +204,12 @@ fn providers(fleet: &[Fixture]) -> Vec<Provider> {
 
 /// A round-robin client over `fleet` with `builder`'s layers.
 async fn client(builder: ClientBuilder, fleet: &[Fixture]) -> FleetClient {
+    client_with(builder.balancer(Strategy::RoundRobin), fleet).await
+}
+
+/// A client over `fleet` with `builder`'s layers and balancer.
+async fn client_with(builder: ClientBuilder, fleet: &[Fixture]) -> FleetClient {
     let client = builder
-        .balancer(Strategy::RoundRobin)
         .timeout(Duration::from_secs(5))
         .connect_providers("test.Fleet", providers(fleet))
         .await
@@ -256,6 +260,38 @@ async fn failover_retries_an_idempotent_method_on_another_provider() {
         );
         let served = fleet[1].knobs.calls() + fleet[2].knobs.calls();
         assert_eq!(served, 30, "each call answered once by a healthy provider");
+        stop(fleet).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_avoids_the_provider_that_failed() {
+    bounded(async {
+        // ip-hash sends every call with one key to one provider: a retry goes
+        // elsewhere only because it avoids the provider that failed it.
+        let fleet = fleet(3).await;
+        let cluster = ClusterLayer::builder()
+            .idempotent("test.Fleet", "read")
+            .method("test.Fleet", "read", Policy::failover(1))
+            .build()
+            .unwrap();
+        let stub = client_with(
+            Client::builder()
+                .layer(cluster.clone())
+                .balancer(Strategy::IpHash),
+            &fleet,
+        )
+        .await;
+        let home = stub.read(0).hash_key(42).await.unwrap().port;
+        let home = fleet.iter().find(|f| f.port() == home).unwrap();
+        home.knobs.set_failing(true);
+        for n in 0..10 {
+            let answer = stub.read(n).hash_key(42).await.unwrap();
+            assert_ne!(answer.port, home.port());
+        }
+        assert_eq!(home.knobs.calls(), 11, "one failed attempt per call, never retried there");
+        assert_eq!(cluster.stats().retries, 10);
         stop(fleet).await;
     })
     .await;
@@ -415,10 +451,18 @@ async fn forking_takes_the_first_success() {
             .method("test.Fleet", "read", Policy::forking(3))
             .build()
             .unwrap();
-        let stub = client(Client::builder().layer(cluster.clone()), &fleet).await;
+        // ip-hash with one key: the copies reach three providers only because each is
+        // pinned to a different one.
+        let stub = client_with(
+            Client::builder()
+                .layer(cluster.clone())
+                .balancer(Strategy::IpHash),
+            &fleet,
+        )
+        .await;
         let started = Instant::now();
         for n in 0..10 {
-            let answer = stub.read(n).await.unwrap();
+            let answer = stub.read(n).hash_key(42).await.unwrap();
             assert_eq!(answer.port, fleet[2].port(), "the fast, healthy one wins");
         }
         // Ten calls, each waiting for the slow provider, would take 20 s.
