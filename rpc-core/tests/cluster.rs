@@ -290,7 +290,11 @@ async fn a_retry_avoids_the_provider_that_failed() {
             let answer = stub.read(n).hash_key(42).await.unwrap();
             assert_ne!(answer.port, home.port());
         }
-        assert_eq!(home.knobs.calls(), 11, "one failed attempt per call, never retried there");
+        assert_eq!(
+            home.knobs.calls(),
+            11,
+            "one failed attempt per call, never retried there"
+        );
         assert_eq!(cluster.stats().retries, 10);
         stop(fleet).await;
     })
