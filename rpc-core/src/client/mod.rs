@@ -49,6 +49,7 @@ use rpc_lb::LoadBalancer;
 
 use crate::error::RpcError;
 use crate::runtime::OwnedRuntime;
+pub(crate) use connection::PendingReply;
 use pool::Endpoint;
 pub(crate) use route::Placement;
 use route::Route;

@@ -83,6 +83,8 @@ use super::{
     is_provider_failure, provider_of, rpc_error_of, BoxError, ClientRequest, ClientResponse,
 };
 use crate::error::RpcError;
+use crate::Client;
+use rpc_lb::LoadBalancer;
 
 /// Builds a [`BreakerLayer`]; see the [module docs](self) for the semantics.
 #[derive(Debug, Clone)]
@@ -513,7 +515,13 @@ impl Breakers {
 
     /// Counts a call's outcome on `provider`'s circuit; `probe` says whether the
     /// breaker sent it as one.
-    fn record(&self, provider: SocketAddr, verdict: Verdict, probe: bool, request: &ClientRequest) {
+    fn record(
+        &self,
+        provider: SocketAddr,
+        verdict: Verdict,
+        probe: bool,
+        balancer: Option<&LoadBalancer>,
+    ) {
         let now = Instant::now();
         let circuit = self.circuit(provider);
         let mut phase = circuit.state.lock();
@@ -531,7 +539,7 @@ impl Breakers {
                     && calls >= s.min_calls
                     && failures as f64 >= s.failure_rate * calls as f64
                 {
-                    self.open(&mut phase, provider, now, request);
+                    self.open(&mut phase, provider, now, balancer);
                     tracing::warn!(
                         %provider,
                         calls,
@@ -561,7 +569,7 @@ impl Breakers {
                         phase.window.clear();
                         phase.cool_down = self.settings.cool_down;
                         self.not_closed.fetch_sub(1, Ordering::AcqRel);
-                        if let Some(balancer) = request.balancer() {
+                        if let Some(balancer) = balancer {
                             balancer.set_healthy(provider, true);
                         }
                         tracing::info!(%provider, "circuit closed: the provider is back");
@@ -576,7 +584,7 @@ impl Breakers {
                         // The circuit was not closed: `open` must not count it again.
                         self.not_closed.fetch_sub(1, Ordering::AcqRel);
                         phase.cool_down = (phase.cool_down * 2).min(self.settings.max_cool_down);
-                        self.open(&mut phase, provider, now, request);
+                        self.open(&mut phase, provider, now, balancer);
                         tracing::warn!(
                             %provider,
                             cool_down = ?phase.cool_down,
@@ -609,13 +617,19 @@ impl Breakers {
     }
 
     /// Opens `phase`'s circuit for its cool-down from `now`.
-    fn open(&self, phase: &mut Phase, provider: SocketAddr, now: Instant, request: &ClientRequest) {
+    fn open(
+        &self,
+        phase: &mut Phase,
+        provider: SocketAddr,
+        now: Instant,
+        balancer: Option<&LoadBalancer>,
+    ) {
         phase.stage = Stage::Open {
             until: now + phase.cool_down,
         };
         phase.trips += 1;
         self.not_closed.fetch_add(1, Ordering::AcqRel);
-        if let Some(balancer) = request.balancer() {
+        if let Some(balancer) = balancer {
             balancer.mark_unhealthy_for(provider, phase.cool_down);
         }
     }
@@ -684,8 +698,8 @@ where
                 return Box::pin(std::future::ready(Err(BoxError::from(error))));
             }
         }
-        // The request is needed afterwards only for its client's balancer.
-        let context = request.clone();
+        // Afterwards, only the client's balancer is needed.
+        let client = request.client().cloned();
         let future = self.inner.call(request);
         Box::pin(async move {
             let outcome = future.await;
@@ -701,7 +715,8 @@ where
             };
             let probe = guard.provider.take();
             if let Some(provider) = provider.or(probe) {
-                shared.record(provider, verdict, probe == Some(provider), &context);
+                let balancer = client.as_ref().and_then(Client::balancer);
+                shared.record(provider, verdict, probe == Some(provider), balancer);
             }
             outcome
         })

@@ -22,11 +22,14 @@ use bytes::{Bytes, BytesMut};
 use tower::util::BoxCloneSyncService;
 
 use super::{status_of, BoxError};
-use crate::client::Placement;
+use crate::client::{PendingReply, Placement};
 use crate::error::RpcError;
 use crate::protocol::metadata::TraceContext;
-use crate::protocol::{encode_raw_request, EncodeError, ProtocolError, RequestTarget, Status};
+use crate::protocol::{
+    encode_raw_request, EncodeError, Frame, ProtocolError, RequestTarget, Status,
+};
 use crate::Client;
+use rpc_lb::Picked;
 
 /// A call as a client filter sees it. The arguments are already encoded (a cheap
 /// [`Bytes`] to clone), so a filter can send the same call again, to another provider
@@ -43,10 +46,21 @@ pub struct ClientRequest {
     timeout: Duration,
     /// Sent with the oneway flag: no response is expected.
     oneway: bool,
-    /// User attachments sent in the metadata.
-    attachments: Vec<(String, Vec<u8>)>,
     /// Affinity key for the `ip-hash` balancer.
     hash_key: Option<u64>,
+    /// What most calls do without: attachments, trace, token, placement. Boxed, so
+    /// that the request every filter moves and clones stays small.
+    extras: Option<Box<Extras>>,
+    /// The client making the call, without its chain: where filters find its
+    /// balancer. `None` for a request built outside a client.
+    client: Option<Client>,
+}
+
+/// The parts of a [`ClientRequest`] most calls leave empty.
+#[derive(Clone, Default)]
+struct Extras {
+    /// User attachments sent in the metadata.
+    attachments: Vec<(String, Vec<u8>)>,
     /// Trace context sent in the metadata.
     trace: Option<TraceContext>,
     /// Token sent in the metadata, overriding the client's.
@@ -55,9 +69,6 @@ pub struct ClientRequest {
     avoid: Vec<SocketAddr>,
     /// The one provider this call must go to.
     pinned: Option<SocketAddr>,
-    /// The client making the call, without its chain: where filters find its
-    /// balancer. `None` for a request built outside a client.
-    client: Option<Client>,
 }
 
 impl fmt::Debug for ClientRequest {
@@ -68,9 +79,9 @@ impl fmt::Debug for ClientRequest {
             .field("body_len", &self.body.len())
             .field("timeout", &self.timeout)
             .field("oneway", &self.oneway)
-            .field("trace", &self.trace)
-            .field("avoid", &self.avoid)
-            .field("pinned", &self.pinned)
+            .field("trace", &self.trace())
+            .field("avoid", &self.avoided())
+            .field("pinned", &self.pinned_provider())
             .finish_non_exhaustive()
     }
 }
@@ -90,12 +101,8 @@ impl ClientRequest {
             body,
             timeout,
             oneway: false,
-            attachments: Vec::new(),
             hash_key: None,
-            trace: None,
-            auth_token: None,
-            avoid: Vec::new(),
-            pinned: None,
+            extras: None,
             client: None,
         }
     }
@@ -138,12 +145,24 @@ impl ClientRequest {
 
     /// User attachments.
     pub fn attachments(&self) -> &[(String, Vec<u8>)] {
-        &self.attachments
+        self.extras.as_deref().map_or(&[], |e| &e.attachments)
     }
 
     /// User attachments, to add or change.
     pub fn attachments_mut(&mut self) -> &mut Vec<(String, Vec<u8>)> {
-        &mut self.attachments
+        &mut self.extras_mut().attachments
+    }
+
+    /// The extras, made on first use.
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// Sets the attachments (empty: none, and nothing allocated).
+    pub(crate) fn set_attachments(&mut self, attachments: Vec<(String, Vec<u8>)>) {
+        if !attachments.is_empty() || self.extras.is_some() {
+            self.extras_mut().attachments = attachments;
+        }
     }
 
     /// The affinity key for the `ip-hash` balancer.
@@ -158,28 +177,32 @@ impl ClientRequest {
 
     /// The trace context the call carries.
     pub fn trace(&self) -> Option<&TraceContext> {
-        self.trace.as_ref()
+        self.extras.as_deref().and_then(|e| e.trace.as_ref())
     }
 
     /// Sets the trace context the call carries.
     pub fn set_trace(&mut self, trace: Option<TraceContext>) {
-        self.trace = trace;
+        if trace.is_some() || self.extras.is_some() {
+            self.extras_mut().trace = trace;
+        }
     }
 
     /// The token sent with the call, when a filter set one (else the client's own,
     /// [`ClientConfig::auth_token`](crate::ClientConfig::auth_token), is sent).
     pub fn auth_token(&self) -> Option<&[u8]> {
-        self.auth_token.as_deref()
+        self.extras.as_deref().and_then(|e| e.auth_token.as_deref())
     }
 
     /// Sets the token sent with the call.
     pub fn set_auth_token(&mut self, token: Option<Bytes>) {
-        self.auth_token = token;
+        if token.is_some() || self.extras.is_some() {
+            self.extras_mut().auth_token = token;
+        }
     }
 
     /// The providers this call should not go to.
     pub fn avoided(&self) -> &[SocketAddr] {
-        &self.avoid
+        self.extras.as_deref().map_or(&[], |e| &e.avoid)
     }
 
     /// Asks the transport not to send this call to `addr` (a provider it already
@@ -187,14 +210,15 @@ impl ClientRequest {
     /// avoided, the balancer picks among all again. No effect on a single-server
     /// client.
     pub fn avoid_provider(&mut self, addr: SocketAddr) {
-        if !self.avoid.contains(&addr) {
-            self.avoid.push(addr);
+        let avoid = &mut self.extras_mut().avoid;
+        if !avoid.contains(&addr) {
+            avoid.push(addr);
         }
     }
 
     /// The provider this call is pinned to, if any.
     pub fn pinned_provider(&self) -> Option<SocketAddr> {
-        self.pinned
+        self.extras.as_deref().and_then(|e| e.pinned)
     }
 
     /// Pins the call to the provider at `addr`: the transport sends it there alone,
@@ -202,13 +226,21 @@ impl ClientRequest {
     /// outside the provider set fails with [`RpcError::NoProvider`]. `None` lets the
     /// balancer pick. No effect on a single-server client.
     pub fn pin_provider(&mut self, addr: Option<SocketAddr>) {
-        self.pinned = addr;
+        if addr.is_some() || self.extras.is_some() {
+            self.extras_mut().pinned = addr;
+        }
     }
 
     /// The balancer of the client making the call, for a client over several
     /// providers (`None` for a single-server client, or a request built by hand).
     pub fn balancer(&self) -> Option<&rpc_lb::LoadBalancer> {
         self.client.as_ref().and_then(Client::balancer)
+    }
+
+    /// The client making the call (without its chain), for a filter that needs its
+    /// balancer after the request has moved on.
+    pub(crate) fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
     }
 
     /// The server's address, for a call made by a single-server client.
@@ -277,6 +309,11 @@ impl ClientResponse {
     /// The encoded body.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The status and the body, taken out.
+    pub(crate) fn into_parts(self) -> (Status, Bytes) {
+        (self.status, self.body)
     }
 
     /// The provider (or single server) that answered; `None` for a response a filter
@@ -399,63 +436,238 @@ impl Transport {
 impl tower::Service<ClientRequest> for Transport {
     type Response = ClientResponse;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<ClientResponse, BoxError>> + Send>>;
+    type Future = TransportFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: ClientRequest) -> Self::Future {
-        let client = self.client.clone();
-        Box::pin(async move { send(&client, &request).await })
+    fn call(&mut self, request: ClientRequest) -> TransportFuture {
+        TransportFuture {
+            state: TransportState::Start {
+                client: self.client.clone(),
+                request,
+            },
+        }
     }
 }
 
-/// Sends `request` over `client`'s connections; see [`Transport`].
-async fn send(client: &Client, request: &ClientRequest) -> Result<ClientResponse, BoxError> {
-    let config = client.config();
-    let max = config.max_frame_len;
-    let auth_token = request
-        .auth_token
-        .as_deref()
-        .or(config.auth_token.as_deref());
-    let encode = |buf: &mut BytesMut, id: u64| {
-        let target = RequestTarget {
-            service: &request.service,
-            method: &request.method,
-            timeout: Some(request.timeout),
-            trace: request.trace.as_ref(),
-            auth_token,
-            attachments: &request.attachments,
+/// The future of a [`Transport`] call. Like a call without a chain, it queues the
+/// request in its first poll on a connection that is ready, with no allocation; only a
+/// call that must connect first, fail over, or go where a filter steered it runs the
+/// general path.
+#[must_use = "a transport call does nothing until polled"]
+pub struct TransportFuture {
+    /// Where the call is.
+    state: TransportState,
+}
+
+/// The stages of a [`TransportFuture`].
+enum TransportState {
+    /// Not polled yet.
+    Start {
+        /// The client that sends it.
+        client: Client,
+        /// The call.
+        request: ClientRequest,
+    },
+    /// Queued on a ready connection (the fast path).
+    Reply {
+        /// The call's slot on its connection.
+        reply: PendingReply,
+        /// The provider picked (a cluster's), to record the outcome on; counts the call
+        /// in flight until dropped.
+        picked: Option<Picked>,
+        /// The provider or server the call went to.
+        addr: Option<SocketAddr>,
+        /// When it was queued, for the provider's latency.
+        started: std::time::Instant,
+        /// The client, to fail over from.
+        client: Client,
+        /// The call, to fail over with.
+        request: ClientRequest,
+    },
+    /// Everything else: the general path of [`Client::call_frame_at`].
+    Run(Pin<Box<dyn Future<Output = Result<ClientResponse, BoxError>> + Send>>),
+    /// Completed.
+    Done,
+}
+
+impl fmt::Debug for TransportFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stage = match &self.state {
+            TransportState::Start { .. } => "not started",
+            TransportState::Reply { .. } => "queued",
+            TransportState::Run(_) => "running",
+            TransportState::Done => "done",
         };
-        encode_raw_request(buf, id, request.oneway, &target, &request.body, max).map_err(
-            |e| match e {
-                EncodeError::Protocol(ProtocolError::FrameTooLarge { declared, max }) => {
-                    RpcError::RequestTooLarge {
-                        len: usize::try_from(declared).unwrap_or(usize::MAX),
-                        max,
+        f.debug_struct("TransportFuture")
+            .field("stage", &stage)
+            .finish()
+    }
+}
+
+impl Future for TransportFuture {
+    type Output = Result<ClientResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                TransportState::Start { .. } => {
+                    let TransportState::Start { client, request } =
+                        std::mem::replace(&mut this.state, TransportState::Done)
+                    else {
+                        unreachable!("matched Start")
+                    };
+                    this.state = queue(client, request, cx);
+                    if matches!(this.state, TransportState::Reply { .. }) {
+                        // Just queued: the response cannot be in yet.
+                        return Poll::Pending;
                     }
                 }
-                EncodeError::Protocol(p) => RpcError::Protocol(p),
-                EncodeError::Serialize(e) => RpcError::serialization("cannot encode a request", e),
-            },
-        )
-    };
-    let placement = Placement {
-        hash_key: request.hash_key,
-        pinned: request.pinned,
-        avoid: &request.avoid,
-    };
-    let failed = |error: RpcError, provider: Option<SocketAddr>| -> BoxError {
-        match provider {
-            Some(provider) => Box::new(ProviderError { provider, error }),
-            None => Box::new(error),
+                TransportState::Reply { reply, .. } => {
+                    let outcome = std::task::ready!(Pin::new(reply).poll(cx));
+                    let TransportState::Reply {
+                        picked,
+                        addr,
+                        started,
+                        client,
+                        mut request,
+                        ..
+                    } = std::mem::replace(&mut this.state, TransportState::Done)
+                    else {
+                        unreachable!("matched Reply")
+                    };
+                    let error = match (outcome, &picked) {
+                        (Ok(frame), picked) => {
+                            if let Some(picked) = picked {
+                                picked.record_success_since(started);
+                            }
+                            return Poll::Ready(response(frame, addr, request.timeout));
+                        }
+                        (Err(e), None) => e,
+                        (Err(e), Some(p)) => match client.fail_over(p, started, e) {
+                            Err(e) => e,
+                            Ok((spent, _)) => {
+                                // The provider certainly did not run it: the general path
+                                // tries the others, in the time left.
+                                drop(picked);
+                                request.timeout = request.timeout.saturating_sub(spent);
+                                this.state = TransportState::Run(Box::pin(async move {
+                                    send(&client, &request, None).await
+                                }));
+                                continue;
+                            }
+                        },
+                    };
+                    return Poll::Ready(Err(failed(error, addr)));
+                }
+                TransportState::Run(run) => {
+                    let outcome = std::task::ready!(run.as_mut().poll(cx));
+                    this.state = TransportState::Done;
+                    return Poll::Ready(outcome);
+                }
+                TransportState::Done => panic!("a transport future was polled after it completed"),
+            }
+        }
+    }
+}
+
+/// The first poll of a transport call: queued on a ready connection when the call
+/// goes where the balancer picks and one is ready, else the general path (starting
+/// with the provider picked, so that one not connected yet gets its turn).
+fn queue(client: Client, request: ClientRequest, cx: &Context<'_>) -> TransportState {
+    let steered = request.pinned_provider().is_some() || !request.avoided().is_empty();
+    let picked = if steered {
+        None
+    } else {
+        match client.ready_connection(request.hash_key) {
+            Ok(ready) => {
+                let encode = |buf: &mut BytesMut, id: u64| encode(&client, &request, buf, id);
+                match ready
+                    .conn
+                    .submit(&encode, request.oneway, request.timeout, cx.waker())
+                {
+                    Ok(reply) => {
+                        let addr = match &ready.picked {
+                            Some(picked) => Some(picked.addr()),
+                            None => client.addr(),
+                        };
+                        return TransportState::Reply {
+                            reply,
+                            picked: ready.picked,
+                            addr,
+                            started: std::time::Instant::now(),
+                            client,
+                            request,
+                        };
+                    }
+                    // The connection just closed, or the request cannot be encoded:
+                    // the general path decides and reports.
+                    Err(_) => ready.picked,
+                }
+            }
+            Err(picked) => picked,
         }
     };
-    let (frame, provider) = client
-        .call_frame_at(encode, request.oneway, request.timeout, &placement, None)
-        .await
-        .map_err(|f| failed(f.error, f.provider))?;
+    TransportState::Run(Box::pin(
+        async move { send(&client, &request, picked).await },
+    ))
+}
+
+/// Appends `request`'s frame, with request id `id`, to `buf`.
+fn encode(
+    client: &Client,
+    request: &ClientRequest,
+    buf: &mut BytesMut,
+    id: u64,
+) -> Result<(), RpcError> {
+    let config = client.config();
+    let auth_token = request.auth_token().or(config.auth_token.as_deref());
+    let target = RequestTarget {
+        service: &request.service,
+        method: &request.method,
+        timeout: Some(request.timeout),
+        trace: request.trace(),
+        auth_token,
+        attachments: request.attachments(),
+    };
+    encode_raw_request(
+        buf,
+        id,
+        request.oneway,
+        &target,
+        &request.body,
+        config.max_frame_len,
+    )
+    .map_err(|e| match e {
+        EncodeError::Protocol(ProtocolError::FrameTooLarge { declared, max }) => {
+            RpcError::RequestTooLarge {
+                len: usize::try_from(declared).unwrap_or(usize::MAX),
+                max,
+            }
+        }
+        EncodeError::Protocol(p) => RpcError::Protocol(p),
+        EncodeError::Serialize(e) => RpcError::serialization("cannot encode a request", e),
+    })
+}
+
+/// A chain error for `error` from `provider` (a [`ProviderError`] when one is known).
+fn failed(error: RpcError, provider: Option<SocketAddr>) -> BoxError {
+    match provider {
+        Some(provider) => Box::new(ProviderError { provider, error }),
+        None => Box::new(error),
+    }
+}
+
+/// The response (or error) for a reply `frame` from `provider` (`None`: a oneway
+/// request, written).
+fn response(
+    frame: Option<Frame>,
+    provider: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<ClientResponse, BoxError> {
     let Some(frame) = frame else {
         return Ok(ClientResponse {
             status: Status::Ok,
@@ -473,11 +685,31 @@ async fn send(client: &Client, request: &ClientRequest) -> Result<ClientResponse
             let message: String = rmp_serde::from_slice(&frame.body)
                 .unwrap_or_else(|_| "(no readable message)".to_owned());
             Err(failed(
-                RpcError::from_status(status, message, request.timeout),
+                RpcError::from_status(status, message, timeout),
                 provider,
             ))
         }
     }
+}
+
+/// Sends `request` over `client`'s connections by the general path (the first attempt
+/// to `picked`, if given); see [`Transport`].
+async fn send(
+    client: &Client,
+    request: &ClientRequest,
+    picked: Option<Picked>,
+) -> Result<ClientResponse, BoxError> {
+    let placement = Placement {
+        hash_key: request.hash_key,
+        pinned: request.pinned_provider(),
+        avoid: request.avoided(),
+    };
+    let encode = |buf: &mut BytesMut, id: u64| encode(client, request, buf, id);
+    let (frame, provider) = client
+        .call_frame_at(encode, request.oneway, request.timeout, &placement, picked)
+        .await
+        .map_err(|f| failed(f.error, f.provider))?;
+    response(frame, provider, request.timeout)
 }
 
 /// A whole client chain, boxed; each call works on a clone.
@@ -487,21 +719,16 @@ pub(crate) type ClientChain = BoxCloneSyncService<ClientRequest, ClientResponse,
 /// stays one type whatever layers it has.
 pub(crate) type ErasedLayer = Arc<dyn Fn(ClientChain) -> ClientChain + Send + Sync>;
 
-/// Runs `request`, made by `client`, through `chain` and turns a failure into the
-/// call's error.
-pub(crate) async fn run(
-    client: &Client,
-    chain: &ClientChain,
-    mut request: ClientRequest,
-) -> Result<ClientResponse, RpcError> {
+/// A call through a client's chain.
+pub(crate) type ChainCall = tower::util::Oneshot<ClientChain, ClientRequest>;
+
+/// Starts `request`, made by `client`, through `client`'s chain; `None` when it has
+/// none.
+pub(crate) fn start(client: &Client, mut request: ClientRequest) -> Option<ChainCall> {
     use tower::ServiceExt as _;
+    let chain = client.chain()?.clone();
     request.client = Some(client.without_chain());
-    let timeout = request.timeout;
-    let chain = chain.clone();
-    chain
-        .oneshot(request)
-        .await
-        .map_err(|e| into_rpc_error(e, timeout))
+    Some(chain.oneshot(request))
 }
 
 /// The call's error for a chain's failure: an [`RpcError`] as it is (or the one a

@@ -628,12 +628,13 @@ impl Shared {
             }
             Mode::Forking { k } if plan.idempotent => {
                 request.set_timeout(attempt_timeout(total));
-                self.fork(inner, request, *k).await
+                // Boxed: the rare paths stay out of every call's future.
+                Box::pin(self.fork(inner, request, *k)).await
             }
             Mode::Hedged(hedge) if plan.idempotent => {
                 request.set_timeout(attempt_timeout(total));
                 let latency = plan.latency.as_ref();
-                self.hedge(inner, request, *hedge, latency, started).await
+                Box::pin(self.hedge(inner, request, *hedge, latency, started)).await
             }
             Mode::Failfast | Mode::Forking { .. } | Mode::Hedged(_) => {
                 request.set_timeout(attempt_timeout(total));
