@@ -480,8 +480,9 @@ enum TransportState {
         picked: Option<Picked>,
         /// The provider or server the call went to.
         addr: Option<SocketAddr>,
-        /// When it was queued, for the provider's latency.
-        started: std::time::Instant,
+        /// When it was queued, for a picked provider's latency (a single server's
+        /// call reads no clock).
+        started: Option<std::time::Instant>,
         /// The client, to fail over from.
         client: Client,
         /// The call, to fail over with.
@@ -539,15 +540,14 @@ impl Future for TransportFuture {
                     else {
                         unreachable!("matched Reply")
                     };
-                    let error = match (outcome, &picked) {
-                        (Ok(frame), picked) => {
-                            if let Some(picked) = picked {
+                    let error = match (outcome, &picked, started) {
+                        (Ok(frame), picked, started) => {
+                            if let (Some(picked), Some(started)) = (picked, started) {
                                 picked.record_success_since(started);
                             }
                             return Poll::Ready(response(frame, addr, request.timeout));
                         }
-                        (Err(e), None) => e,
-                        (Err(e), Some(p)) => match client.fail_over(p, started, e) {
+                        (Err(e), Some(p), Some(started)) => match client.fail_over(p, started, e) {
                             Err(e) => e,
                             Ok((spent, _)) => {
                                 // The provider certainly did not run it: the general path
@@ -560,6 +560,7 @@ impl Future for TransportFuture {
                                 continue;
                             }
                         },
+                        (Err(e), _, _) => e,
                     };
                     return Poll::Ready(Err(failed(error, addr)));
                 }
@@ -594,11 +595,12 @@ fn queue(client: Client, request: ClientRequest, cx: &Context<'_>) -> TransportS
                             Some(picked) => Some(picked.addr()),
                             None => client.addr(),
                         };
+                        let started = ready.picked.as_ref().map(|_| std::time::Instant::now());
                         return TransportState::Reply {
                             reply,
                             picked: ready.picked,
                             addr,
-                            started: std::time::Instant::now(),
+                            started,
                             client,
                             request,
                         };
