@@ -444,10 +444,9 @@ impl tower::Service<ClientRequest> for Transport {
 
     fn call(&mut self, request: ClientRequest) -> TransportFuture {
         TransportFuture {
-            state: TransportState::Start {
-                client: self.client.clone(),
-                request,
-            },
+            client: self.client.clone(),
+            request,
+            stage: Stage::Start,
         }
     }
 }
@@ -458,19 +457,18 @@ impl tower::Service<ClientRequest> for Transport {
 /// general path.
 #[must_use = "a transport call does nothing until polled"]
 pub struct TransportFuture {
+    /// The client that sends the call.
+    client: Client,
+    /// The call (kept for a failover).
+    request: ClientRequest,
     /// Where the call is.
-    state: TransportState,
+    stage: Stage,
 }
 
 /// The stages of a [`TransportFuture`].
-enum TransportState {
+enum Stage {
     /// Not polled yet.
-    Start {
-        /// The client that sends it.
-        client: Client,
-        /// The call.
-        request: ClientRequest,
-    },
+    Start,
     /// Queued on a ready connection (the fast path).
     Reply {
         /// The call's slot on its connection.
@@ -483,10 +481,6 @@ enum TransportState {
         /// When it was queued, for a picked provider's latency (a single server's
         /// call reads no clock).
         started: Option<std::time::Instant>,
-        /// The client, to fail over from.
-        client: Client,
-        /// The call, to fail over with.
-        request: ClientRequest,
     },
     /// Everything else: the general path of [`Client::call_frame_at`].
     Run(Pin<Box<dyn Future<Output = Result<ClientResponse, BoxError>> + Send>>),
@@ -496,13 +490,14 @@ enum TransportState {
 
 impl fmt::Debug for TransportFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let stage = match &self.state {
-            TransportState::Start { .. } => "not started",
-            TransportState::Reply { .. } => "queued",
-            TransportState::Run(_) => "running",
-            TransportState::Done => "done",
+        let stage = match &self.stage {
+            Stage::Start => "not started",
+            Stage::Reply { .. } => "queued",
+            Stage::Run(_) => "running",
+            Stage::Done => "done",
         };
         f.debug_struct("TransportFuture")
+            .field("request", &self.request)
             .field("stage", &stage)
             .finish()
     }
@@ -514,78 +509,79 @@ impl Future for TransportFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         loop {
-            match &mut this.state {
-                TransportState::Start { .. } => {
-                    let TransportState::Start { client, request } =
-                        std::mem::replace(&mut this.state, TransportState::Done)
-                    else {
-                        unreachable!("matched Start")
-                    };
-                    this.state = queue(client, request, cx);
-                    if matches!(this.state, TransportState::Reply { .. }) {
+            match &mut this.stage {
+                Stage::Start => {
+                    this.stage = queue(&this.client, &this.request, cx);
+                    if matches!(this.stage, Stage::Reply { .. }) {
                         // Just queued: the response cannot be in yet.
                         return Poll::Pending;
                     }
                 }
-                TransportState::Reply { reply, .. } => {
+                Stage::Reply {
+                    reply,
+                    picked,
+                    addr,
+                    started,
+                } => {
                     let outcome = std::task::ready!(Pin::new(reply).poll(cx));
-                    let TransportState::Reply {
-                        picked,
-                        addr,
-                        started,
-                        client,
-                        mut request,
-                        ..
-                    } = std::mem::replace(&mut this.state, TransportState::Done)
-                    else {
-                        unreachable!("matched Reply")
-                    };
-                    let error = match (outcome, &picked, started) {
+                    let addr = *addr;
+                    let error = match (outcome, picked.take(), *started) {
                         (Ok(frame), picked, started) => {
                             if let (Some(picked), Some(started)) = (picked, started) {
                                 picked.record_success_since(started);
                             }
-                            return Poll::Ready(response(frame, addr, request.timeout));
+                            this.stage = Stage::Done;
+                            return Poll::Ready(response(frame, addr, this.request.timeout));
                         }
-                        (Err(e), Some(p), Some(started)) => match client.fail_over(p, started, e) {
-                            Err(e) => e,
-                            Ok((spent, _)) => {
-                                // The provider certainly did not run it: the general path
-                                // tries the others, in the time left.
-                                drop(picked);
-                                request.timeout = request.timeout.saturating_sub(spent);
-                                this.state = TransportState::Run(Box::pin(async move {
-                                    send(&client, &request, None).await
-                                }));
-                                continue;
+                        (Err(e), Some(picked), Some(started)) => {
+                            match this.client.fail_over(&picked, started, e) {
+                                Err(e) => e,
+                                Ok((spent, _)) => {
+                                    // The provider certainly did not run it: the general
+                                    // path tries the others, in the time left.
+                                    drop(picked);
+                                    let mut request = this.request.clone();
+                                    request.timeout = request.timeout.saturating_sub(spent);
+                                    this.stage = general(&this.client, request, None);
+                                    continue;
+                                }
                             }
-                        },
+                        }
                         (Err(e), _, _) => e,
                     };
+                    this.stage = Stage::Done;
                     return Poll::Ready(Err(failed(error, addr)));
                 }
-                TransportState::Run(run) => {
+                Stage::Run(run) => {
                     let outcome = std::task::ready!(run.as_mut().poll(cx));
-                    this.state = TransportState::Done;
+                    this.stage = Stage::Done;
                     return Poll::Ready(outcome);
                 }
-                TransportState::Done => panic!("a transport future was polled after it completed"),
+                Stage::Done => panic!("a transport future was polled after it completed"),
             }
         }
     }
 }
 
+/// The general path for `request` (the first attempt to `picked`, if given).
+fn general(client: &Client, request: ClientRequest, picked: Option<Picked>) -> Stage {
+    let client = client.clone();
+    Stage::Run(Box::pin(
+        async move { send(&client, &request, picked).await },
+    ))
+}
+
 /// The first poll of a transport call: queued on a ready connection when the call
 /// goes where the balancer picks and one is ready, else the general path (starting
 /// with the provider picked, so that one not connected yet gets its turn).
-fn queue(client: Client, request: ClientRequest, cx: &Context<'_>) -> TransportState {
+fn queue(client: &Client, request: &ClientRequest, cx: &Context<'_>) -> Stage {
     let steered = request.pinned_provider().is_some() || !request.avoided().is_empty();
     let picked = if steered {
         None
     } else {
         match client.ready_connection(request.hash_key) {
             Ok(ready) => {
-                let encode = |buf: &mut BytesMut, id: u64| encode(&client, &request, buf, id);
+                let encode = |buf: &mut BytesMut, id: u64| encode(client, request, buf, id);
                 match ready
                     .conn
                     .submit(&encode, request.oneway, request.timeout, cx.waker())
@@ -596,13 +592,11 @@ fn queue(client: Client, request: ClientRequest, cx: &Context<'_>) -> TransportS
                             None => client.addr(),
                         };
                         let started = ready.picked.as_ref().map(|_| std::time::Instant::now());
-                        return TransportState::Reply {
+                        return Stage::Reply {
                             reply,
                             picked: ready.picked,
                             addr,
                             started,
-                            client,
-                            request,
                         };
                     }
                     // The connection just closed, or the request cannot be encoded:
@@ -613,9 +607,7 @@ fn queue(client: Client, request: ClientRequest, cx: &Context<'_>) -> TransportS
             Err(picked) => picked,
         }
     };
-    TransportState::Run(Box::pin(
-        async move { send(&client, &request, picked).await },
-    ))
+    general(client, request.clone(), picked)
 }
 
 /// Appends `request`'s frame, with request id `id`, to `buf`.

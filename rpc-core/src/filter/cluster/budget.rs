@@ -84,6 +84,14 @@ impl RetryBudget {
         self.deposit_at(Instant::now());
     }
 
+    /// Counts a call; returns the time it read, so the caller needs no clock of its
+    /// own.
+    pub(crate) fn deposit_now(&self) -> Instant {
+        let now = Instant::now();
+        self.deposit_at(now);
+        now
+    }
+
     /// Takes one retry out of the budget; `false` (and nothing taken) when it is spent.
     pub fn try_withdraw(&self) -> bool {
         self.try_withdraw_at(Instant::now())
