@@ -52,7 +52,7 @@ impl Cluster {
 
 impl Client {
     /// Replaces the provider set of a client made with
-    /// [`ClientBuilder::connect_providers`]: providers join, leave or change weight
+    /// [`ClientBuilder::connect_providers`](crate::ClientBuilder::connect_providers): providers join, leave or change weight
     /// while calls run; unchanged providers keep their connections and balancer state.
     /// Does nothing on a single-server client.
     pub fn update_providers(&self, providers: impl IntoIterator<Item = Provider>) {

@@ -47,7 +47,7 @@
 //! # What counts
 //!
 //! A call counts as failed when the provider (or the way to it) is failing:
-//! [`is_provider_failure`](crate::filter::is_provider_failure) — a timeout, a
+//! [`is_provider_failure`] — a timeout, a
 //! connection that could not be made or broke, a request not sent, OVERLOADED,
 //! INTERNAL, a protocol violation, a server shutting down. A call answered, even with
 //! the method's own application error, counts as a success. Errors that say nothing
@@ -460,13 +460,10 @@ impl Breakers {
         let Some(balancer) = request.balancer() else {
             return Admission::Call;
         };
-        let due: Vec<(SocketAddr, Arc<Circuit>)> = self
-            .circuits
-            .read()
-            .iter()
-            .map(|(addr, circuit)| (*addr, Arc::clone(circuit)))
-            .collect();
-        for (addr, circuit) in due {
+        // Under the map's read lock: only a first call to a new provider takes the
+        // write lock, and it takes no circuit's lock.
+        let circuits = self.circuits.read();
+        for (&addr, circuit) in circuits.iter() {
             if request.avoided().contains(&addr) {
                 continue;
             }

@@ -27,7 +27,7 @@
 //!
 //! - [`RpcError::NoProvider`]: no provider is left, or every provider's circuit is
 //!   open (see [`breaker`](crate::filter::breaker));
-//! - a provider failure ([`is_provider_failure`](crate::filter::is_provider_failure):
+//! - a provider failure ([`is_provider_failure`]:
 //!   a timeout, a connection failure, OVERLOADED, INTERNAL...). Put this layer before
 //!   (outside) a [`cluster`](crate::filter::cluster) layer, and these are the errors
 //!   left once every retry failed.
