@@ -196,4 +196,28 @@ mod tests {
             "| 1 KiB | 32 | 300 | 100 | error | 3.00 | – | 10.0 / 50.0 / 100 | 10.0 / 200 / 400 | error | 0.25 | – |"
         );
     }
+
+    #[test]
+    fn chain_table_gives_ratios_to_no_chain() {
+        let cells = [ChainCell {
+            payload: 16,
+            in_flight: 256,
+            results: vec![
+                (ClientChain::None, Ok(measurement(400, 100))),
+                (ClientChain::Breaker, Ok(measurement(300, 150))),
+                (ClientChain::Failover, Err("boom".to_owned())),
+            ],
+        }];
+        let table = chain_table(&cells);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            rows[0],
+            "| 16 B | 256 | none | 400 | 1.00 | 10.0 / 100 / 200 | 1.00 |"
+        );
+        assert_eq!(
+            rows[1],
+            "| 16 B | 256 | breaker | 300 | 0.75 | 10.0 / 150 / 300 | 1.50 |"
+        );
+        assert_eq!(rows[2], "| 16 B | 256 | failover | error | – | error | – |");
+    }
 }
