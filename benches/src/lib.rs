@@ -76,8 +76,8 @@ mod server_process;
 mod systems;
 
 pub use affinity::{pin_current_thread, CpuLayout};
-pub use load::{Load, Measurement};
-pub use report::{chain_table, markdown_table, CellResult};
+pub use load::{ClientChain, Load, Measurement};
+pub use report::{chain_table, markdown_table, server_chain_table, CellResult, ChainCell};
 pub use server_process::{exit_when_stdin_closes, report_port, ServerProcess};
 pub use systems::ours::{serve_with_in_flight_cap, Echo, EchoClient, EchoImpl, EchoServer};
 pub use systems::System;

@@ -23,6 +23,41 @@ pub struct Load {
     pub duration: Duration,
     /// Worker threads of the client's runtime (1: a current-thread runtime).
     pub client_threads: usize,
+    /// The filter chain our client calls through (other systems ignore it).
+    pub chain: ClientChain,
+}
+
+/// The client filter chain `ours` is measured with, to report a chain's cost as a
+/// ratio against no chain in one run (`rpc-bench --client-chains none,failover,...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, clap::ValueEnum)]
+pub enum ClientChain {
+    /// No layer: the hand-tuned fast path.
+    #[default]
+    None,
+    /// A cluster layer with failover (2 retries, `echo` idempotent).
+    Failover,
+    /// A circuit breaker.
+    Breaker,
+    /// Fallback, failover and breaker, outermost first.
+    Full,
+    /// No layer, calls through a balancer over the one server (`connect_providers`).
+    Lb,
+    /// `full` through a balancer over the one server.
+    LbFull,
+}
+
+impl ClientChain {
+    /// The name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientChain::None => "none",
+            ClientChain::Failover => "failover",
+            ClientChain::Breaker => "breaker",
+            ClientChain::Full => "full",
+            ClientChain::Lb => "lb",
+            ClientChain::LbFull => "lb-full",
+        }
+    }
 }
 
 /// The measured stretch of one run: calls completing inside it count.
@@ -212,6 +247,7 @@ mod tests {
             warmup: Duration::from_secs(1),
             duration: Duration::from_secs(2),
             client_threads: 1,
+            chain: ClientChain::None,
         }
     }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rpc_benches::{
-    exit_when_stdin_closes, markdown_table, pin_current_thread, report_port, CellResult, CpuLayout,
-    Load, Measurement, ServerProcess, System,
+    chain_table, exit_when_stdin_closes, markdown_table, pin_current_thread, report_port,
+    CellResult, ChainCell, ClientChain, CpuLayout, Load, Measurement, ServerProcess, System,
 };
 
 #[derive(Debug, Parser)]
@@ -82,6 +82,11 @@ struct RunArgs {
     /// `--cpus none`, or every client thread shares CPU 0).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Client filter chains to measure `ours` with, each its own measurement in every
+    /// round; with more than `none`, a second table gives each chain's calls per second
+    /// and p99 as a ratio to `none`. The main table shows `ours` with the first chain.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ClientChain::None])]
+    client_chains: Vec<ClientChain>,
 }
 
 fn main() -> ExitCode {
@@ -146,7 +151,19 @@ fn run(args: &RunArgs) -> ExitCode {
     }
     let began = std::time::Instant::now();
     let rounds = args.rounds.max(1);
-    let total = args.payloads.len() * args.in_flight.len() * args.systems.len() * rounds;
+    let chains: Vec<ClientChain> = if args.client_chains.is_empty() {
+        vec![ClientChain::None]
+    } else {
+        args.client_chains.clone()
+    };
+    // Every system once per round, ours once per chain.
+    let runs_per_round: usize = args
+        .systems
+        .iter()
+        .map(|s| if *s == System::Ours { chains.len() } else { 1 })
+        .sum();
+    let total = args.payloads.len() * args.in_flight.len() * runs_per_round * rounds;
+    let mut chain_cells = Vec::new();
     let mut done = 0;
     let mut failed = false;
     let mut cells = Vec::new();
@@ -158,16 +175,40 @@ fn run(args: &RunArgs) -> ExitCode {
                 warmup,
                 duration,
                 client_threads: args.client_threads.max(1),
+                chain: chains[0],
             };
-            let mut runs: BTreeMap<System, Vec<Result<Measurement, String>>> = BTreeMap::new();
+            let mut runs: BTreeMap<(System, ClientChain), Vec<Result<Measurement, String>>> =
+                BTreeMap::new();
             for _ in 0..rounds {
                 for &system in &args.systems {
-                    let result = run_one(&program, system, args.cpus, &load);
-                    done += 1;
-                    progress(done, total, system, &load, &result);
-                    failed |= !matches!(&result, Ok(m) if m.errors == 0);
-                    runs.entry(system).or_default().push(result);
+                    let system_chains = if system == System::Ours {
+                        &chains[..]
+                    } else {
+                        &chains[..1]
+                    };
+                    for &chain in system_chains {
+                        let load = Load { chain, ..load };
+                        let result = run_one(&program, system, args.cpus, &load);
+                        done += 1;
+                        progress(done, total, system, &load, &result);
+                        failed |= !matches!(&result, Ok(m) if m.errors == 0);
+                        runs.entry((system, chain)).or_default().push(result);
+                    }
                 }
+            }
+            let mut medians: BTreeMap<(System, ClientChain), Result<Measurement, String>> = runs
+                .into_iter()
+                .map(|(key, results)| (key, median(results)))
+                .collect();
+            if args.systems.contains(&System::Ours) && chains.len() > 1 {
+                chain_cells.push(ChainCell {
+                    payload,
+                    in_flight,
+                    results: chains
+                        .iter()
+                        .filter_map(|&c| medians.get(&(System::Ours, c)).map(|r| (c, r.clone())))
+                        .collect(),
+                });
             }
             cells.push(CellResult {
                 payload,
@@ -175,7 +216,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 results: args
                     .systems
                     .iter()
-                    .filter_map(|s| runs.remove(s).map(|r| (*s, median(r))))
+                    .filter_map(|s| medians.remove(&(*s, chains[0])).map(|r| (*s, r)))
                     .collect(),
             });
         }
@@ -195,9 +236,15 @@ fn run(args: &RunArgs) -> ExitCode {
             .map_or_else(String::new, |v| v.get_name().to_owned()),
     );
     print!("{}", markdown_table(&cells));
-    if let Some(chains) = rpc_benches::chain_table(&cells) {
-        println!();
+    if let Some(chains) = rpc_benches::server_chain_table(&cells) {
+        println!(
+            "\nFilter chains on both sides (ours-noop, ours-prod), against ours in the same run:\n"
+        );
         print!("{chains}");
+    }
+    if !chain_cells.is_empty() {
+        println!("\nClient filter chains (ours), each against no chain in the same run:\n");
+        print!("{}", chain_table(&chain_cells));
     }
     eprintln!("rpc-bench: took {:.0} s", began.elapsed().as_secs_f64());
     if failed {
@@ -261,8 +308,13 @@ fn progress(
     load: &Load,
     result: &Result<Measurement, String>,
 ) {
+    let chain = if system == System::Ours && load.chain != ClientChain::None {
+        format!(" ({})", load.chain.name())
+    } else {
+        String::new()
+    };
     let what = format!(
-        "[{done:>3}/{total}] {:>6} B x {:>3} in flight, {system:>5}",
+        "[{done:>3}/{total}] {:>6} B x {:>3} in flight, {system:>5}{chain}",
         load.payload, load.in_flight
     );
     match result {

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::load::Measurement;
+use crate::load::{ClientChain, Measurement};
 use crate::systems::System;
 
 /// The results of one cell of the grid: one payload size at one in-flight count.
@@ -90,7 +90,7 @@ pub fn markdown_table(cells: &[CellResult]) -> String {
 
 /// The cost of filter chains, when the chain variants of ours ran: their calls/s and
 /// p99 beside plain ours, and the ratios.
-pub fn chain_table(cells: &[CellResult]) -> Option<String> {
+pub fn server_chain_table(cells: &[CellResult]) -> Option<String> {
     let variants = [System::OursNoop, System::OursProd];
     if !cells
         .iter()
@@ -137,6 +137,61 @@ pub fn chain_table(cells: &[CellResult]) -> Option<String> {
         );
     }
     Some(out)
+}
+
+/// Our client's measurements with each client chain, in one cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainCell {
+    /// Payload size in bytes.
+    pub payload: usize,
+    /// Calls in flight.
+    pub in_flight: usize,
+    /// Each chain's measurement, or why it failed.
+    pub results: Vec<(ClientChain, Result<Measurement, String>)>,
+}
+
+/// The client-chain table: calls per second and latency of ours with each chain, and
+/// the ratio to ours with no chain (measured in the same run).
+pub fn chain_table(cells: &[ChainCell]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| payload | in flight | client chain | calls/s | vs none | p50/p99/p999 µs | p99 vs none |\n",
+    );
+    out.push_str("|---:|---:|---|---:|---:|---:|---:|\n");
+    for cell in cells {
+        let valid = |chain| {
+            cell.results.iter().find_map(|(c, r)| match r {
+                Ok(m) if *c == chain && m.errors == 0 => Some(m),
+                _ => None,
+            })
+        };
+        let none = valid(ClientChain::None);
+        for (chain, result) in &cell.results {
+            let (rate, vs, latency, p99_vs) = match (result, valid(*chain)) {
+                (_, Some(m)) => (
+                    format!("{:.0}", m.calls_per_sec()),
+                    none.map_or_else(
+                        || "–".to_owned(),
+                        |n| format!("{:.2}", m.calls_per_sec() / n.calls_per_sec()),
+                    ),
+                    format!("{} / {} / {}", micros(m.p50), micros(m.p99), micros(m.p999)),
+                    none.map_or_else(
+                        || "–".to_owned(),
+                        |n| format!("{:.2}", m.p99.as_secs_f64() / n.p99.as_secs_f64()),
+                    ),
+                ),
+                _ => ("error".into(), "–".into(), "error".into(), "–".into()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {rate} | {vs} | {latency} | {p99_vs} |",
+                payload_label(cell.payload),
+                cell.in_flight,
+                chain.name(),
+            );
+        }
+    }
+    out
 }
 
 /// `16 B`, `1 KiB`, `64 KiB`.
@@ -191,5 +246,29 @@ mod tests {
             row,
             "| 1 KiB | 32 | 300 | 100 | error | 3.00 | – | 10.0 / 50.0 / 100 | 10.0 / 200 / 400 | error | 0.25 | – |"
         );
+    }
+
+    #[test]
+    fn chain_table_gives_ratios_to_no_chain() {
+        let cells = [ChainCell {
+            payload: 16,
+            in_flight: 256,
+            results: vec![
+                (ClientChain::None, Ok(measurement(400, 100))),
+                (ClientChain::Breaker, Ok(measurement(300, 150))),
+                (ClientChain::Failover, Err("boom".to_owned())),
+            ],
+        }];
+        let table = chain_table(&cells);
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            rows[0],
+            "| 16 B | 256 | none | 400 | 1.00 | 10.0 / 100 / 200 | 1.00 |"
+        );
+        assert_eq!(
+            rows[1],
+            "| 16 B | 256 | breaker | 300 | 0.75 | 10.0 / 150 / 300 | 1.50 |"
+        );
+        assert_eq!(rows[2], "| 16 B | 256 | failover | error | – | error | – |");
     }
 }

@@ -106,9 +106,49 @@ impl LoadBalancer {
     /// available: the set is empty, or every provider has weight 0, is
     /// unhealthy or draining.
     pub fn pick(&self, ctx: &PickContext) -> Result<Picked, LbError> {
-        self.set.pick(ctx).ok_or_else(|| LbError::NoProvider {
+        self.set.pick(ctx, &[]).ok_or_else(|| LbError::NoProvider {
             service: self.service.to_string(),
         })
+    }
+
+    /// Picks a provider for one call, as [`pick`](Self::pick) does, but never one
+    /// whose address is in `exclude`: a retry, a hedged or a forked copy of a call
+    /// goes to a provider the call has not tried yet.
+    ///
+    /// ```
+    /// use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
+    ///
+    /// let lb = LoadBalancer::new("demo.Echo", Strategy::RoundRobin);
+    /// let a = "10.0.0.1:20880".parse().unwrap();
+    /// let b = "10.0.0.2:20880".parse().unwrap();
+    /// lb.update([Provider::new(a), Provider::new(b)]);
+    /// for _ in 0..4 {
+    ///     assert_eq!(lb.pick_excluding(&PickContext::new(), &[a])?.addr(), b);
+    /// }
+    /// assert!(lb.pick_excluding(&PickContext::new(), &[a, b]).is_err());
+    /// # Ok::<(), rpc_lb::LbError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::NoProvider`] when no provider outside `exclude` is available.
+    pub fn pick_excluding(
+        &self,
+        ctx: &PickContext,
+        exclude: &[SocketAddr],
+    ) -> Result<Picked, LbError> {
+        self.set
+            .pick(ctx, exclude)
+            .ok_or_else(|| LbError::NoProvider {
+                service: self.service.to_string(),
+            })
+    }
+
+    /// The provider at `addr`, counted in flight for one call, whatever its health
+    /// marks say: a circuit breaker's probe of a provider it took out. `None` if
+    /// `addr` is not in the set.
+    pub fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
+        self.set.pick_addr(addr)
     }
 
     /// Replaces the provider set: providers join, leave, or change weight,

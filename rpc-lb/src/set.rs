@@ -77,15 +77,24 @@ pub(crate) struct View<'a, S> {
     /// Whether `now` came from the context; an injected time must not clear
     /// the snapshot's `warming` flag, which is about real time.
     injected: bool,
+    /// Providers this pick must not return (a retry or a hedge avoiding the
+    /// providers already tried); empty for an ordinary pick.
+    exclude: &'a [SocketAddr],
 }
 
 impl<'a, S> View<'a, S> {
-    pub(crate) fn new(snapshot: &'a Snapshot<S>, ctx: &PickContext, warm_up: Duration) -> Self {
+    pub(crate) fn new(
+        snapshot: &'a Snapshot<S>,
+        ctx: &PickContext,
+        warm_up: Duration,
+        exclude: &'a [SocketAddr],
+    ) -> Self {
         Self {
             snapshot,
             warm_up,
             now: Cell::new(ctx.now),
             injected: ctx.now.is_some(),
+            exclude,
         }
     }
 
@@ -121,10 +130,13 @@ impl<'a, S> View<'a, S> {
     }
 
     /// Whether `entry` may take a new call: listed by discovery (weight > 0,
-    /// healthy, not draining) and not marked down or draining by the client.
+    /// healthy, not draining), not marked down or draining by the client, and
+    /// not excluded from this pick.
     #[inline]
     pub(crate) fn accepts(&self, entry: &Entry) -> bool {
-        entry.listed && entry.stats.accepts_calls(|| self.now())
+        entry.listed
+            && entry.stats.accepts_calls(|| self.now())
+            && (self.exclude.is_empty() || !self.exclude.contains(&entry.spec.addr))
     }
 
     /// Whether entry `i` may take a new call (see [`accepts`](Self::accepts)).
@@ -209,7 +221,8 @@ impl<'a, S> View<'a, S> {
 /// [`LoadBalancer`](crate::LoadBalancer) is one concrete type whatever the
 /// strategy.
 pub(crate) trait ProviderSet: Send + Sync + fmt::Debug {
-    fn pick(&self, ctx: &PickContext) -> Option<Picked>;
+    fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked>;
+    fn pick_addr(&self, addr: SocketAddr) -> Option<Picked>;
     fn update(&self, providers: Vec<Provider>);
     fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>>;
     fn providers(&self) -> Vec<Provider>;
@@ -242,11 +255,17 @@ impl<A: Algorithm> Live<A> {
 }
 
 impl<A: Algorithm> ProviderSet for Live<A> {
-    fn pick(&self, ctx: &PickContext) -> Option<Picked> {
+    fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked> {
         let snapshot = self.current.load();
-        let view = View::new(&snapshot, ctx, self.config.warm_up);
+        let view = View::new(&snapshot, ctx, self.config.warm_up, exclude);
         let i = self.algorithm.pick(&view, ctx)?;
         let entry = &snapshot.entries[i];
+        Some(Picked::new(entry.spec.addr, &entry.stats))
+    }
+
+    fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
+        let snapshot = self.current.load();
+        let entry = snapshot.entries.iter().find(|e| e.spec.addr == addr)?;
         Some(Picked::new(entry.spec.addr, &entry.stats))
     }
 

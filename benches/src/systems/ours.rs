@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_core::filter::auth::TokenAuthLayer;
+use rpc_core::filter::breaker::BreakerLayer;
+use rpc_core::filter::cluster::{ClusterLayer, Policy};
+use rpc_core::filter::fallback::FallbackLayer;
 use rpc_core::filter::limit::LimitLayer;
 use rpc_core::filter::metrics::Metrics;
 use rpc_core::filter::trace::TraceLayer;
-use rpc_core::{Blob, Client, Server, ServerConfig};
+use rpc_core::{Blob, Client, ClientBuilder, RpcError, Server, ServerConfig};
 
 use super::LISTEN_ADDR;
-use crate::load::{closed_loop, EchoCaller, Load, Measurement};
+use crate::load::{closed_loop, ClientChain, EchoCaller, Load, Measurement};
 
 /// The benchmark's echo service.
 #[rpc_core::service(name = "bench.Echo")]
@@ -145,14 +148,52 @@ pub(super) async fn drive_chain(
     Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
 }
 
-/// Runs `load` through one [`Client`] (default settings: one connection).
+/// Runs `load` through one [`Client`] (default settings: one connection), with the
+/// load's client chain.
 pub(super) async fn drive(addr: SocketAddr, load: &Load) -> io::Result<Measurement> {
-    let client = Client::builder()
-        .connections(1)
-        .connect(addr)
-        .await
-        .map_err(io::Error::other)?;
+    let builder = Client::builder().connections(1);
+    let full = |builder: ClientBuilder| -> Result<ClientBuilder, RpcError> {
+        Ok(builder
+            .layer(
+                FallbackLayer::builder()
+                    .value("bench.Echo", "hold", |_, _| 0u64)
+                    .build()?,
+            )
+            .layer(failover()?)
+            .layer(BreakerLayer::builder().build()?))
+    };
+    let client = async {
+        match load.chain {
+            ClientChain::None => builder.connect(addr).await,
+            ClientChain::Failover => builder.layer(failover()?).connect(addr).await,
+            ClientChain::Breaker => {
+                builder
+                    .layer(BreakerLayer::builder().build()?)
+                    .connect(addr)
+                    .await
+            }
+            ClientChain::Full => full(builder)?.connect(addr).await,
+            ClientChain::Lb => balanced(builder, addr).await,
+            ClientChain::LbFull => balanced(full(builder)?, addr).await,
+        }
+    };
+    let client = client.await.map_err(io::Error::other)?;
     Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
+}
+
+/// A cluster layer retrying `echo` (marked idempotent) twice.
+fn failover() -> Result<ClusterLayer, RpcError> {
+    ClusterLayer::builder()
+        .idempotent("bench.Echo", "echo")
+        .method("bench.Echo", "echo", Policy::failover(2))
+        .build()
+}
+
+/// A client through a balancer over the one server at `addr`.
+async fn balanced(builder: ClientBuilder, addr: SocketAddr) -> Result<Client, RpcError> {
+    builder
+        .connect_providers("bench.Echo", [rpc_core::lb::Provider::new(addr)])
+        .await
 }
 
 /// Calls through the generated stub, in future mode.

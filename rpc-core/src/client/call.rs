@@ -17,7 +17,8 @@ use rpc_lb::Picked;
 use super::connection::PendingReply;
 use super::Client;
 use crate::error::RpcError;
-use crate::filter::ClientRequest;
+use crate::filter::client::ChainCall;
+use crate::filter::{into_rpc_error, ClientRequest};
 use crate::protocol::{
     encode_args, encode_request, EncodeError, Frame, ProtocolError, RequestTarget, Status,
     SERIALIZATION_MSGPACK,
@@ -280,9 +281,10 @@ where
     T: DeserializeOwned + Send + 'static,
     E: DeserializeOwned + Send + 'static,
 {
-    /// Makes the call through the client's filter chain: the arguments are encoded
-    /// once, into the request every filter sees.
-    async fn run_chain(self) -> Result<T, RpcError<E>> {
+    /// Starts the call through the client's filter chain: the arguments are encoded
+    /// once, into the request every filter sees. Returns the chain's call, the call's
+    /// timeout, which method it is and whether it is oneway.
+    fn start_chain(self) -> Result<(ChainCall, Duration, Target, bool), RpcError<E>> {
         let timeout = self.effective_timeout();
         let target = self.target();
         let body = encode_args(&self.args).map_err(|e| match e {
@@ -298,24 +300,10 @@ where
         let mut request = ClientRequest::new(self.service, self.method, body, timeout);
         request.set_oneway(self.oneway);
         request.set_hash_key(self.hash_key);
-        *request.attachments_mut() = self.attachments;
-        let Some(chain) = self.client.chain() else {
-            return Err(RpcError::Internal(
-                "the client has no filter chain".to_owned(),
-            ));
-        };
-        let response = crate::filter::client::run(chain, request)
-            .await
-            .map_err(RpcError::widen)?;
-        if self.oneway {
-            return decode_outcome(None, timeout, target);
-        }
-        decode_body(
-            response.status().code(),
-            response.body().clone(),
-            timeout,
-            target,
-        )
+        request.set_attachments(self.attachments);
+        let call = crate::filter::client::start(&self.client, request)
+            .ok_or_else(|| RpcError::Internal("the client has no filter chain".to_owned()))?;
+        Ok((call, timeout, target, self.oneway))
     }
 }
 
@@ -540,6 +528,17 @@ enum CallState<A, T, E> {
         /// over from. Boxed, so that a single server's calls (`None`) stay small.
         attempt: Option<Box<Attempt<A, T, E>>>,
     },
+    /// Through the client's filter chain.
+    Chain {
+        /// The chain's call.
+        call: ChainCall,
+        /// The call's timeout, for errors.
+        timeout: Duration,
+        /// The method called, for errors.
+        target: Target,
+        /// Sent oneway: the result is `()`.
+        oneway: bool,
+    },
     /// Everything else, run by [`Call::run`].
     Run(Pin<Box<dyn Future<Output = Result<T, RpcError<E>>> + Send>>),
     /// Completed.
@@ -567,7 +566,7 @@ impl<A, T, E> fmt::Debug for CallFuture<A, T, E> {
             CallState::Reply { .. } => {
                 "queued (waiting for the response, or for the write if oneway)"
             }
-            CallState::Run(_) => "running",
+            CallState::Chain { .. } | CallState::Run(_) => "running",
             CallState::Done => "done",
         };
         f.debug_struct("CallFuture").field("stage", &stage).finish()
@@ -598,8 +597,13 @@ where
             match &mut this.state {
                 CallState::Start(call) => {
                     if call.client.chain().is_some() {
-                        let call = this.take_call();
-                        this.state = CallState::Run(Box::pin(call.run_chain()));
+                        let (call, timeout, target, oneway) = this.take_call().start_chain()?;
+                        this.state = CallState::Chain {
+                            call,
+                            timeout,
+                            target,
+                            oneway,
+                        };
                         continue;
                     }
                     // Encoded where it lies: the call is not moved out for this.
@@ -667,6 +671,25 @@ where
                         }
                     };
                     return Poll::Ready(Err(error.widen()));
+                }
+                CallState::Chain {
+                    call,
+                    timeout,
+                    target,
+                    oneway,
+                } => {
+                    let outcome = ready!(Pin::new(call).poll(cx));
+                    let (timeout, target, oneway) = (*timeout, *target, *oneway);
+                    this.state = CallState::Done;
+                    let response = match outcome {
+                        Ok(response) => response,
+                        Err(e) => return Poll::Ready(Err(into_rpc_error(e, timeout).widen())),
+                    };
+                    if oneway {
+                        return Poll::Ready(decode_outcome(None, timeout, target));
+                    }
+                    let (status, body) = response.into_parts();
+                    return Poll::Ready(decode_body(status.code(), body, timeout, target));
                 }
                 CallState::Run(run) => {
                     let outcome = ready!(run.as_mut().poll(cx));

@@ -49,7 +49,9 @@ use rpc_lb::LoadBalancer;
 
 use crate::error::RpcError;
 use crate::runtime::OwnedRuntime;
+pub(crate) use connection::PendingReply;
 use pool::Endpoint;
+pub(crate) use route::Placement;
 use route::Route;
 
 /// A connection to one server, multiplexing any number of concurrent calls.

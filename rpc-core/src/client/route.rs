@@ -52,7 +52,7 @@ impl Cluster {
 
 impl Client {
     /// Replaces the provider set of a client made with
-    /// [`ClientBuilder::connect_providers`]: providers join, leave or change weight
+    /// [`ClientBuilder::connect_providers`](crate::ClientBuilder::connect_providers): providers join, leave or change weight
     /// while calls run; unchanged providers keep their connections and balancer state.
     /// Does nothing on a single-server client.
     pub fn update_providers(&self, providers: impl IntoIterator<Item = Provider>) {
@@ -140,8 +140,43 @@ impl Client {
         oneway: bool,
         timeout: Duration,
         hash_key: Option<u64>,
-        mut picked: Option<Picked>,
+        picked: Option<Picked>,
     ) -> Result<Option<Frame>, RpcError>
+    where
+        F: Fn(&mut BytesMut, u64) -> Result<(), RpcError>,
+    {
+        let placement = Placement {
+            hash_key,
+            pinned: None,
+            avoid: &[],
+        };
+        self.call_frame_at(encode, oneway, timeout, &placement, picked)
+            .await
+            .map(|(frame, _)| frame)
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`call_frame`](Self::call_frame) with a filter's say in where the call goes
+    /// (`placement`: a pinned provider, or providers to avoid), telling which provider
+    /// answered or failed.
+    ///
+    /// A pinned call goes to that provider alone, whatever the balancer's health marks
+    /// say (a circuit breaker probing a provider it took out), and is not failed over.
+    /// Providers to avoid are avoided while another can take the call; when every
+    /// available provider is to be avoided, the balancer picks among all of them
+    /// (a third attempt over two providers goes to one of them again).
+    ///
+    /// # Errors
+    ///
+    /// The call's error, with the provider that failed it when one was picked.
+    pub(crate) async fn call_frame_at<F>(
+        &self,
+        encode: F,
+        oneway: bool,
+        timeout: Duration,
+        placement: &Placement<'_>,
+        mut picked: Option<Picked>,
+    ) -> Result<(Option<Frame>, Option<SocketAddr>), Failed>
     where
         F: Fn(&mut BytesMut, u64) -> Result<(), RpcError>,
     {
@@ -151,29 +186,44 @@ impl Client {
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let cluster = match &inner.route {
             Route::Single(endpoint) => {
-                let conn = endpoint.connection(inner).await?;
+                let at = Some(endpoint.addr);
+                let failed = |error| Failed {
+                    error,
+                    provider: at,
+                };
+                let conn = endpoint.connection(inner).await.map_err(failed)?;
                 // The connection task enforces the deadline: no timer per call here.
-                return conn.submit(&encode, oneway, timeout, &waker)?.await;
+                let reply = conn
+                    .submit(&encode, oneway, timeout, &waker)
+                    .map_err(failed)?;
+                return reply.await.map(|frame| (frame, at)).map_err(failed);
             }
             Route::Cluster(cluster) => cluster,
         };
         let deadline = Instant::now() + timeout;
         let mut ctx = PickContext::new();
-        if let Some(key) = hash_key {
+        if let Some(key) = placement.hash_key {
             ctx = ctx.hash_key(key);
         }
         let pause = self.skip_pause();
-        let attempts = cluster.balancer.providers().len().max(1);
+        let attempts = match placement.pinned {
+            Some(_) => 1,
+            None => cluster.balancer.providers().len().max(1),
+        };
         let mut last_error = None;
         for _ in 0..attempts {
             let picked = match picked.take() {
                 Some(picked) => picked,
-                None => match cluster.balancer.pick(&ctx) {
-                    Ok(picked) => picked,
-                    Err(_) => break,
+                None => match placement.pick(&cluster.balancer, &ctx) {
+                    Some(picked) => picked,
+                    None => break,
                 },
             };
             let addr = picked.addr();
+            let failed = |error| Failed {
+                error,
+                provider: Some(addr),
+            };
             let endpoint = cluster.endpoints.load().get(&addr).cloned();
             let Some(endpoint) = endpoint else { continue };
             if endpoint.is_draining() {
@@ -193,18 +243,58 @@ impl Client {
             match attempt {
                 Ok(frame) => {
                     picked.record_success_since(started);
-                    return Ok(frame);
+                    return Ok((frame, Some(addr)));
                 }
                 Err(e) => {
-                    let (_, e) = self.fail_over(&picked, started, e)?;
-                    last_error = Some(e);
+                    let (_, e) = self.fail_over(&picked, started, e).map_err(failed)?;
+                    last_error = Some(failed(e));
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| RpcError::NoProvider {
-            service: cluster.balancer.service().to_owned(),
+        Err(last_error.unwrap_or_else(|| Failed {
+            error: RpcError::NoProvider {
+                service: cluster.balancer.service().to_owned(),
+            },
+            provider: None,
         }))
     }
+}
+
+/// Where a filter wants a call to go (see [`Client::call_frame_at`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    /// Affinity key for the `ip-hash` balancer.
+    pub(crate) hash_key: Option<u64>,
+    /// Send to this provider alone.
+    pub(crate) pinned: Option<SocketAddr>,
+    /// Prefer providers not in this list.
+    pub(crate) avoid: &'a [SocketAddr],
+}
+
+impl Placement<'_> {
+    /// The provider for the next attempt: the pinned one, or the balancer's pick
+    /// outside `avoid` if there is one, else among all. `None` when there is none.
+    fn pick(&self, balancer: &LoadBalancer, ctx: &PickContext) -> Option<Picked> {
+        if let Some(addr) = self.pinned {
+            return balancer.pick_addr(addr);
+        }
+        if !self.avoid.is_empty() {
+            if let Ok(picked) = balancer.pick_excluding(ctx, self.avoid) {
+                return Some(picked);
+            }
+        }
+        balancer.pick(ctx).ok()
+    }
+}
+
+/// A call that failed, and the provider that failed it (`None` when none was
+/// picked: no provider available).
+#[derive(Debug)]
+pub(crate) struct Failed {
+    /// Why.
+    pub(crate) error: RpcError,
+    /// Who.
+    pub(crate) provider: Option<SocketAddr>,
 }
 
 impl Client {

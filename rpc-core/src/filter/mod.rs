@@ -24,6 +24,49 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The client's chain
+//!
+//! A client's chain is a [`tower::Service`] from [`ClientRequest`] (the arguments
+//! already encoded, so a filter can send a call again without serializing it) to
+//! [`ClientResponse`]; the innermost service, the [`Transport`], sends it over the
+//! client's connections to the provider its balancer picks (or the one a filter
+//! pinned). Add layers with [`ClientBuilder::layer`](crate::ClientBuilder::layer), the
+//! first added outermost. The client-side filters here, in the order to add them:
+//!
+//! - [`fallback`]: a local answer per method when the service is failing;
+//! - [`cluster`]: failover, failfast, failsafe, forking and hedged requests, with a
+//!   retry budget;
+//! - [`breaker`]: circuit breaking per provider.
+//!
+//! Any tower middleware fits too (`tower::timeout::TimeoutLayer`, a
+//! `tower::ServiceBuilder` of several), and so does a layer of your own: a
+//! `tower::Layer` whose service is a `Service<ClientRequest, Response =
+//! ClientResponse, Error = BoxError>` over its inner service (see
+//! `rpc-core/tests/cluster.rs`, `a_user_defined_tower_layer_runs_in_the_client_chain`).
+//! A client without layers runs no chain: its calls take the hand-tuned path.
+//!
+//! ```no_run
+//! use rpc_core::filter::{breaker::BreakerLayer, cluster::{ClusterLayer, Policy}, fallback::FallbackLayer};
+//! # async fn run(providers: Vec<rpc_core::lb::Provider>) -> Result<(), rpc_core::RpcError> {
+//! let client = rpc_core::Client::builder()
+//!     .layer(FallbackLayer::builder().value("shop.Catalog", "count", |_, _| 0u64).build()?)
+//!     .layer(
+//!         ClusterLayer::builder()
+//!             .idempotent("shop.Catalog", "count")
+//!             .service("shop.Catalog", Policy::failover(2))
+//!             .build()?,
+//!     )
+//!     .layer(BreakerLayer::builder().build()?)
+//!     .connect_providers("shop.Catalog", providers)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A client filter fails a call with an error: an [`RpcError`](crate::RpcError) (from
+//! the transport, wrapped in a [`ProviderError`] naming the provider; read it with
+//! [`rpc_error_of`]) or any other error, which the caller receives as the status it
+//! maps to (below).
+//!
 //! # Errors in a chain
 //!
 //! A server filter fails a call by returning an error; the reply's status comes from
@@ -39,17 +82,24 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod breaker;
 pub(crate) mod client;
+pub mod cluster;
+pub mod fallback;
 pub mod fault;
 pub mod isolation;
 pub mod limit;
 pub mod metrics;
 pub(crate) mod server;
 pub mod trace;
+mod window;
 
 use std::fmt;
 
-pub use client::{into_rpc_error, ClientRequest, ClientResponse, Transport};
+pub use client::{
+    into_rpc_error, is_provider_failure, provider_of, rpc_error_of, ClientRequest, ClientResponse,
+    ProviderError, Transport,
+};
 pub use server::{Invocation, Invoker, ServerRequest, ServerResponse};
 
 use crate::error::RpcError;
@@ -114,7 +164,7 @@ impl ReplyStatus for ClientResponse {
 pub fn outcome_label<R: ReplyStatus>(result: &Result<R, BoxError>) -> &'static str {
     match result {
         Ok(response) => status_label(response.status()),
-        Err(error) => match error.downcast_ref::<RpcError>() {
+        Err(error) => match rpc_error_of(error) {
             Some(e) => error_label(e),
             None => status_label(status_of(&**error).0),
         },
