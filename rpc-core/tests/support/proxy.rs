@@ -319,7 +319,19 @@ async fn read_side(
         }
     }
     // Reset rather than close: with a zero linger, the close sends RST.
-    let _ = rd.as_ref().set_linger(Some(Duration::ZERO));
+    reset_on_close(rd.as_ref());
+}
+
+/// Waits until direction `dir` is half-closed.
+async fn closed(ways: &mut watch::Receiver<[Way; 2]>, dir: Dir) {
+    let _ = ways.wait_for(|w| w[dir.index()].closed).await;
+}
+
+/// Makes the socket's close a reset. (Deprecated in tokio because a non-zero linger
+/// blocks the thread on drop; a zero one does not.)
+#[allow(deprecated)]
+fn reset_on_close(stream: &TcpStream) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
 }
 
 async fn write_side(
@@ -335,7 +347,7 @@ async fn write_side(
         let piece = tokio::select! {
             () = token.cancelled() => break,
             // A half-close takes effect at once, even with nothing to forward.
-            _ = ways.wait_for(|w| w[dir.index()].closed), if !fin_sent => {
+            _ = closed(&mut ways, dir), if !fin_sent => {
                 let _ = wr.shutdown().await;
                 fin_sent = true;
                 continue;
@@ -398,7 +410,7 @@ async fn write_side(
             break;
         }
     }
-    let _ = wr.as_ref().set_linger(Some(Duration::ZERO));
+    reset_on_close(wr.as_ref());
     // Dropping a write half would send a FIN first; forgotten, the socket closes (with
     // RST, given the zero linger) once the read half is dropped too.
     wr.forget();
