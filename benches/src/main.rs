@@ -115,7 +115,10 @@ fn serve(system: System, cpu: Option<usize>, tls_dir: Option<&Path>) -> ExitCode
         match BenchTls::read_from(dir) {
             Ok(tls) => tls.install(),
             Err(e) => {
-                eprintln!("rpc-bench server: cannot read the certificates in {}: {e}", dir.display());
+                eprintln!(
+                    "rpc-bench server: cannot read the certificates in {}: {e}",
+                    dir.display()
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -172,7 +175,10 @@ fn run(args: &RunArgs) -> ExitCode {
     }
     let mut systems = args.systems.clone();
     if args.tls && !systems.contains(&System::OursTls) {
-        let at = systems.iter().position(|s| *s == System::Ours).map_or(0, |i| i + 1);
+        let at = systems
+            .iter()
+            .position(|s| *s == System::Ours)
+            .map_or(0, |i| i + 1);
         systems.insert(at, System::OursTls);
     }
     let tls_dir = match systems.contains(&System::OursTls).then(make_certificates) {

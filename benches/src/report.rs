@@ -108,7 +108,10 @@ pub fn tls_table(cells: &[CellResult]) -> Option<String> {
     for cell in cells {
         let (plain, tls) = (cell.get(System::Ours), cell.get(System::OursTls));
         let rate = |m: Option<&Measurement>, s| {
-            m.map_or_else(|| cell.missing(s).to_owned(), |m| format!("{:.0}", m.calls_per_sec()))
+            m.map_or_else(
+                || cell.missing(s).to_owned(),
+                |m| format!("{:.0}", m.calls_per_sec()),
+            )
         };
         let p99 = |m: Option<&Measurement>, s| {
             m.map_or_else(|| cell.missing(s).to_owned(), |m| micros(m.p99))

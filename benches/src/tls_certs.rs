@@ -38,10 +38,11 @@ impl BenchTls {
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name
             .push(DnType::CommonName, "rpc-bench CA");
-        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(fail)?)
-            .map_err(fail)?;
-        let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .map_err(fail)?;
+        let issuer =
+            CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(fail)?).map_err(fail)?;
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .map_err(fail)?;
         server
             .distinguished_name
             .push(DnType::CommonName, "rpc-bench server");
@@ -61,7 +62,10 @@ impl BenchTls {
     /// If the directory or a file cannot be written.
     pub fn write_to(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        for (name, text) in FILES.iter().zip([&self.ca_pem, &self.cert_pem, &self.key_pem]) {
+        for (name, text) in FILES
+            .iter()
+            .zip([&self.ca_pem, &self.cert_pem, &self.key_pem])
+        {
             std::fs::write(dir.join(name), text)?;
         }
         Ok(())
@@ -97,7 +101,8 @@ impl BenchTls {
     /// The server side of the installed setup.
     pub(crate) fn server() -> io::Result<ServerTls> {
         let tls = Self::installed()?;
-        ServerTls::from_pem(tls.cert_pem.as_bytes(), tls.key_pem.as_bytes()).map_err(io::Error::other)
+        ServerTls::from_pem(tls.cert_pem.as_bytes(), tls.key_pem.as_bytes())
+            .map_err(io::Error::other)
     }
 
     /// The client side of the installed setup: trusts its CA.

@@ -2,9 +2,9 @@
 //! `support/proxy.rs` on real loopback connections: a stalled link, a reset in the
 //! middle of a frame, a slow link, half-closes.
 
-mod support;
 #[path = "support/proxy.rs"]
 mod proxy;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,15 +57,25 @@ async fn a_stalled_server_is_detected_within_the_idle_timeout_and_its_calls_fail
         }
         // Within the idle timeout (plus the check's granularity and a loaded machine's
         // slack), not the calls' 30 s timeout.
-        assert!(detected >= idle - Duration::from_millis(100), "{detected:?}");
-        assert!(detected < idle + Duration::from_millis(1500), "{detected:?}");
+        assert!(
+            detected >= idle - Duration::from_millis(100),
+            "{detected:?}"
+        );
+        assert!(
+            detected < idle + Duration::from_millis(1500),
+            "{detected:?}"
+        );
 
         // The next calls fail fast (the connection is backing off), not after another
         // idle timeout.
         let t = Instant::now();
         let err = calc.add(1, 1).await.unwrap_err();
         assert!(matches!(err, RpcError::Connect { .. }), "{err:?}");
-        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
 
         // Once the link recovers and the backoff has passed, calls go through again.
         proxy.stall(false);
@@ -101,7 +111,10 @@ async fn a_reset_mid_frame_fails_calls_at_once_and_unsent_calls_go_to_another_pr
             assert_eq!(calc.add(i, 1).await.unwrap(), i + 1);
         }
         let (a_hits, b_hits) = (hits(a.local_addr()).await, hits(b.local_addr()).await);
-        assert!(a_hits > 0 && b_hits > 0, "both providers warmed: {a_hits} {b_hits}");
+        assert!(
+            a_hits > 0 && b_hits > 0,
+            "both providers warmed: {a_hits} {b_hits}"
+        );
 
         // A 24 MiB request to A: the link takes 100 KB of it and then no more, so the
         // client's write stalls in the middle of the frame.
@@ -118,7 +131,10 @@ async fn a_reset_mid_frame_fails_calls_at_once_and_unsent_calls_go_to_another_pr
         };
         let t = Instant::now();
         while proxy.forwarded(Dir::ToServer) < 100_000 {
-            assert!(t.elapsed() < Duration::from_secs(10), "the big request never left");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the big request never left"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         balancer.set_healthy(b.local_addr(), true);
@@ -177,7 +193,11 @@ async fn deadlines_hold_over_a_slow_link() {
 
         // A call with time to spare succeeds, after the round trip.
         let t = Instant::now();
-        let sum = calc.add(2, 3).timeout(Duration::from_secs(3)).await.unwrap();
+        let sum = calc
+            .add(2, 3)
+            .timeout(Duration::from_secs(3))
+            .await
+            .unwrap();
         let rtt = t.elapsed();
         assert_eq!(sum, 5);
         assert!(rtt >= 2 * latency, "{rtt:?}");
@@ -188,7 +208,10 @@ async fn deadlines_hold_over_a_slow_link() {
             let err = calc.add(1, 2).timeout(timeout).await.unwrap_err();
             let took = t.elapsed();
             assert!(matches!(err, RpcError::Timeout(_)), "{err:?}");
-            assert!(took >= timeout && took < timeout + slack, "{timeout:?}: {took:?}");
+            assert!(
+                took >= timeout && took < timeout + slack,
+                "{timeout:?}: {took:?}"
+            );
         }
         // The server's side of a deadline: it gives up on a slow handler and says so;
         // the client has its answer at its deadline either way.
@@ -199,7 +222,11 @@ async fn deadlines_hold_over_a_slow_link() {
             .await
             .unwrap_err();
         assert!(matches!(err, RpcError::Timeout(_)), "{err:?}");
-        assert!(t.elapsed() < Duration::from_millis(600) + slack, "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(600) + slack,
+            "{:?}",
+            t.elapsed()
+        );
 
         // A payload the bandwidth cannot carry in time (2 MiB at 1 MiB/s).
         let t = Instant::now();
@@ -209,11 +236,18 @@ async fn deadlines_hold_over_a_slow_link() {
             .await
             .unwrap_err();
         assert!(matches!(err, RpcError::Timeout(_)), "{err:?}");
-        assert!(t.elapsed() < Duration::from_millis(400) + slack, "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(400) + slack,
+            "{:?}",
+            t.elapsed()
+        );
 
         // Late replies to the calls given up are discarded; the connection serves on.
         assert_eq!(
-            calc.add(20, 22).timeout(Duration::from_secs(15)).await.unwrap(),
+            calc.add(20, 22)
+                .timeout(Duration::from_secs(15))
+                .await
+                .unwrap(),
             42
         );
         server.shutdown().await.unwrap();
@@ -242,7 +276,10 @@ async fn a_provider_behind_a_stalled_link_is_marked_unhealthy_and_no_longer_pick
         for i in 0..10 {
             assert_eq!(calc.add(i, 0).await.unwrap(), i);
         }
-        assert!(hits(a.local_addr()).await > 0, "A took calls before the stall");
+        assert!(
+            hits(a.local_addr()).await > 0,
+            "A took calls before the stall"
+        );
 
         proxy.stall(true);
         // Calls made now: those picked for A wait until the idle timeout shows the link

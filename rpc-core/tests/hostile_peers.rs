@@ -172,7 +172,10 @@ async fn a_client_that_never_reads_its_replies_is_closed_while_another_keeps_its
         );
         let wait = Instant::now();
         while server.open_connections() > 1 {
-            assert!(wait.elapsed() < Duration::from_secs(3), "connection not released");
+            assert!(
+                wait.elapsed() < Duration::from_secs(3),
+                "connection not released"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(good.add(1, 1).await.unwrap(), 2);

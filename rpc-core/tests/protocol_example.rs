@@ -529,14 +529,20 @@ fn lenient_reading_is_as_documented() {
     );
     assert!(rmp_serde::from_slice::<i64>(&hex("cf 8000000000000000")).is_err());
     assert_eq!(rmp_serde::from_slice::<u16>(&hex("d1 0100")).unwrap(), 256);
-    assert_eq!(rmp_serde::from_slice::<u64>(&hex("d3 0000000000000007")).unwrap(), 7);
+    assert_eq!(
+        rmp_serde::from_slice::<u64>(&hex("d3 0000000000000007")).unwrap(),
+        7
+    );
     assert!(rmp_serde::from_slice::<u64>(&hex("ff")).is_err());
     // Floats: an f32 accepts float 64 (rounded), an f64 float 32; both accept integers.
     assert_eq!(
         rmp_serde::from_slice::<f32>(&hex("cb 3ff8000000000000")).unwrap(),
         1.5
     );
-    assert_eq!(rmp_serde::from_slice::<f64>(&hex("ca 3fc00000")).unwrap(), 1.5);
+    assert_eq!(
+        rmp_serde::from_slice::<f64>(&hex("ca 3fc00000")).unwrap(),
+        1.5
+    );
     assert_eq!(rmp_serde::from_slice::<f32>(&hex("d0 fe")).unwrap(), -2.0);
     // But not integers for bools, nor floats for integers, nor nil for a value.
     assert!(rmp_serde::from_slice::<bool>(&[1]).is_err());

@@ -56,10 +56,27 @@ async fn run_client(python: &str, args: &[String]) -> String {
     };
     let mut out = String::new();
     let mut err = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    eprintln!("client.py {} ({:?}):\n{out}{err}", args[0], started.elapsed());
-    assert!(status.success(), "client.py {args:?} failed ({status}):\n{out}\n{err}");
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    eprintln!(
+        "client.py {} ({:?}):\n{out}{err}",
+        args[0],
+        started.elapsed()
+    );
+    assert!(
+        status.success(),
+        "client.py {args:?} failed ({status}):\n{out}\n{err}"
+    );
     out
 }
 

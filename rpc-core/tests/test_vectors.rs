@@ -49,9 +49,10 @@ impl Reader {
             if let Some(frame) = self.codec.decode(&mut self.buf).expect("a valid frame") {
                 return Some(frame);
             }
-            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("the server neither answered nor closed within 10 s");
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("the server neither answered nor closed within 10 s");
             match read {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
@@ -110,7 +111,11 @@ async fn run(addr: SocketAddr, vector: &Value) -> Result<(), String> {
                 u64::from(frame.header.flags.bits()),
                 u64::from(frame.header.status),
             );
-            if (flags, status) != (want["flags"].as_u64().unwrap(), want["status"].as_u64().unwrap())
+            if (flags, status)
+                != (
+                    want["flags"].as_u64().unwrap(),
+                    want["status"].as_u64().unwrap(),
+                )
             {
                 return Err(format!("reply flags {flags} status {status}, want {want}"));
             }
@@ -123,11 +128,16 @@ async fn run(addr: SocketAddr, vector: &Value) -> Result<(), String> {
             let mut probe = BytesMut::new();
             rpc_core::protocol::encode_heartbeat(&mut probe, PROBE_ID, false);
             reader.stream.write_all(&probe).await.unwrap();
-            let frame = reader.next().await.ok_or("closed instead of answering the probe")?;
+            let frame = reader
+                .next()
+                .await
+                .ok_or("closed instead of answering the probe")?;
             if frame.header.flags != Flags::HEARTBEAT.with(Flags::RESPONSE)
                 || frame.header.request_id != PROBE_ID
             {
-                return Err(format!("a frame other than the probe's answer came: {frame:?}"));
+                return Err(format!(
+                    "a frame other than the probe's answer came: {frame:?}"
+                ));
             }
         }
         "close" => {
@@ -139,7 +149,10 @@ async fn run(addr: SocketAddr, vector: &Value) -> Result<(), String> {
                 return Err(format!("{n} more bytes instead of a close"));
             }
             if !reader.buf.is_empty() {
-                return Err(format!("{} more bytes instead of a close", reader.buf.len()));
+                return Err(format!(
+                    "{} more bytes instead of a close",
+                    reader.buf.len()
+                ));
             }
         }
         other => panic!("unknown `then`: {other}"),
@@ -152,7 +165,10 @@ async fn our_server_answers_every_test_vector_as_the_file_says() {
     let doc: Value = serde_json::from_str(VECTORS).expect("docs/test-vectors.json is JSON");
     let vectors = doc["vectors"].as_array().expect("a vectors list");
     assert!(vectors.len() >= 30, "too few vectors: {}", vectors.len());
-    let mut names: Vec<&str> = vectors.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> = vectors
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), vectors.len(), "vector names are unique");
@@ -167,7 +183,11 @@ async fn our_server_answers_every_test_vector_as_the_file_says() {
                 failures.push(format!("{name}: {why}"));
             }
         }
-        assert!(failures.is_empty(), "vectors failed:\n{}", failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "vectors failed:\n{}",
+            failures.join("\n")
+        );
         // The oneway vectors really ran: record(5) as a plain request and with the flag.
         assert_eq!(recorded.load(Ordering::SeqCst), 10);
         server.shutdown().await.unwrap();

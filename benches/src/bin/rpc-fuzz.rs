@@ -55,7 +55,10 @@ use tokio_util::codec::Decoder;
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "rpc-fuzz", about = "Generated frames against the server over loopback")]
+#[command(
+    name = "rpc-fuzz",
+    about = "Generated frames against the server over loopback"
+)]
 struct Args {
     /// Inputs (frames or garbage chunks) to send.
     #[arg(long, default_value_t = 1_000_000)]
@@ -129,7 +132,8 @@ impl Target for Impl {
         a.wrapping_add(b)
     }
     async fn divide(&self, a: i64, b: i64) -> Result<i64, String> {
-        a.checked_div(b).ok_or_else(|| format!("cannot divide {a} by {b}"))
+        a.checked_div(b)
+            .ok_or_else(|| format!("cannot divide {a} by {b}"))
     }
     async fn concat(&self, parts: Vec<String>) -> String {
         parts.concat()
@@ -252,12 +256,14 @@ fn typed_call() -> impl Strategy<Value = (&'static str, Vec<u8>)> {
     ];
     prop_oneof![
         any::<(i64, i64)>().prop_map(|a| ("add", encode(&a))),
-        (any::<i64>(), prop_oneof![Just(0i64), Just(-1), any::<i64>()])
+        (
+            any::<i64>(),
+            prop_oneof![Just(0i64), Just(-1), any::<i64>()]
+        )
             .prop_map(|a| ("divide", encode(&a))),
         vec("\\PC{0,6}", 0..6).prop_map(|p| ("concat", encode(&(p,)))),
         shape.prop_map(|s| ("shape", encode(&(s,)))),
-        vec(any::<u8>(), 0..3000)
-            .prop_map(|b| ("echo", encode(&(serde_bytes::ByteBuf::from(b),)))),
+        vec(any::<u8>(), 0..3000).prop_map(|b| ("echo", encode(&(serde_bytes::ByteBuf::from(b),)))),
         (0u64..30).prop_map(|ms| ("hold", encode(&(ms,)))),
         Just(("nothing", encode(&[(); 0]))),
         any::<u64>().prop_map(|n| ("note", encode(&(n,)))),
@@ -329,9 +335,15 @@ fn request() -> impl Strategy<Value = Request> {
 enum Keeper {
     Request(Request),
     /// A heartbeat request or response, with junk in its metadata and body.
-    Heartbeat { response: bool, junk: (Vec<u8>, Vec<u8>) },
+    Heartbeat {
+        response: bool,
+        junk: (Vec<u8>, Vec<u8>),
+    },
     /// An event with any code, for an id never used for a call.
-    Event { code: u8, id: u64 },
+    Event {
+        code: u8,
+        id: u64,
+    },
 }
 
 fn keeper() -> impl Strategy<Value = Keeper> {
@@ -409,11 +421,23 @@ fn write_request(out: &mut Vec<u8>, r: &Request, id: u64) {
     for (t, v) in &r.extra {
         entry(*t, v);
     }
-    let flags = if r.oneway { Flags::ONEWAY } else { Flags::empty() };
+    let flags = if r.oneway {
+        Flags::ONEWAY
+    } else {
+        Flags::empty()
+    };
     write_frame(out, flags.bits(), r.serialization, 0, id, &meta, &r.body);
 }
 
-fn write_frame(out: &mut Vec<u8>, flags: u8, ser: u8, status: u8, id: u64, meta: &[u8], body: &[u8]) {
+fn write_frame(
+    out: &mut Vec<u8>,
+    flags: u8,
+    ser: u8,
+    status: u8,
+    id: u64,
+    meta: &[u8],
+    body: &[u8],
+) {
     out.extend_from_slice(&[0x52, 0x50, 1, flags, ser, status, 0, 0]);
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
@@ -464,9 +488,10 @@ impl Reader {
                 Ok(None) => {}
                 Err(e) => return Err(format!("the server sent a malformed frame: {e}")),
             }
-            let read = tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut self.buf))
-                .await
-                .map_err(|_| "nothing from the server for 10 s".to_owned())?;
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), stream.read_buf(&mut self.buf))
+                    .await
+                    .map_err(|_| "nothing from the server for 10 s".to_owned())?;
             match read {
                 Ok(0) | Err(_) => {
                     return if self.buf.is_empty() {
@@ -484,7 +509,10 @@ impl Reader {
 /// Checks one response frame; returns its status.
 fn check_response(frame: &Frame) -> Result<u8, String> {
     if frame.header.flags != Flags::RESPONSE {
-        return Err(format!("unexpected frame from the server: {:?}", frame.header));
+        return Err(format!(
+            "unexpected frame from the server: {:?}",
+            frame.header
+        ));
     }
     let status = frame.header.status;
     match status {
@@ -681,7 +709,9 @@ async fn breaker_outcome(
             // A flipped byte can make a frame the server answers oddly but validly
             // only if it parses; a malformed reply is always a bug.
             Err(e) if e.starts_with("nothing from the server") => {
-                return Err(format!("the server kept the connection open after EOF: {e}"))
+                return Err(format!(
+                    "the server kept the connection open after EOF: {e}"
+                ))
             }
             Err(e) => return Err(e),
         }
@@ -872,7 +902,9 @@ fn main() -> ExitCode {
         failures.push("the well-behaved client made no call".to_owned());
     }
     if open_after > 1 {
-        failures.push(format!("{open_after} server connections still open after the run"));
+        failures.push(format!(
+            "{open_after} server connections still open after the run"
+        ));
     }
     if failures.is_empty() {
         println!("rpc-fuzz: passed");

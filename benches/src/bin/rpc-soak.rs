@@ -33,7 +33,10 @@ use tokio::io::AsyncWriteExt;
 
 /// Command line.
 #[derive(Debug, Parser)]
-#[command(name = "rpc-soak", about = "Long mixed load; is the server's memory flat?")]
+#[command(
+    name = "rpc-soak",
+    about = "Long mixed load; is the server's memory flat?"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Defaults to running the soak.
@@ -168,7 +171,11 @@ fn soak(cli: &Cli) -> Result<bool, String> {
     println!("| t (s) | RSS (MiB) | fds | calls/s | unexpected failures |");
     println!("|---:|---:|---:|---:|---:|");
     while began.elapsed() < duration {
-        std::thread::sleep(every.min(duration.saturating_sub(began.elapsed())).max(Duration::from_millis(10)));
+        std::thread::sleep(
+            every
+                .min(duration.saturating_sub(began.elapsed()))
+                .max(Duration::from_millis(10)),
+        );
         let Some(s) = sample(pid, began) else {
             return Err("the server process is gone".to_owned());
         };
@@ -213,7 +220,11 @@ fn soak(cli: &Cli) -> Result<bool, String> {
         .iter()
         .map(|s| (s.at - mx) * (s.rss_kib as f64 - my))
         .sum::<f64>()
-        / steady.iter().map(|s| (s.at - mx).powi(2)).sum::<f64>().max(1e-9)
+        / steady
+            .iter()
+            .map(|s| (s.at - mx).powi(2))
+            .sum::<f64>()
+            .max(1e-9)
         * 60.0;
     let ok = counts.ok.load(Ordering::Relaxed);
     let unexpected = counts.unexpected.load(Ordering::Relaxed);
@@ -250,7 +261,9 @@ async fn caller(echo: EchoClient, seed: u64, counts: Arc<Counts>, stop: Arc<Atom
     let payloads: Vec<Blob> = SIZES.iter().map(|&n| Blob::from(vec![0x5a; n])).collect();
     let mut i = seed;
     while !stop.load(Ordering::Relaxed) {
-        i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let pick = (i >> 33) % 20;
         let outcome = match pick {
             0..=13 => {
@@ -272,10 +285,14 @@ async fn caller(echo: EchoClient, seed: u64, counts: Arc<Counts>, stop: Arc<Atom
                 other => Err(format!("a call past its deadline gave {other:?}")),
             },
             // Given up by the caller: the client sends CANCEL.
-            _ => match tokio::time::timeout(Duration::from_millis(10), echo.hold(200).into_future()).await {
-                Err(_) => Ok(false),
-                Ok(other) => Err(format!("a call dropped after 10 ms gave {other:?}")),
-            },
+            _ => {
+                match tokio::time::timeout(Duration::from_millis(10), echo.hold(200).into_future())
+                    .await
+                {
+                    Err(_) => Ok(false),
+                    Ok(other) => Err(format!("a call dropped after 10 ms gave {other:?}")),
+                }
+            }
         };
         match outcome {
             Ok(true) => counts.ok.fetch_add(1, Ordering::Relaxed),

@@ -168,7 +168,9 @@ impl Proxy {
 
     /// Limits each way to `bytes_per_sec` (None: unlimited).
     pub fn set_bandwidth(&self, bytes_per_sec: Option<u64>) {
-        self.change(&[Dir::ToServer, Dir::ToClient], |w| w.bytes_per_sec = bytes_per_sec);
+        self.change(&[Dir::ToServer, Dir::ToClient], |w| {
+            w.bytes_per_sec = bytes_per_sec
+        });
     }
 
     /// Starts (`true`) or ends a stall: bytes are accepted, nothing is forwarded.
@@ -381,9 +383,9 @@ async fn write_side(
             let mut sent = 0;
             while sent < bytes.len() {
                 // Under a bandwidth limit, write in slices of a tenth of a second.
-                let slice = way
-                    .bytes_per_sec
-                    .map_or(bytes.len(), |bps| ((bps / 10).max(1) as usize).min(bytes.len() - sent));
+                let slice = way.bytes_per_sec.map_or(bytes.len(), |bps| {
+                    ((bps / 10).max(1) as usize).min(bytes.len() - sent)
+                });
                 let end = (sent + slice).min(bytes.len());
                 if wr.write_all(&bytes[sent..end]).await.is_err() {
                     return false;
