@@ -27,7 +27,9 @@
 //!   its result ([`Measurement`]);
 //! - `server_process`: a system's server in a child process of its own
 //!   ([`ServerProcess`]);
-//! - `report`: the markdown table ([`CellResult`], [`markdown_table`]).
+//! - `report`: the markdown tables ([`CellResult`], [`markdown_table`], and
+//!   [`tls_table`] for `--tls`);
+//! - `tls_certs`: the certificates of `--tls` ([`BenchTls`]).
 //!
 //! The `rpc-mem` binary (`src/bin/rpc-mem.rs`) measures the server's resident memory
 //! per idle connection and per call in flight:
@@ -74,10 +76,14 @@ mod load;
 mod report;
 mod server_process;
 mod systems;
+mod tls_certs;
 
 pub use affinity::{pin_current_thread, CpuLayout};
 pub use load::{ClientChain, Load, Measurement};
-pub use report::{chain_table, markdown_table, server_chain_table, CellResult, ChainCell};
+pub use report::{
+    chain_table, markdown_table, server_chain_table, tls_table, CellResult, ChainCell,
+};
 pub use server_process::{exit_when_stdin_closes, report_port, ServerProcess};
 pub use systems::ours::{serve_with_in_flight_cap, Echo, EchoClient, EchoImpl, EchoServer};
 pub use systems::System;
+pub use tls_certs::BenchTls;

@@ -6,17 +6,23 @@
 //!
 //! The driver starts each system's server as a child process (`rpc-bench server
 //! --system X`) for every measurement and runs the client side itself. See the
-//! `rpc_benches` crate docs for the method.
+//! `rpc_benches` crate docs for the method. `--tls` also runs ours over TLS in every
+//! cell, right after ours, and prints TLS over plaintext ratios:
+//!
+//! ```text
+//! cargo run --release -p rpc-benches --bin rpc-bench -- --tls --systems ours --rounds 3
+//! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rpc_benches::{
     chain_table, exit_when_stdin_closes, markdown_table, pin_current_thread, report_port,
-    CellResult, ChainCell, ClientChain, CpuLayout, Load, Measurement, ServerProcess, System,
+    tls_table, BenchTls, CellResult, ChainCell, ClientChain, CpuLayout, Load, Measurement,
+    ServerProcess, System,
 };
 
 #[derive(Debug, Parser)]
@@ -45,6 +51,9 @@ enum Command {
         /// Pin the server to this CPU.
         #[arg(long)]
         cpu: Option<usize>,
+        /// Where the driver wrote the TLS certificates (`ours-tls` needs them).
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
 }
 
@@ -77,6 +86,11 @@ struct RunArgs {
     /// Payload sizes in bytes.
     #[arg(long, value_delimiter = ',', default_values_t = [16usize, 1024, 65536])]
     payloads: Vec<usize>,
+    /// Also run ours over TLS (`ours-tls`) right after ours in every cell, and print
+    /// TLS/plaintext ratios of calls per second and p99 (certificates are made at
+    /// start-up).
+    #[arg(long)]
+    tls: bool,
     /// Worker threads of the client's runtime: 1 (the default) is a current-thread
     /// runtime; more is a multi-threaded one, as `#[tokio::main]` gives (use with
     /// `--cpus none`, or every client thread shares CPU 0).
@@ -92,13 +106,29 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Server { system, cpu }) => serve(system, cpu),
+        Some(Command::Server {
+            system,
+            cpu,
+            tls_dir,
+        }) => serve(system, cpu, tls_dir.as_deref()),
         None => run(&cli.run),
     }
 }
 
 /// The server side: serves until stdin closes or the driver kills it.
-fn serve(system: System, cpu: Option<usize>) -> ExitCode {
+fn serve(system: System, cpu: Option<usize>, tls_dir: Option<&Path>) -> ExitCode {
+    if let Some(dir) = tls_dir {
+        match BenchTls::read_from(dir) {
+            Ok(tls) => tls.install(),
+            Err(e) => {
+                eprintln!(
+                    "rpc-bench server: cannot read the certificates in {}: {e}",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(cpu) = cpu {
         if let Err(e) = pin_current_thread(cpu) {
             eprintln!("rpc-bench server: {e}");
@@ -149,6 +179,22 @@ fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let mut systems = args.systems.clone();
+    if args.tls && !systems.contains(&System::OursTls) {
+        let at = systems
+            .iter()
+            .position(|s| *s == System::Ours)
+            .map_or(0, |i| i + 1);
+        systems.insert(at, System::OursTls);
+    }
+    let tls_dir = match systems.contains(&System::OursTls).then(make_certificates) {
+        Some(Ok(dir)) => Some(dir),
+        Some(Err(e)) => {
+            eprintln!("rpc-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let began = std::time::Instant::now();
     let rounds = args.rounds.max(1);
     let chains: Vec<ClientChain> = if args.client_chains.is_empty() {
@@ -157,8 +203,7 @@ fn run(args: &RunArgs) -> ExitCode {
         args.client_chains.clone()
     };
     // Every system once per round, ours once per chain.
-    let runs_per_round: usize = args
-        .systems
+    let runs_per_round: usize = systems
         .iter()
         .map(|s| if *s == System::Ours { chains.len() } else { 1 })
         .sum();
@@ -180,7 +225,7 @@ fn run(args: &RunArgs) -> ExitCode {
             let mut runs: BTreeMap<(System, ClientChain), Vec<Result<Measurement, String>>> =
                 BTreeMap::new();
             for _ in 0..rounds {
-                for &system in &args.systems {
+                for &system in &systems {
                     let system_chains = if system == System::Ours {
                         &chains[..]
                     } else {
@@ -188,7 +233,8 @@ fn run(args: &RunArgs) -> ExitCode {
                     };
                     for &chain in system_chains {
                         let load = Load { chain, ..load };
-                        let result = run_one(&program, system, args.cpus, &load);
+                        let result =
+                            run_one(&program, system, args.cpus, tls_dir.as_deref(), &load);
                         done += 1;
                         progress(done, total, system, &load, &result);
                         failed |= !matches!(&result, Ok(m) if m.errors == 0);
@@ -213,8 +259,7 @@ fn run(args: &RunArgs) -> ExitCode {
             cells.push(CellResult {
                 payload,
                 in_flight,
-                results: args
-                    .systems
+                results: systems
                     .iter()
                     .filter_map(|s| medians.remove(&(*s, chains[0])).map(|r| (*s, r)))
                     .collect(),
@@ -246,6 +291,13 @@ fn run(args: &RunArgs) -> ExitCode {
         println!("\nClient filter chains (ours), each against no chain in the same run:\n");
         print!("{}", chain_table(&chain_cells));
     }
+    if let Some(table) = tls_table(&cells) {
+        println!("\nTLS (ours-tls) against plaintext (ours), same run:\n");
+        print!("{table}");
+    }
+    if let Some(dir) = &tls_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     eprintln!("rpc-bench: took {:.0} s", began.elapsed().as_secs_f64());
     if failed {
         eprintln!("rpc-bench: some runs failed; see above");
@@ -255,15 +307,38 @@ fn run(args: &RunArgs) -> ExitCode {
     }
 }
 
+/// Makes the certificates of `ours-tls`, installs them in this process (the client
+/// side) and writes them where the server processes read them.
+fn make_certificates() -> Result<PathBuf, String> {
+    let tls = BenchTls::generate().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("rpc-bench-tls-{}", std::process::id()));
+    tls.write_to(&dir)
+        .map_err(|e| format!("cannot write certificates to {}: {e}", dir.display()))?;
+    tls.install();
+    Ok(dir)
+}
+
 /// One measurement against a fresh server process.
 fn run_one(
     program: &Path,
     system: System,
     cpus: CpuLayout,
+    tls_dir: Option<&Path>,
     load: &Load,
 ) -> Result<Measurement, String> {
-    let server =
-        ServerProcess::start(program, system, cpus.server_cpu()).map_err(|e| e.to_string())?;
+    let server = match (system, tls_dir) {
+        (System::OursTls, Some(dir)) => {
+            let mut command = std::process::Command::new(program);
+            command.args(["server", "--system", system.name()]);
+            if let Some(cpu) = cpus.server_cpu() {
+                command.args(["--cpu", &cpu.to_string()]);
+            }
+            command.arg("--tls-dir").arg(dir);
+            ServerProcess::start_command(command, system.name())
+        }
+        _ => ServerProcess::start(program, system, cpus.server_cpu()),
+    }
+    .map_err(|e| e.to_string())?;
     system
         .measure(server.addr(), load)
         .map_err(|e| e.to_string())

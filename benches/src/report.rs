@@ -194,6 +194,54 @@ pub fn chain_table(cells: &[ChainCell]) -> String {
     out
 }
 
+/// What TLS costs (`rpc-bench --tls`): `ours-tls` against `ours` measured in the same
+/// run, cell by cell, as calls per second and p99 and their ratios (TLS over
+/// plaintext: calls/s below 1 and p99 above 1 are the cost). `None` when no cell has an
+/// `ours-tls` result.
+pub fn tls_table(cells: &[CellResult]) -> Option<String> {
+    if !cells
+        .iter()
+        .any(|c| c.results.iter().any(|(s, _)| *s == System::OursTls))
+    {
+        return None;
+    }
+    let mut out = String::new();
+    out.push_str(
+        "| payload | in flight | plaintext calls/s | TLS calls/s | TLS/plaintext calls/s \
+         | plaintext p99 µs | TLS p99 µs | TLS/plaintext p99 |\n",
+    );
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for cell in cells {
+        let (plain, tls) = (cell.get(System::Ours), cell.get(System::OursTls));
+        let rate = |m: Option<&Measurement>, s| {
+            m.map_or_else(
+                || cell.missing(s).to_owned(),
+                |m| format!("{:.0}", m.calls_per_sec()),
+            )
+        };
+        let p99 = |m: Option<&Measurement>, s| {
+            m.map_or_else(|| cell.missing(s).to_owned(), |m| micros(m.p99))
+        };
+        let ratio = |f: fn(&Measurement) -> f64| match (plain, tls) {
+            (Some(p), Some(t)) if f(p) > 0.0 => format!("{:.2}", f(t) / f(p)),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            payload_label(cell.payload),
+            cell.in_flight,
+            rate(plain, System::Ours),
+            rate(tls, System::OursTls),
+            ratio(Measurement::calls_per_sec),
+            p99(plain, System::Ours),
+            p99(tls, System::OursTls),
+            ratio(|m| m.p99.as_secs_f64()),
+        );
+    }
+    Some(out)
+}
+
 /// `16 B`, `1 KiB`, `64 KiB`.
 fn payload_label(bytes: usize) -> String {
     if bytes >= 1024 && bytes % 1024 == 0 {
@@ -245,6 +293,24 @@ mod tests {
         assert_eq!(
             row,
             "| 1 KiB | 32 | 300 | 100 | error | 3.00 | – | 10.0 / 50.0 / 100 | 10.0 / 200 / 400 | error | 0.25 | – |"
+        );
+        assert_eq!(tls_table(&cells), None, "no TLS column without ours-tls");
+    }
+
+    #[test]
+    fn tls_table_gives_tls_over_plaintext() {
+        let cells = [CellResult {
+            payload: 16,
+            in_flight: 1,
+            results: vec![
+                (System::Ours, Ok(measurement(400, 50))),
+                (System::OursTls, Ok(measurement(300, 100))),
+            ],
+        }];
+        let table = tls_table(&cells).unwrap();
+        assert_eq!(
+            table.lines().nth(2).unwrap(),
+            "| 16 B | 1 | 400 | 300 | 0.75 | 50.0 | 100 | 2.00 |"
         );
     }
 

@@ -91,3 +91,95 @@ async fn bad_limits_are_refused_at_bind() {
         assert!(matches!(err, RpcError::InvalidConfig(_)), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_closed_while_another_keeps_its_latency() {
+    bounded(async {
+        let cap = 256 * 1024;
+        let (server, _) = start_with(
+            Server::builder()
+                .workers(2)
+                .max_write_buffer(cap)
+                .frame_timeout(Duration::from_millis(500)),
+        )
+        .await;
+        let addr = server.local_addr();
+        let good = CalculatorClient::new(Client::connect(addr).await.unwrap());
+        let mut baseline = Duration::ZERO;
+        for i in 0..50 {
+            let t = Instant::now();
+            assert_eq!(good.add(i, 1).await.unwrap(), i + 1);
+            baseline = baseline.max(t.elapsed());
+        }
+        // The hostile peer pipelines 64 KiB echoes and never reads a reply; its write
+        // fails once the server has closed the connection.
+        let mut frame = bytes::BytesMut::new();
+        rpc_core::protocol::encode_request(
+            &mut frame,
+            1,
+            false,
+            &rpc_core::protocol::RequestTarget {
+                service: "test.Calculator",
+                method: "echo",
+                timeout: Some(Duration::from_secs(60)),
+                trace: None,
+                auth_token: None,
+                attachments: &[],
+            },
+            &(serde_bytes::ByteBuf::from(vec![7u8; 64 * 1024]),),
+            1 << 20,
+        )
+        .unwrap();
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let hostile = tokio::spawn(async move {
+            let mut sent = 0usize;
+            let mut id = 1u64;
+            loop {
+                // Fresh ids: a request id in flight would close the connection for
+                // another reason.
+                frame[8..16].copy_from_slice(&id.to_be_bytes());
+                id += 1;
+                if raw.write_all(&frame).await.is_err() {
+                    return sent;
+                }
+                sent += frame.len();
+            }
+        });
+        // Meanwhile the well-behaved client on its own connection is served as before.
+        let started = Instant::now();
+        let mut worst = Duration::ZERO;
+        let mut calls = 0;
+        while !hostile.is_finished() && started.elapsed() < Duration::from_secs(12) {
+            let t = Instant::now();
+            assert_eq!(good.add(2, 3).await.unwrap(), 5);
+            worst = worst.max(t.elapsed());
+            calls += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(5), hostile)
+            .await
+            .expect("the server never closed the client that does not read")
+            .unwrap();
+        let closed_after = started.elapsed();
+        assert!(sent > cap, "only {sent} bytes were sent before the close");
+        assert!(
+            worst < Duration::from_millis(750),
+            "the good client's worst call took {worst:?} (before: {baseline:?})"
+        );
+        eprintln!(
+            "never-reading client closed after {closed_after:?} ({sent} bytes sent); good \
+             client: {calls} calls, worst {worst:?} (before: worst {baseline:?})"
+        );
+        let wait = Instant::now();
+        while server.open_connections() > 1 {
+            assert!(
+                wait.elapsed() < Duration::from_secs(3),
+                "connection not released"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(good.add(1, 1).await.unwrap(), 2);
+        server.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -57,6 +57,13 @@ const ONEWAY: &str = "
     07 000b 06 74656e616e74 61636d65
     90";
 
+/// Request id 4, `divide(1, 0)` of a method returning `Result<i64, MathError>`: the
+/// bare error value, the unit variant `DivideByZero`.
+const APPLICATION_ERROR: &str = "
+    5250 01 01 01 01 0000
+    0000000000000004 00000000 0000000d
+    ac 44697669646542795a65726f";
+
 const HEARTBEAT_REQUEST: &str = "5250 01 04 01 00 0000 0000000000000001 00000000 00000000";
 const HEARTBEAT_RESPONSE: &str = "5250 01 05 01 00 0000 0000000000000001 00000000 00000000";
 const GOAWAY: &str = "5250 01 08 01 01 0000 0000000000000000 00000000 00000000";
@@ -191,6 +198,13 @@ fn method_not_found() -> Vec<u8> {
     dst.to_vec()
 }
 
+fn divide_by_zero() -> Vec<u8> {
+    let mut dst = BytesMut::new();
+    let code = Status::ApplicationError.code();
+    encode_response(&mut dst, 4, code, "DivideByZero", MAX).unwrap();
+    dst.to_vec()
+}
+
 fn heartbeat(response: bool) -> Vec<u8> {
     let mut dst = BytesMut::new();
     encode_heartbeat(&mut dst, 1, response);
@@ -219,6 +233,11 @@ fn error_response_is_as_documented() {
 }
 
 #[test]
+fn application_error_is_as_documented() {
+    assert_documented("application-error", &divide_by_zero(), APPLICATION_ERROR);
+}
+
+#[test]
 fn oneway_request_is_as_documented() {
     assert_documented("oneway", &audit_flush(), ONEWAY);
 }
@@ -234,6 +253,7 @@ fn heartbeats_and_goaway_are_as_documented() {
 fn every_wire_block_of_the_document_is_checked() {
     let names: Vec<String> = doc_blocks().into_keys().collect();
     let mut expected = vec![
+        "application-error",
         "goaway",
         "heartbeat-request",
         "heartbeat-response",
@@ -484,6 +504,53 @@ fn lenient_reading_is_as_documented() {
     assert!(rmp_serde::from_slice::<(i64, i64)>(&hex("91 01")).is_err());
     // A zero-argument method wants 0x90, not nil.
     assert!(rmp_serde::from_slice::<[(); 0]>(&[0xc0]).is_err());
+    // A String (and a char) accepts bin holding UTF-8, as well as str.
+    assert_eq!(
+        rmp_serde::from_slice::<String>(&hex("c4 02 68 69")).unwrap(),
+        "hi"
+    );
+    assert!(rmp_serde::from_slice::<String>(&hex("c4 01 ff")).is_err());
+    // Bytes (serde_bytes, Blob) accept str too.
+    assert_eq!(
+        rmp_serde::from_slice::<serde_bytes::ByteBuf>(&hex("a2 68 69")).unwrap(),
+        b"hi".to_vec()
+    );
+    assert_eq!(
+        &rmp_serde::from_slice::<rpc_core::Blob>(&hex("a2 68 69")).unwrap()[..],
+        b"hi"
+    );
+    // Signed parameters accept the unsigned encodings of non-negative values, and
+    // unsigned ones the signed encodings; the value must fit.
+    assert_eq!(rmp_serde::from_slice::<i8>(&hex("cc 7f")).unwrap(), 127);
+    assert!(rmp_serde::from_slice::<i8>(&hex("cc 80")).is_err());
+    assert_eq!(
+        rmp_serde::from_slice::<i64>(&hex("cf 7fffffffffffffff")).unwrap(),
+        i64::MAX
+    );
+    assert!(rmp_serde::from_slice::<i64>(&hex("cf 8000000000000000")).is_err());
+    assert_eq!(rmp_serde::from_slice::<u16>(&hex("d1 0100")).unwrap(), 256);
+    assert_eq!(
+        rmp_serde::from_slice::<u64>(&hex("d3 0000000000000007")).unwrap(),
+        7
+    );
+    assert!(rmp_serde::from_slice::<u64>(&hex("ff")).is_err());
+    // Floats: an f32 accepts float 64 (rounded), an f64 float 32; both accept integers.
+    assert_eq!(
+        rmp_serde::from_slice::<f32>(&hex("cb 3ff8000000000000")).unwrap(),
+        1.5
+    );
+    assert_eq!(
+        rmp_serde::from_slice::<f64>(&hex("ca 3fc00000")).unwrap(),
+        1.5
+    );
+    assert_eq!(rmp_serde::from_slice::<f32>(&hex("d0 fe")).unwrap(), -2.0);
+    // But not integers for bools, nor floats for integers, nor nil for a value.
+    assert!(rmp_serde::from_slice::<bool>(&[1]).is_err());
+    assert!(rmp_serde::from_slice::<i64>(&hex("cb 3ff8000000000000")).is_err());
+    assert!(rmp_serde::from_slice::<i64>(&[0xc0]).is_err());
+    // An Option accepts nil or the bare value.
+    assert_eq!(rmp_serde::from_slice::<Option<u8>>(&[0xc0]).unwrap(), None);
+    assert_eq!(rmp_serde::from_slice::<Option<u8>>(&[5]).unwrap(), Some(5));
     // Trailing bytes after the value are ignored.
     assert_eq!(
         rmp_serde::from_slice::<(i64, i64)>(&hex("92 02 03 c0")).unwrap(),

@@ -21,6 +21,10 @@ const LISTEN_ADDR: &str = "127.0.0.1:0";
 pub enum System {
     /// This framework: `#[rpc_core::service]` echo, future mode, one connection.
     Ours,
+    /// The same over TLS (rustls, TLS 1.3; certificates from [`BenchTls`](crate::BenchTls)),
+    /// to report what TLS costs as a ratio to `ours` (`rpc-bench --tls`).
+    #[value(name = "ours-tls")]
+    OursTls,
     /// tarpc with its bincode serde transport over TCP.
     Tarpc,
     /// A length-prefixed echo with no serialization: the physical floor.
@@ -42,6 +46,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Ours => "ours",
+            System::OursTls => "ours-tls",
             System::Tarpc => "tarpc",
             System::Raw => "raw",
             System::OursNoop => "ours-noop",
@@ -65,6 +70,7 @@ impl System {
                 System::Ours => ours::serve(ready).await,
                 System::OursNoop => ours::serve_chain(ours::Chain::Noop, ready).await,
                 System::OursProd => ours::serve_chain(ours::Chain::Production, ready).await,
+                System::OursTls => ours::serve_tls(ready).await,
                 System::Tarpc => tarpc_echo::serve(ready).await,
                 System::Raw => raw_echo::serve(ready).await,
             }
@@ -92,11 +98,12 @@ impl System {
         runtime.block_on(async {
             let run = async {
                 match self {
-                    System::Ours => ours::drive(addr, load).await,
+                    System::Ours => ours::drive(addr, load, false).await,
                     System::OursNoop => ours::drive_chain(addr, load, ours::Chain::Noop).await,
                     System::OursProd => {
                         ours::drive_chain(addr, load, ours::Chain::Production).await
                     }
+                    System::OursTls => ours::drive(addr, load, true).await,
                     System::Tarpc => tarpc_echo::drive(addr, load).await,
                     System::Raw => raw_echo::drive(addr, load).await,
                 }

@@ -67,6 +67,14 @@ pub fn serve_with_in_flight_cap(
         .block_on(serve_with(config, ready))
 }
 
+/// Serves [`Echo`] over TLS with the installed [`BenchTls`](crate::BenchTls)
+/// certificate, otherwise as [`serve`].
+pub(super) async fn serve_tls(ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    let mut config = ServerConfig::default();
+    config.tls = Some(crate::BenchTls::server()?);
+    serve_with(config, ready).await
+}
+
 /// Serves [`Echo`] with `config`, on one worker reactor.
 async fn serve_with(mut config: ServerConfig, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
     // Every benchmark connection comes from 127.0.0.1 (rpc-mem opens 10 000).
@@ -149,9 +157,13 @@ pub(super) async fn drive_chain(
 }
 
 /// Runs `load` through one [`Client`] (default settings: one connection), with the
-/// load's client chain.
-pub(super) async fn drive(addr: SocketAddr, load: &Load) -> io::Result<Measurement> {
-    let builder = Client::builder().connections(1);
+/// load's client chain, over TLS with the installed [`BenchTls`](crate::BenchTls) CA
+/// when `tls`.
+pub(super) async fn drive(addr: SocketAddr, load: &Load, tls: bool) -> io::Result<Measurement> {
+    let mut builder = Client::builder().connections(1);
+    if tls {
+        builder = builder.tls(crate::BenchTls::client()?);
+    }
     let full = |builder: ClientBuilder| -> Result<ClientBuilder, RpcError> {
         Ok(builder
             .layer(
