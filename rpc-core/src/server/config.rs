@@ -298,6 +298,8 @@ impl ServerBuilder {
     /// [`RpcError::Bind`] if the address does not resolve or cannot be bound.
     pub async fn bind(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server, RpcError> {
         self.config.validate()?;
+        let mut services = self.services;
+        super::reflection::install(&mut services)?;
         let runtime =
             Handle::try_current().map_err(|_| RpcError::NoRuntime("ServerBuilder::bind"))?;
         let shown = format!("{addr:?}");
@@ -312,7 +314,7 @@ impl ServerBuilder {
             local_addr,
             runtime,
             config: self.config,
-            services: self.services,
+            services,
             connections: Arc::new(AtomicUsize::new(0)),
         })
     }
