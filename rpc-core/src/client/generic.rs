@@ -16,7 +16,9 @@
 //!   one-argument method.
 //!
 //! JSON objects become MessagePack maps with string keys, which our structs decode
-//! (PROTOCOL.md section 9), so the server needs nothing special.
+//! (PROTOCOL.md section 9), so the server needs nothing special. Maps in a result
+//! keep the order the server wrote them in (a struct's fields in declaration order):
+//! this feature turns on serde_json's `preserve_order`.
 //!
 //! # Lossy corners
 //!
