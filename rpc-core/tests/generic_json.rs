@@ -316,3 +316,63 @@ async fn transport_errors_are_not_application_errors() {
     })
     .await;
 }
+
+/// The service of docs/PROTOCOL.md's reflection example, as written there.
+mod documented {
+    use rpc_core::service;
+
+    /// Arithmetic.
+    #[service]
+    pub trait Calculator {
+        /// Adds.
+        async fn add(&self, a: i64, b: i64) -> i64;
+    }
+
+    pub(crate) struct Adder;
+
+    impl Calculator for Adder {
+        async fn add(&self, a: i64, b: i64) -> i64 {
+            a + b
+        }
+    }
+}
+
+/// The example of docs/PROTOCOL.md section 14 is what a server answers, read as JSON
+/// by a generic call of the reflection service itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_reflection_example_is_what_a_server_answers() {
+    bounded(async {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let block = doc
+            .split("```json reflection-example\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n```").next())
+            .expect("docs/PROTOCOL.md has a ```json reflection-example block");
+        let documented: serde_json::Value = serde_json::from_str(block).unwrap();
+        let server = Server::builder()
+            .workers(1)
+            .add_service(documented::CalculatorServer::new(documented::Adder))
+            .bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .spawn();
+        let client = Client::connect(server.local_addr()).await.unwrap();
+        let answered = client
+            .call_json("rpc.Reflection", "describe", json!(["Calculator"]))
+            .await
+            .unwrap();
+        assert_eq!(answered, documented);
+        assert_eq!(
+            serde_json::to_string(&answered).unwrap(),
+            serde_json::to_string(&documented).unwrap(),
+            "keys in the documented order"
+        );
+        let services = client
+            .call_json("rpc.Reflection", "services", json!([]))
+            .await
+            .unwrap();
+        assert_eq!(services, json!(["Calculator", "rpc.Reflection"]));
+        server.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -147,7 +147,7 @@ pub(crate) async fn run(
 
     let progress = ProgressBar::new(args.duration.as_millis() as u64);
     progress.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {msg}")
+        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {msg}")
             .expect("valid template")
             .progress_chars("=> "),
     );

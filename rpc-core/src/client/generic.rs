@@ -1,56 +1,10 @@
 //! Generic invocation (Dubbo's generic call): any method of any of our servers, with
 //! JSON arguments and a JSON result, without the service's Rust types. Feature `json`.
 //!
-//! [`Client::call_json`] takes the arguments as a JSON value:
-//!
-//! - an **array** is the positional argument list, sent as the request's argument
-//!   array (`[]` for a method without arguments);
-//! - an **object** is keyed by argument name: the client asks the server's reflection
-//!   service (`rpc.Reflection`) for the method's argument names once per call and
-//!   orders the values by them. A name the method does not have is refused
-//!   ([`GenericError::Arguments`]); a missing one is sent as `null` (so `Option`
-//!   arguments may be left out; any other type makes the server answer
-//!   `BAD_REQUEST`). To pass one struct to a one-argument method, wrap it:
-//!   `[{"sku": "tea"}]` or `{"item": {"sku": "tea"}}`;
-//! - anything else (a string, number, boolean or `null`) is the single argument of a
-//!   one-argument method.
-//!
-//! JSON objects become MessagePack maps with string keys, which our structs decode
-//! (PROTOCOL.md section 9), so the server needs nothing special. Maps in a result
-//! keep the order the server wrote them in (a struct's fields in declaration order):
-//! this feature turns on serde_json's `preserve_order`.
-//!
-//! # Lossy corners
-//!
-//! JSON and MessagePack do not carry the same values. What happens at each corner,
-//! each tested in `tests/generic_json.rs`:
-//!
-//! | value | MessagePack → JSON (results, errors) | JSON → MessagePack (arguments) |
-//! |---|---|---|
-//! | integers beyond ±2^53 (`u64`, `i64`) | exact JSON numbers (`18446744073709551615`), never rounded and never turned into strings; a JavaScript reader of the text would round them, a Rust or Python one does not | exact: JSON integers up to `u64::MAX` / down to `i64::MIN` are sent as MessagePack integers; larger ones are floats (serde_json's rule) and the server refuses them for an integer type |
-//! | `bin` (`Blob`, `serde_bytes`) | an array of byte values, `[1, 2, 3]` | an array of numbers; the server accepts it for `Vec<u8>`, `serde_bytes` and `Blob`, so a result passes back as an argument unchanged |
-//! | map keys that are not strings (`HashMap<u32, _>`) | strings: an integer key `7` becomes `"7"`, `true` becomes `"true"`, `nil` becomes `"null"`, a float its decimal text, any other key its compact JSON text; if two keys collide the last wins | always strings, so an argument of a map type with non-string keys cannot be sent (the server answers `BAD_REQUEST`) |
-//! | NaN and ±infinity | `null` (JSON has no such numbers) | cannot be written in JSON |
-//! | a string that is not UTF-8 | an array of its bytes | — |
-//! | extension types | `[type, [bytes...]]` (rmpv's form) | — |
-//! | `f32` | widened to a JSON number with the `f32`'s exact value (`1.100000023841858`) | a float; the server narrows it |
-//!
-//! ```no_run
-//! # async fn run(client: rpc_core::Client) -> Result<(), Box<dyn std::error::Error>> {
-//! use rpc_core::GenericError;
-//! use serde_json::json;
-//!
-//! let left = client.call_json("example.Inventory", "reserve", json!(["tea", 2])).await?;
-//! let same = client
-//!     .call_json("example.Inventory", "reserve", json!({"sku": "tea", "quantity": 2}))
-//!     .await;
-//! match same {
-//!     Ok(left) => println!("{left} left"),
-//!     Err(GenericError::Application(error)) => println!("refused: {error}"),
-//!     Err(other) => println!("the call failed: {other}"),
-//! }
-//! # Ok(()) }
-//! ```
+//! [`Client::call_json`] and [`JsonCall`]: JSON arguments are transcoded straight into
+//! the MessagePack request (serde-transcode); the MessagePack reply is read
+//! schemaless (rmpv) and converted to JSON. The argument forms and the lossy corners of
+//! JSON <-> MessagePack are documented on [`Client::call_json`].
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -134,14 +88,58 @@ impl GenericError {
 }
 
 impl Client {
-    /// A generic call of `service.method` with JSON arguments (see the module docs
-    /// for their forms); await it for the JSON result. Works against any of our
-    /// servers; named arguments use its reflection service.
+    /// A generic call of `service.method` with JSON arguments; await it for the JSON
+    /// result. Works against any of our servers; named arguments use its reflection
+    /// service.
+    ///
+    /// The arguments are a JSON value:
+    ///
+    /// - an **array** is the positional argument list, sent as the request's argument
+    ///   array (`[]` for a method without arguments);
+    /// - an **object** is keyed by argument name: the client asks the server's reflection
+    ///   service (`rpc.Reflection`) for the method's argument names once per call and
+    ///   orders the values by them. A name the method does not have is refused
+    ///   ([`GenericError::Arguments`]); a missing one is sent as `null` (so `Option`
+    ///   arguments may be left out; any other type makes the server answer
+    ///   `BAD_REQUEST`). To pass one struct to a one-argument method, wrap it:
+    ///   `[{"sku": "tea"}]` or `{"item": {"sku": "tea"}}`;
+    /// - anything else (a string, number, boolean or `null`) is the single argument of a
+    ///   one-argument method.
+    ///
+    /// JSON objects become MessagePack maps with string keys, which our structs decode
+    /// (PROTOCOL.md section 9), so the server needs nothing special. Maps in a result
+    /// keep the order the server wrote them in (a struct's fields in declaration order):
+    /// this feature turns on serde_json's `preserve_order`.
+    ///
+    /// # Lossy corners
+    ///
+    /// JSON and MessagePack do not carry the same values. What happens at each corner,
+    /// each tested in `tests/generic_json.rs`:
+    ///
+    /// | value | MessagePack → JSON (results, errors) | JSON → MessagePack (arguments) |
+    /// |---|---|---|
+    /// | integers beyond ±2^53 (`u64`, `i64`) | exact JSON numbers (`18446744073709551615`), never rounded and never turned into strings; a JavaScript reader of the text would round them, a Rust or Python one does not | exact: JSON integers up to `u64::MAX` / down to `i64::MIN` are sent as MessagePack integers; larger ones are floats (serde_json's rule) and the server refuses them for an integer type |
+    /// | `bin` (`Blob`, `serde_bytes`) | an array of byte values, `[1, 2, 3]` | an array of numbers; the server accepts it for `Vec<u8>`, `serde_bytes` and `Blob`, so a result passes back as an argument unchanged |
+    /// | map keys that are not strings (`HashMap<u32, _>`) | strings: an integer key `7` becomes `"7"`, `true` becomes `"true"`, `nil` becomes `"null"`, a float its decimal text, any other key its compact JSON text; if two keys collide the last wins | always strings, so an argument of a map type with non-string keys cannot be sent (the server answers `BAD_REQUEST`) |
+    /// | NaN and ±infinity | `null` (JSON has no such numbers) | cannot be written in JSON |
+    /// | a string that is not UTF-8 | an array of its bytes | — |
+    /// | extension types | `[type, [bytes...]]` (rmpv's form) | — |
+    /// | `f32` | widened to a JSON number with the `f32`'s exact value (`1.100000023841858`) | a float; the server narrows it |
     ///
     /// ```no_run
-    /// # async fn run(client: rpc_core::Client) -> Result<(), rpc_core::GenericError> {
-    /// let items = client.call_json("example.Inventory", "list", serde_json::json!([])).await?;
-    /// println!("{items:#}");
+    /// # async fn run(client: rpc_core::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use rpc_core::GenericError;
+    /// use serde_json::json;
+    ///
+    /// let left = client.call_json("example.Inventory", "reserve", json!(["tea", 2])).await?;
+    /// let same = client
+    ///     .call_json("example.Inventory", "reserve", json!({"sku": "tea", "quantity": 2}))
+    ///     .await;
+    /// match same {
+    ///     Ok(left) => println!("{left} left"),
+    ///     Err(GenericError::Application(error)) => println!("refused: {error}"),
+    ///     Err(other) => println!("the call failed: {other}"),
+    /// }
     /// # Ok(()) }
     /// ```
     pub fn call_json(
