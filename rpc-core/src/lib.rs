@@ -19,10 +19,9 @@
 //!   [`Service`](server::Service) contract the macro implements;
 //! - [`RpcError`], the one error type callers see;
 //! - [`Blob`]: byte payloads, encoded as one `bin` and received without a copy;
-//! - reflection: every server hosts `rpc.Reflection`
-//!   ([`ReflectionClient`](server::ReflectionClient),
-//!   [`ServiceDescriptor`](server::ServiceDescriptor)), listing and describing its
-//!   services;
+//! - [`reflection`]: the `rpc.Reflection` service every server hosts, listing and
+//!   describing its services ([`ReflectionClient`](reflection::ReflectionClient),
+//!   [`ServiceDescriptor`](reflection::ServiceDescriptor));
 //! - generic invocation (feature `json`): `Client::call_json`, any method with JSON
 //!   arguments and a JSON result, and `GenericError`.
 //!
@@ -90,6 +89,7 @@ mod blob;
 mod client;
 mod error;
 pub mod protocol;
+pub mod reflection;
 mod runtime;
 pub mod server;
 mod transport;
@@ -275,13 +275,13 @@ pub mod __private {
         result: &str,
         error: Option<&str>,
         oneway: bool,
-    ) -> crate::server::MethodDescriptor {
-        crate::server::MethodDescriptor {
+    ) -> crate::reflection::MethodDescriptor {
+        crate::reflection::MethodDescriptor {
             name: name.to_owned(),
             docs: docs.to_owned(),
             args: args
                 .iter()
-                .map(|(name, ty)| crate::server::ArgDescriptor {
+                .map(|(name, ty)| crate::reflection::ArgDescriptor {
                     name: (*name).to_owned(),
                     ty: (*ty).to_owned(),
                 })
@@ -296,9 +296,9 @@ pub mod __private {
     pub fn service_descriptor(
         name: &str,
         docs: &str,
-        methods: Vec<crate::server::MethodDescriptor>,
-    ) -> crate::server::ServiceDescriptor {
-        crate::server::ServiceDescriptor {
+        methods: Vec<crate::reflection::MethodDescriptor>,
+    ) -> crate::reflection::ServiceDescriptor {
+        crate::reflection::ServiceDescriptor {
             name: name.to_owned(),
             docs: docs.to_owned(),
             described: true,

@@ -5,9 +5,8 @@ mod support;
 
 use std::collections::HashMap;
 
-use rpc_core::server::{
-    DispatchError, Dispatched, ReflectionClient, ReflectionError, Service, REFLECTION_SERVICE,
-};
+use rpc_core::reflection::{ReflectionClient, ReflectionError, REFLECTION_SERVICE};
+use rpc_core::server::{DispatchError, Dispatched, Service};
 use rpc_core::{service, Client, RpcError, Server};
 use support::*;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rpc_core::lb::Strategy;
-use rpc_core::server::ReflectionClient;
+use rpc_core::reflection::ReflectionClient;
 use rpc_core::{Client, GenericError};
 use rpc_registry::parse_duration;
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rpc_core::server::{ReflectionClient, ServiceDescriptor};
+use rpc_core::reflection::{ReflectionClient, ServiceDescriptor};
 use rpc_registry::{Instance, InstanceKey, Revision};
 use serde_json::json;
 

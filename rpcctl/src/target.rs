@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rpc_core::lb::Strategy;
-use rpc_core::server::{ReflectionClient, ServiceDescriptor};
+use rpc_core::reflection::{ReflectionClient, ServiceDescriptor};
 use rpc_core::Client;
 use rpc_registry::{Consumer, Instance, Registries};
 

@@ -20,7 +20,7 @@ use crate::error::RpcError;
 use crate::protocol::{
     encode_request, EncodeError, Frame, ProtocolError, RequestTarget, Status, SERIALIZATION_MSGPACK,
 };
-use crate::server::{MethodDescriptor, ReflectionClient, ReflectionError};
+use crate::reflection::{MethodDescriptor, ReflectionClient, ReflectionError};
 
 /// Why a generic call failed: the method's own error, as JSON, apart from every
 /// failure of the call itself.

@@ -299,7 +299,7 @@ impl ServerBuilder {
     pub async fn bind(self, addr: impl ToSocketAddrs + fmt::Debug) -> Result<Server, RpcError> {
         self.config.validate()?;
         let mut services = self.services;
-        super::reflection::install(&mut services)?;
+        crate::reflection::install(&mut services)?;
         let runtime =
             Handle::try_current().map_err(|_| RpcError::NoRuntime("ServerBuilder::bind"))?;
         let shown = format!("{addr:?}");

@@ -10,9 +10,10 @@
 //!   [`CallContext`], worker or business pool) and from its result to reply bytes;
 //! - `in_flight`: running handlers, guarded against panics and bounded by deadlines;
 //! - `service`: the [`Service`] contract the generated skeleton implements;
-//! - `reflection`: the built-in `rpc.Reflection` service every server hosts
-//!   ([`Reflection`], [`ServiceDescriptor`]);
 //! - `config`: [`ServerConfig`] and [`ServerBuilder`], checked at [`bind`](ServerBuilder::bind).
+//!
+//! Every server also hosts the built-in reflection service
+//! ([`reflection`](crate::reflection)), added at [`bind`](ServerBuilder::bind).
 //!
 //! ```no_run
 //! # use rpc_core::{service, Server};
@@ -48,7 +49,6 @@ mod connection;
 mod context;
 mod dispatch;
 mod in_flight;
-mod reflection;
 mod service;
 mod worker;
 
@@ -66,10 +66,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Execution, ServerBuilder, ServerConfig};
 pub use context::{CallContext, Cancellation, PeerIdentity};
-pub use reflection::{
-    ArgDescriptor, MethodDescriptor, Reflection, ReflectionClient, ReflectionError,
-    ReflectionServer, ServiceDescriptor, REFLECTION_SERVICE,
-};
 pub(crate) use service::Reply;
 pub use service::{
     dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,

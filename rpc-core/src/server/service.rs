@@ -118,11 +118,11 @@ pub trait Service: Send + Sync + 'static {
     fn methods(&self) -> &'static [&'static str];
 
     /// The service's description, served by the built-in reflection service
-    /// ([`Reflection`](super::Reflection)). `#[service]` generates it from the trait
+    /// ([`Reflection`](crate::reflection::Reflection)). `#[service]` generates it from the trait
     /// (docs, argument names and types, result and error types, oneway); a hand-written
     /// service that does not override it is described by its method names alone.
-    fn descriptor(&self) -> super::ServiceDescriptor {
-        super::ServiceDescriptor::undescribed(self.name(), self.methods())
+    fn descriptor(&self) -> crate::reflection::ServiceDescriptor {
+        crate::reflection::ServiceDescriptor::undescribed(self.name(), self.methods())
     }
 
     /// Decodes `args` (the MessagePack argument tuple) for `method` and returns the

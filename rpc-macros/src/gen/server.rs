@@ -75,7 +75,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
             }
 
             /// The service's description, for the reflection service.
-            fn descriptor(&self) -> ::rpc_core::server::ServiceDescriptor {
+            fn descriptor(&self) -> ::rpc_core::reflection::ServiceDescriptor {
                 #descriptor
             }
 

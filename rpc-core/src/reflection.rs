@@ -1,14 +1,16 @@
 //! The reflection service every [`Server`](crate::Server) hosts: which services run on
-//! this port, and what each one's methods take and return.
+//! this port, and what each one's methods take and return. Shared by both sides: the
+//! server hosts it ([`ReflectionServer`], added at bind), clients read it
+//! ([`ReflectionClient`], and `Client::call_json` for named arguments).
 //!
 //! It is an ordinary service named [`REFLECTION_SERVICE`] (`rpc.Reflection`), defined
 //! with our own `#[service]` macro, so any client calls it like any other (its wire
 //! shapes are in `docs/PROTOCOL.md`, section 14). A service's description comes from
-//! [`Service::descriptor`], which `#[service]` generates from the trait: names, docs,
+//! [`Service::descriptor`](crate::server::Service::descriptor), which `#[service]` generates from the trait: names, docs,
 //! and the argument, result and error types as written in the source.
 //!
 //! ```
-//! use rpc_core::server::ReflectionClient;
+//! use rpc_core::reflection::ReflectionClient;
 //! use rpc_core::{service, Client, Server};
 //!
 //! /// Greets people.
@@ -46,8 +48,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::Service;
 use crate::error::RpcError;
+use crate::server::Service;
 
 /// The reserved wire name of the reflection service. A server refuses (at
 /// [`bind`](crate::ServerBuilder::bind)) a service of its own with this name.
