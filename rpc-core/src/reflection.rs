@@ -6,7 +6,7 @@
 //! It is an ordinary service named [`REFLECTION_SERVICE`] (`rpc.Reflection`), defined
 //! with our own `#[service]` macro, so any client calls it like any other (its wire
 //! shapes are in `docs/PROTOCOL.md`, section 14). A service's description comes from
-//! [`Service::descriptor`](crate::server::Service::descriptor), which `#[service]` generates from the trait: names, docs,
+//! [`Service::descriptor`], which `#[service]` generates from the trait: names, docs,
 //! and the argument, result and error types as written in the source.
 //!
 //! ```
