@@ -18,7 +18,12 @@
 //!   the [`CallContext`](server::CallContext) a handler sees, and the
 //!   [`Service`](server::Service) contract the macro implements;
 //! - [`RpcError`], the one error type callers see;
-//! - [`Blob`]: byte payloads, encoded as one `bin` and received without a copy.
+//! - [`Blob`]: byte payloads, encoded as one `bin` and received without a copy;
+//! - [`reflection`]: the `rpc.Reflection` service every server hosts, listing and
+//!   describing its services ([`ReflectionClient`](reflection::ReflectionClient),
+//!   [`ServiceDescriptor`](reflection::ServiceDescriptor));
+//! - generic invocation (feature `json`): `Client::call_json`, any method with JSON
+//!   arguments and a JSON result, and `GenericError`.
 //!
 //! Every constructor returns `Result<_, RpcError>`: `connect`, `connect_providers`
 //! and `bind` from async code on a tokio runtime, `connect_blocking` and
@@ -76,17 +81,24 @@
 
 #![forbid(unsafe_code)]
 
+// The generated code names this crate `::rpc_core`; this makes that path work inside
+// it too, for the services it defines with its own macro (reflection).
+extern crate self as rpc_core;
+
 mod blob;
 mod client;
 mod error;
 pub mod filter;
 pub mod protocol;
+pub mod reflection;
 mod runtime;
 pub mod server;
 mod transport;
 
 pub use blob::Blob;
 pub use client::{Call, CallFuture, Client, ClientBuilder, ClientConfig, RemoteCall};
+#[cfg(feature = "json")]
+pub use client::{GenericError, JsonCall};
 
 pub use error::{NoError, RpcError};
 /// Client-side load balancing (the `rpc-lb` crate): strategies, providers, the balancer.
@@ -254,6 +266,45 @@ pub mod __private {
             method: method.to_owned(),
             reason: e.to_string(),
         })
+    }
+
+    /// A method's description, as the macro writes it.
+    pub fn method_descriptor(
+        name: &str,
+        docs: &str,
+        args: &[(&str, &str)],
+        result: &str,
+        error: Option<&str>,
+        oneway: bool,
+    ) -> crate::reflection::MethodDescriptor {
+        crate::reflection::MethodDescriptor {
+            name: name.to_owned(),
+            docs: docs.to_owned(),
+            args: args
+                .iter()
+                .map(|(name, ty)| crate::reflection::ArgDescriptor {
+                    name: (*name).to_owned(),
+                    ty: (*ty).to_owned(),
+                })
+                .collect(),
+            result: result.to_owned(),
+            error: error.map(str::to_owned),
+            oneway,
+        }
+    }
+
+    /// A service's description, as the macro writes it.
+    pub fn service_descriptor(
+        name: &str,
+        docs: &str,
+        methods: Vec<crate::reflection::MethodDescriptor>,
+    ) -> crate::reflection::ServiceDescriptor {
+        crate::reflection::ServiceDescriptor {
+            name: name.to_owned(),
+            docs: docs.to_owned(),
+            described: true,
+            methods,
+        }
     }
 
     /// The error for a method the service does not have.

@@ -8,7 +8,8 @@
 //! - `validate`: the checks on types and names, each error at the offending span, all
 //!   of them collected before failing;
 //! - `gen`: one generator per emitted item: the rewritten trait, the serde checks at
-//!   the user's types, the client stub, the server skeleton.
+//!   the user's types, the client stub, the server skeleton, the service's
+//!   description for reflection.
 
 mod gen;
 mod parse;

@@ -32,6 +32,33 @@ pub(crate) struct ServiceDef {
     pub(crate) methods: Vec<MethodDef>,
 }
 
+/// The text of the `///` comments among `attrs`, one line per attribute with the one
+/// space rustdoc's convention puts after `///` removed, for the service's description.
+pub(crate) fn doc_text(attrs: &[Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(text),
+                        ..
+                    }),
+                ..
+            }) => Some(text.value()),
+            _ => None,
+        })
+        .flat_map(|text| {
+            // `split`, not `lines`: an empty `///` line is one empty line.
+            text.split('\n')
+                .map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.join("\n").trim().to_owned()
+}
+
 /// One method of the service.
 pub(crate) struct MethodDef {
     /// Attributes with `#[oneway]` removed, kept on the trait method.

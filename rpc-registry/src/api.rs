@@ -103,6 +103,57 @@ impl Instance {
         self
     }
 
+    /// Lists the methods the instance serves, so the registry and its readers
+    /// (`rpcctl instances`, the consumers) know them without asking the provider: the
+    /// names joined by commas under the metadata key [`METHODS_METADATA_KEY`] (the
+    /// `methods` parameter of a Dubbo provider URL). They count against the
+    /// registry's metadata caps (4 KiB by default).
+    ///
+    /// ```
+    /// let i = rpc_registry::Instance::new("s", "127.0.0.1:1").methods(["get", "put"]);
+    /// assert_eq!(i.metadata["methods"], "get,put");
+    /// assert_eq!(i.method_names(), ["get", "put"]);
+    /// ```
+    pub fn methods<I, S>(mut self, methods: I) -> Instance
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let list: Vec<String> = methods.into_iter().map(|m| m.as_ref().to_owned()).collect();
+        self.metadata
+            .insert(METHODS_METADATA_KEY.to_owned(), list.join(","));
+        self
+    }
+
+    /// An instance of the service a server skeleton serves, at `addr`: its wire name,
+    /// with its methods listed (see [`methods`](Self::methods)).
+    ///
+    /// ```
+    /// #[rpc_core::service(name = "example.Hello")]
+    /// trait Hello {
+    ///     async fn hello(&self, name: String) -> String;
+    /// }
+    /// struct Greeter;
+    /// impl Hello for Greeter {
+    ///     async fn hello(&self, name: String) -> String { name }
+    /// }
+    /// let i = rpc_registry::Instance::of(&HelloServer::new(Greeter), "127.0.0.1:7001");
+    /// assert_eq!(i.service, "example.Hello");
+    /// assert_eq!(i.method_names(), ["hello"]);
+    /// ```
+    pub fn of(service: &impl rpc_core::server::Service, addr: impl Into<String>) -> Instance {
+        Instance::new(service.name(), addr).methods(service.methods())
+    }
+
+    /// The methods the provider listed with [`methods`](Self::methods); empty if it
+    /// listed none.
+    pub fn method_names(&self) -> Vec<&str> {
+        match self.metadata.get(METHODS_METADATA_KEY) {
+            Some(list) if !list.is_empty() => list.split(',').collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Sets the start time (milliseconds since the Unix epoch; 0 = unknown).
     ///
     /// ```
@@ -124,6 +175,10 @@ impl Instance {
         }
     }
 }
+
+/// The metadata key under which an [`Instance`] lists its service's methods,
+/// comma-separated.
+pub const METHODS_METADATA_KEY: &str = "methods";
 
 /// The identity of an [`Instance`]: what `deregister` names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

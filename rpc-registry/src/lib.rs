@@ -66,7 +66,7 @@
 //!     .await?
 //!     .spawn();
 //! let publisher = Publisher::builder(rpc_registry::connect(&url)?).start();
-//! publisher.publish(Instance::new("example.Hello", server.local_addr().to_string()))?;
+//! publisher.publish(Instance::of(&HelloServer::new(Greeter), server.local_addr().to_string()))?;
 //! publisher.wait_registered(Duration::from_secs(5)).await?;
 //!
 //! // A consumer: discover, call.
@@ -95,6 +95,7 @@ mod validate;
 pub use api::{
     ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApi,
     RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary, ServiceView,
+    METHODS_METADATA_KEY,
 };
 pub use cli::{init_logging, parse_duration, shutdown_signal, RegistryArgs};
 pub use client::{

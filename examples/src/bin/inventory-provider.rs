@@ -52,8 +52,10 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     rpc_examples::init_logging();
     let args = Args::parse();
-    let mut builder =
-        Server::builder().add_service(InventoryServer::new(InMemoryInventory::default()));
+    let skeleton = InventoryServer::new(InMemoryInventory::default());
+    // Registered with its method list, so the registry (and `rpcctl`) know them.
+    let instance = |addr: String| Instance::of(&skeleton, addr).weight(args.weight);
+    let mut builder = Server::builder().add_service(skeleton.clone());
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }
@@ -79,8 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let publisher = publisher.start();
     let advertised = args.advertise.unwrap_or_else(|| addr.to_string());
-    publisher
-        .publish(Instance::new(rpc_examples::INVENTORY_SERVICE, advertised).weight(args.weight))?;
+    publisher.publish(instance(advertised))?;
     match publisher.wait_registered(Duration::from_secs(5)).await {
         Ok(()) => tracing::info!(registry = %url, "registered"),
         // Refused for good: serving undiscoverable would hide the mistake.

@@ -11,6 +11,8 @@
 //! - `connection`: one connection's task and the callers multiplexed on it;
 //! - `pending`: the calls a connection waits on, by request id, and their deadlines;
 //! - `sync`: sync mode's executor;
+//! - `generic` (feature `json`): [`Client::call_json`], any method with JSON arguments
+//!   and a JSON result;
 //! - `config`: [`ClientConfig`] and [`ClientBuilder`], checked when connecting.
 //!
 //! A [`Client`] is cheap to clone; clones share connections. Generated stubs
@@ -31,6 +33,8 @@
 mod call;
 mod config;
 mod connection;
+#[cfg(feature = "json")]
+mod generic;
 mod pending;
 mod pool;
 mod route;
@@ -45,6 +49,8 @@ use tokio::runtime::Handle;
 
 pub use call::{Call, CallFuture, RemoteCall};
 pub use config::{ClientBuilder, ClientConfig};
+#[cfg(feature = "json")]
+pub use generic::{GenericError, JsonCall};
 use rpc_lb::LoadBalancer;
 
 use crate::error::RpcError;

@@ -346,6 +346,8 @@ impl<L> ServerBuilder<L> {
         <L::Service as tower::Service<ServerRequest>>::Future: Send + 'static,
     {
         self.config.validate()?;
+        let mut services = self.services;
+        crate::reflection::install(&mut services)?;
         let runtime =
             Handle::try_current().map_err(|_| RpcError::NoRuntime("ServerBuilder::bind"))?;
         let shown = format!("{addr:?}");
@@ -360,7 +362,7 @@ impl<L> ServerBuilder<L> {
             local_addr,
             runtime,
             config: self.config,
-            services: self.services,
+            services,
             chain: self
                 .layered
                 .then(|| BoxCloneSyncService::new(self.layers.layer(Invoker))),

@@ -12,6 +12,9 @@
 //! - `service`: the [`Service`] contract the generated skeleton implements;
 //! - `config`: [`ServerConfig`] and [`ServerBuilder`], checked at [`bind`](ServerBuilder::bind).
 //!
+//! Every server also hosts the built-in reflection service
+//! ([`reflection`](crate::reflection)), added at [`bind`](ServerBuilder::bind).
+//!
 //! ```no_run
 //! # use rpc_core::{service, Server};
 //! #[service]

@@ -124,6 +124,14 @@ pub trait Service: Send + Sync + 'static {
     /// The names of the service's methods, for listings.
     fn methods(&self) -> &'static [&'static str];
 
+    /// The service's description, served by the built-in reflection service
+    /// ([`Reflection`](crate::reflection::Reflection)). `#[service]` generates it from the trait
+    /// (docs, argument names and types, result and error types, oneway); a hand-written
+    /// service that does not override it is described by its method names alone.
+    fn descriptor(&self) -> crate::reflection::ServiceDescriptor {
+        crate::reflection::ServiceDescriptor::undescribed(self.name(), self.methods())
+    }
+
     /// Decodes `args` (the MessagePack argument tuple) for `method` and returns the
     /// running call (see [`dispatched`]).
     ///

@@ -3,6 +3,7 @@
 
 mod checks;
 mod client;
+mod descriptor;
 mod server;
 mod service_trait;
 

@@ -20,6 +20,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
     );
     let arms = def.methods.iter().map(|m| arm(def, m));
     let method_list = method_list(def);
+    let descriptor = super::descriptor::generate(def);
     let bounds = checks::server_bounds(def);
     let where_clause = (!bounds.is_empty()).then(|| quote!(where #(#bounds),*));
     quote! {
@@ -71,6 +72,11 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
             /// The wire names of the service's methods.
             fn methods(&self) -> &'static [&'static str] {
                 #method_list
+            }
+
+            /// The service's description, for the reflection service.
+            fn descriptor(&self) -> ::rpc_core::reflection::ServiceDescriptor {
+                #descriptor
             }
 
             /// Decodes the arguments of `method` and starts it on the implementation.
