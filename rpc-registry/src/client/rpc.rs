@@ -1,4 +1,5 @@
-//! The `rpc://` backend: our embedded registry, reached with our own client.
+//! The `rpc://` backend: our embedded registry, reached with our own client; and its
+//! `rpcs://` form over TLS (the `tls` feature).
 
 use std::time::Duration;
 
@@ -48,22 +49,118 @@ pub(super) fn parse_hosts(url: &str, rest: &str) -> Result<Vec<String>, Error> {
         .collect()
 }
 
+/// The TLS settings of an `rpcs://` URL's query,
+/// `?ca=PATH&cert=PATH&key=PATH&server_name=NAME` (all optional, values taken as
+/// written: no percent-decoding). Trust is the CA file's certificates, or the web PKI's
+/// roots built into the binary without `ca`; `cert` and `key` (both or neither) are the
+/// client's identity for mutual TLS; `server_name` is the name every registry's
+/// certificate must carry, by default the host as written in the URL (a DNS name or
+/// an IP address).
+#[cfg(feature = "tls")]
+pub(super) fn parse_tls(url: &str, rest: &str) -> Result<Vec<RpcBackend>, Error> {
+    use rpc_core::ClientTls;
+
+    let invalid = |reason: String| Error::InvalidUrl {
+        url: url.chars().take(128).collect(),
+        reason,
+    };
+    let refused = |reason: String| Error::Tls {
+        url: url.chars().take(128).collect(),
+        reason,
+    };
+    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (mut ca, mut cert, mut key, mut server_name) = (None, None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("query parameter {pair:?} has no value (name=value)")))?;
+        if value.is_empty() {
+            return Err(invalid(format!("query parameter {name:?} is empty")));
+        }
+        let slot = match name {
+            "ca" => &mut ca,
+            "cert" => &mut cert,
+            "key" => &mut key,
+            "server_name" => &mut server_name,
+            other => {
+                return Err(invalid(format!(
+                    "unknown query parameter {other:?} (rpcs:// takes ca, cert, key and \
+                     server_name)"
+                )))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(invalid(format!("query parameter {name:?} given twice")));
+        }
+    }
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|e| refused(format!("{what} file {path:?}: {e}")))
+    };
+    let tls = match ca {
+        Some(path) => ClientTls::with_ca_pem(&read("ca", path)?),
+        None => ClientTls::mozilla_roots(),
+    }
+    .map_err(|e| refused(e.to_string()))?;
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => tls
+            .identity_pem(&read("cert", cert)?, &read("key", key)?)
+            .map_err(|e| refused(e.to_string()))?,
+        (None, None) => tls,
+        _ => return Err(invalid("cert and key go together: give both or neither".into())),
+    };
+    parse_hosts(url, hosts)?
+        .into_iter()
+        .map(|addr| {
+            let name = match server_name {
+                Some(name) => name,
+                // `host:port`, `[v6]:port`: the host as written.
+                None => {
+                    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                    host.trim_start_matches('[').trim_end_matches(']')
+                }
+            };
+            let tls = tls
+                .clone()
+                .server_name(name)
+                .map_err(|e| invalid(format!("server name {name:?}: {e}")))?;
+            Ok(RpcBackend::with_tls(addr, tls))
+        })
+        .collect()
+}
+
 /// One embedded registry.
 #[derive(Debug)]
 pub(super) struct RpcBackend {
-    /// `rpc://host:port`, for logs.
+    /// `rpc://host:port` (`rpcs://` over TLS), for logs.
     url: String,
     /// `host:port`.
     addr: String,
+    /// TLS settings; `None`: plaintext.
+    #[cfg(feature = "tls")]
+    tls: Option<rpc_core::ClientTls>,
     /// Made on first successful use; it reconnects by itself afterwards.
     client: OnceCell<RegistryApiClient>,
 }
 
 impl RpcBackend {
+    /// A plaintext registry at `addr`.
     pub(super) fn new(addr: String) -> RpcBackend {
         RpcBackend {
             url: format!("rpc://{addr}"),
             addr,
+            #[cfg(feature = "tls")]
+            tls: None,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// A TLS registry at `addr`.
+    #[cfg(feature = "tls")]
+    fn with_tls(addr: String, tls: rpc_core::ClientTls) -> RpcBackend {
+        RpcBackend {
+            url: format!("rpcs://{addr}"),
+            addr,
+            tls: Some(tls),
             client: OnceCell::new(),
         }
     }
@@ -71,7 +168,13 @@ impl RpcBackend {
     async fn api(&self) -> Result<&RegistryApiClient, Error> {
         self.client
             .get_or_try_init(|| async {
-                let client = Client::builder()
+                let builder = Client::builder();
+                #[cfg(feature = "tls")]
+                let builder = match &self.tls {
+                    Some(tls) => builder.tls(tls.clone()),
+                    None => builder,
+                };
+                let client = builder
                     .timeout(CALL_TIMEOUT)
                     .connect_timeout(Duration::from_secs(1))
                     // A restarted registry is found again within half a second, so
@@ -101,6 +204,17 @@ impl RpcBackend {
                 registry: self.url.clone(),
                 source,
             },
+            // A TLS registry answers a plaintext client's first call so; say what
+            // to do about it.
+            RpcError::BadRequest(message) if message.contains("requires TLS") => {
+                Error::Unreachable {
+                    registry: self.url.clone(),
+                    reason: format!(
+                        "the registry serves TLS only: use rpcs://{} (it answered: {message})",
+                        self.addr
+                    ),
+                }
+            }
             other => self.unreachable(other),
         })
     }
