@@ -109,11 +109,9 @@ impl RegistryArgs {
             return Ok(None);
         };
         let invalid = |e: rpc_core::RpcError| io::Error::new(io::ErrorKind::InvalidInput, e);
-        let tls = rpc_core::ServerTls::from_pem(
-            &read("--tls-cert", cert)?,
-            &read("--tls-key", key)?,
-        )
-        .map_err(invalid)?;
+        let tls =
+            rpc_core::ServerTls::from_pem(&read("--tls-cert", cert)?, &read("--tls-key", key)?)
+                .map_err(invalid)?;
         let tls = match &self.tls_client_ca {
             Some(ca) => tls
                 .client_auth_required(&read("--tls-client-ca", ca)?)
@@ -127,8 +125,8 @@ impl RegistryArgs {
 /// The contents of the file a flag names; the error names both.
 #[cfg(feature = "tls")]
 fn read(flag: &str, path: &std::path::Path) -> io::Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{flag} {}: {e}", path.display())))
-}
+    std::fs::read(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{flag} {}: {e}", path.display())))
 }
 
 /// Parses `250ms`, `2s`, `1m` or a bare number of seconds.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use certs::TestCa;
 use rpc_core::ServerTls;
-use rpc_registry::{Consumer, Error, RegistryConfig, RegistryServer};
+use rpc_registry::{Consumer, Error, RegistryServer};
 use support::*;
 
 /// A directory of its own for one test's PEM files, removed when dropped.
@@ -106,10 +106,7 @@ async fn provider_registers_over_rpcs_and_consumer_discovers_and_calls() {
             .wait_for(Duration::from_secs(5), |p| p.len() == 1)
             .await
     );
-    let answer = WhoamiClient::new(consumer.client())
-        .whoami()
-        .await
-        .unwrap();
+    let answer = WhoamiClient::new(consumer.client()).whoami().await.unwrap();
     assert_eq!(answer, server.local_addr().to_string());
 
     consumer.shutdown().await;
@@ -203,15 +200,30 @@ fn bad_rpcs_urls_are_refused_before_anything_is_sent() {
     let missing = missing.to_str().unwrap();
     let not_pem = files.write("not.pem", "hello");
     for (url, expected) in [
-        ("rpcs://127.0.0.1:7000?trust=x".to_owned(), "unknown query parameter"),
+        (
+            "rpcs://127.0.0.1:7000?trust=x".to_owned(),
+            "unknown query parameter",
+        ),
         ("rpcs://127.0.0.1:7000?ca".to_owned(), "has no value"),
         ("rpcs://127.0.0.1:7000?ca=".to_owned(), "is empty"),
-        (format!("rpcs://127.0.0.1:7000?ca={ca_path}&ca={ca_path}"), "given twice"),
-        (format!("rpcs://127.0.0.1:7000?cert={ca_path}"), "cert and key go together"),
+        (
+            format!("rpcs://127.0.0.1:7000?ca={ca_path}&ca={ca_path}"),
+            "given twice",
+        ),
+        (
+            format!("rpcs://127.0.0.1:7000?cert={ca_path}"),
+            "cert and key go together",
+        ),
         (format!("rpcs://127.0.0.1:7000?ca={missing}"), "missing.pem"),
-        (format!("rpcs://127.0.0.1:7000?ca={not_pem}"), "TLS settings refused"),
+        (
+            format!("rpcs://127.0.0.1:7000?ca={not_pem}"),
+            "TLS settings refused",
+        ),
         (format!("rpcs://?ca={ca_path}"), "no registry address"),
-        ("rpcs://127.0.0.1:7000?server_name=a b".to_owned(), "server name"),
+        (
+            "rpcs://127.0.0.1:7000?server_name=a b".to_owned(),
+            "server name",
+        ),
     ] {
         let error = rpc_registry::connect(&url).expect_err(&url).to_string();
         assert!(error.contains(expected), "{url}: {error}");
@@ -264,7 +276,14 @@ async fn the_binary_serves_tls_from_its_flags() {
     assert!(err.contains("--tls-cert /nonexistent.pem"), "{err}");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_rpc-registry"))
-        .args(["--listen", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &key])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -71,9 +71,11 @@ pub(super) fn parse_tls(url: &str, rest: &str) -> Result<Vec<RpcBackend>, Error>
     let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (mut ca, mut cert, mut key, mut server_name) = (None, None, None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair
-            .split_once('=')
-            .ok_or_else(|| invalid(format!("query parameter {pair:?} has no value (name=value)")))?;
+        let (name, value) = pair.split_once('=').ok_or_else(|| {
+            invalid(format!(
+                "query parameter {pair:?} has no value (name=value)"
+            ))
+        })?;
         if value.is_empty() {
             return Err(invalid(format!("query parameter {name:?} is empty")));
         }
@@ -106,7 +108,11 @@ pub(super) fn parse_tls(url: &str, rest: &str) -> Result<Vec<RpcBackend>, Error>
             .identity_pem(&read("cert", cert)?, &read("key", key)?)
             .map_err(|e| refused(e.to_string()))?,
         (None, None) => tls,
-        _ => return Err(invalid("cert and key go together: give both or neither".into())),
+        _ => {
+            return Err(invalid(
+                "cert and key go together: give both or neither".into(),
+            ))
+        }
     };
     parse_hosts(url, hosts)?
         .into_iter()
