@@ -20,7 +20,9 @@ pub enum Error {
     /// The URL's scheme has no backend.
     #[error(
         "unsupported registry scheme {scheme:?}: this build supports rpc://host:port[,host:port] \
-         (and rpcs://host:port[,host:port][?ca=PATH] with the `tls` feature, etcd://host:port[,host:port][/root] with the `etcd` feature, \
+         (and rpcs://host:port[,host:port][?ca=PATH] with the `tls` feature, \
+         etcd://host:port[,host:port][/root] with the `etcd` feature, etcds://... with `etcd` \
+         and `tls`, \
          zookeeper://host:port[,host:port][/chroot] with the `zookeeper` feature)"
     )]
     UnsupportedScheme {

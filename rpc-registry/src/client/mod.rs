@@ -21,6 +21,8 @@ mod layout;
 mod publisher;
 mod rpc;
 mod snapshot;
+#[cfg(feature = "tls")]
+mod tls;
 #[cfg(feature = "zookeeper")]
 mod zookeeper;
 
@@ -184,12 +186,15 @@ impl Registries {
 ///   with [`Error::Unreachable`] naming the failed handshake.
 /// - `etcd://h1:2379[,h2:2379...][/root]` (feature `etcd`): one etcd cluster, reached
 ///   through any of the endpoints; keys live under `/root` (default `/dubbo`).
+/// - `etcds://h1:2379[,h2:2379...][/root][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
+///   (features `etcd` and `tls`): the same over TLS, with the query of `rpcs://`
+///   (every member's certificate must name its host as written, or `server_name`).
 /// - `zookeeper://h1:2181[,h2:2181...][/chroot]` (feature `zookeeper`): one ZooKeeper
 ///   ensemble (3.6 or later), reached through any of the hosts; nodes live under
 ///   `{chroot}/dubbo` in Dubbo's layout (`/dubbo/{service}/providers/...`).
 ///
-/// Without its feature, `rpcs://`, `etcd://` or `zookeeper://` is an unsupported
-/// scheme.
+/// Without its features, `rpcs://`, `etcd://`, `etcds://` or `zookeeper://` is an
+/// unsupported scheme.
 ///
 /// ```
 /// let registries = rpc_registry::connect("rpc://127.0.0.1:7000,127.0.0.1:7001")?;
@@ -226,6 +231,10 @@ pub fn connect(url: &str) -> Result<Registries, Error> {
         #[cfg(feature = "etcd")]
         "etcd" => Ok(Registries::from_backends(vec![Arc::new(
             etcd::EtcdBackend::parse(url, rest)?,
+        )])),
+        #[cfg(all(feature = "etcd", feature = "tls"))]
+        "etcds" => Ok(Registries::from_backends(vec![Arc::new(
+            etcd::EtcdBackend::parse_tls(url, rest)?,
         )])),
         #[cfg(feature = "zookeeper")]
         "zookeeper" => Ok(Registries::from_backends(vec![Arc::new(

@@ -49,87 +49,44 @@ pub(super) fn parse_hosts(url: &str, rest: &str) -> Result<Vec<String>, Error> {
         .collect()
 }
 
-/// The TLS settings of an `rpcs://` URL's query,
-/// `?ca=PATH&cert=PATH&key=PATH&server_name=NAME` (all optional, values taken as
-/// written: no percent-decoding). Trust is the CA file's certificates, or the web PKI's
-/// roots built into the binary without `ca`; `cert` and `key` (both or neither) are the
-/// client's identity for mutual TLS; `server_name` is the name every registry's
-/// certificate must carry, by default the host as written in the URL (a DNS name or
-/// an IP address).
+/// The registries of an `rpcs://` URL, `rest` being what follows the scheme; the
+/// query is [`tls::split`](super::tls::split)'s. Trust is the `ca` file's certificates,
+/// or the web PKI's roots built into the binary without it; each registry's
+/// certificate must name `server_name`, or by default its host as written in the URL
+/// (a DNS name or an IP address).
 #[cfg(feature = "tls")]
 pub(super) fn parse_tls(url: &str, rest: &str) -> Result<Vec<RpcBackend>, Error> {
+    use super::tls;
     use rpc_core::ClientTls;
 
-    let invalid = |reason: String| Error::InvalidUrl {
-        url: url.chars().take(128).collect(),
-        reason,
-    };
-    let refused = |reason: String| Error::Tls {
-        url: url.chars().take(128).collect(),
-        reason,
-    };
-    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (mut ca, mut cert, mut key, mut server_name) = (None, None, None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').ok_or_else(|| {
-            invalid(format!(
-                "query parameter {pair:?} has no value (name=value)"
-            ))
-        })?;
-        if value.is_empty() {
-            return Err(invalid(format!("query parameter {name:?} is empty")));
-        }
-        let slot = match name {
-            "ca" => &mut ca,
-            "cert" => &mut cert,
-            "key" => &mut key,
-            "server_name" => &mut server_name,
-            other => {
-                return Err(invalid(format!(
-                    "unknown query parameter {other:?} (rpcs:// takes ca, cert, key and \
-                     server_name)"
-                )))
-            }
-        };
-        if slot.replace(value).is_some() {
-            return Err(invalid(format!("query parameter {name:?} given twice")));
-        }
-    }
-    let read = |what: &str, path: &str| {
-        std::fs::read(path).map_err(|e| refused(format!("{what} file {path:?}: {e}")))
-    };
-    let tls = match ca {
-        Some(path) => ClientTls::with_ca_pem(&read("ca", path)?),
+    let (hosts, query) = tls::split(url, "rpcs", rest)?;
+    let config = match &query.ca {
+        Some(pem) => ClientTls::with_ca_pem(pem),
         None => ClientTls::mozilla_roots(),
     }
-    .map_err(|e| refused(e.to_string()))?;
-    let tls = match (cert, key) {
-        (Some(cert), Some(key)) => tls
-            .identity_pem(&read("cert", cert)?, &read("key", key)?)
-            .map_err(|e| refused(e.to_string()))?,
-        (None, None) => tls,
-        _ => {
-            return Err(invalid(
-                "cert and key go together: give both or neither".into(),
-            ))
-        }
+    .map_err(|e| tls::refused(url, e))?;
+    let config = match &query.identity {
+        Some((cert, key)) => config
+            .identity_pem(cert, key)
+            .map_err(|e| tls::refused(url, e))?,
+        None => config,
     };
     parse_hosts(url, hosts)?
         .into_iter()
         .map(|addr| {
-            let name = match server_name {
-                Some(name) => name,
+            let name = match &query.server_name {
+                Some(name) => name.as_str(),
                 // `host:port`, `[v6]:port`: the host as written.
                 None => {
                     let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
                     host.trim_start_matches('[').trim_end_matches(']')
                 }
             };
-            let tls = tls
+            let config = config
                 .clone()
                 .server_name(name)
-                .map_err(|e| invalid(format!("server name {name:?}: {e}")))?;
-            Ok(RpcBackend::with_tls(addr, tls))
+                .map_err(|e| tls::invalid(url, format!("server name {name:?}: {e}")))?;
+            Ok(RpcBackend::with_tls(addr, config))
         })
         .collect()
 }
