@@ -149,13 +149,15 @@ async fn until_ready(registries: &Registries, limit: Duration) {
 /// The error of one lookup through `url`, which must fail within 5 s.
 async fn lookup_error(url: &str) -> Error {
     let registries = rpc_registry::connect(url).unwrap();
-    tokio::time::timeout(
+    let error = tokio::time::timeout(
         Duration::from_secs(5),
         registries.members()[0].lookup(SERVICE),
     )
     .await
     .expect("a lookup that fails must fail, not hang")
-    .expect_err("the lookup must fail")
+    .expect_err("the lookup must fail");
+    eprintln!("lookup through {url}: {error}");
+    error
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,8 +196,10 @@ async fn etcd_over_tls_register_discover_and_call() {
     let other_path = etcd.dir.write("other.pem", &other.cert_pem());
     let error = lookup_error(&etcd.url(&format!("ca={other_path}"))).await;
     assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+    assert!(error.to_string().contains("UnknownIssuer"), "{error}");
     let error = lookup_error(&format!("etcd://{}/tls-test", etcd.endpoint)).await;
     assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+    assert!(error.to_string().contains("use etcds://"), "{error}");
 
     consumer.shutdown().await;
     publisher.shutdown().await;
@@ -221,4 +225,5 @@ async fn etcd_with_client_certificates_takes_a_client_with_one() {
 
     let error = lookup_error(&etcd.url(&format!("ca={}", etcd.ca_path))).await;
     assert!(matches!(error, Error::Unreachable { .. }), "{error:?}");
+    assert!(error.to_string().contains("cert= and key="), "{error}");
 }

@@ -76,7 +76,9 @@ async fn lookup_error(url: &str) -> Error {
         "failing took {:?}",
         started.elapsed()
     );
-    result.expect_err("the lookup must fail")
+    let error = result.expect_err("the lookup must fail");
+    eprintln!("lookup through {url}: {error}");
+    error
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,6 +141,7 @@ async fn mutual_tls_registry_takes_clients_with_a_certificate_only() {
     let without = format!("{}?ca={ca_path}", registry.url());
     let error = lookup_error(&without).await.to_string();
     assert!(error.contains("unreachable"), "{error}");
+    assert!(error.contains("CertificateRequired"), "{error}");
     registry.shutdown().await.unwrap();
 }
 

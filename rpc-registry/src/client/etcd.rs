@@ -139,9 +139,33 @@ impl EtcdBackend {
     }
 
     fn unreachable<E: std::fmt::Display>(&self, error: E) -> Error {
+        let mut reason = error.to_string();
+        // etcd drops a connection it cannot speak TLS with (plaintext on a TLS port, or
+        // a client without the certificate it requires) with no word of why; the
+        // client sees one of these, depending on timing.
+        let tls = self.url.starts_with("etcds://");
+        let dropped = [
+            "connection closed",
+            "broken pipe",
+            "reset by peer",
+            "Canceled",
+        ];
+        let refused_cert = ["BadCertificate", "CertificateRequired"];
+        if tls
+            && dropped
+                .iter()
+                .chain(&refused_cert)
+                .any(|s| reason.contains(s))
+        {
+            reason.push_str(
+                " (if etcd requires client certificates, give cert= and key= in the URL)",
+            );
+        } else if !tls && dropped.iter().any(|s| reason.contains(s)) {
+            reason.push_str(" (if etcd serves TLS, use etcds:// with the `tls` feature)");
+        }
         Error::Unreachable {
             registry: self.url.clone(),
-            reason: error.to_string(),
+            reason,
         }
     }
 
