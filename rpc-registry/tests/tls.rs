@@ -315,6 +315,26 @@ async fn the_binary_serves_tls_from_its_flags() {
         .unwrap()
         .unwrap();
     assert!(services.is_empty(), "{services:?}");
+    // The binary's own inspection reaches it through an `rpcs://` URL too.
+    let url = format!("rpcs://{addr}?ca={ca_path}");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_rpc-registry"))
+            .args(["services", "--registry", &url])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    });
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("services answers")
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(out.contains(&format!("rpcs://{addr}")), "{out}");
     let text = lookup_error(&format!("rpc://{addr}")).await.to_string();
     assert!(text.contains("serves TLS only"), "{text}");
 }
