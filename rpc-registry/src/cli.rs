@@ -3,6 +3,9 @@
 //! [`shutdown_signal`] and [`init_logging`]. Binaries call these; the libraries never
 //! install signal handlers or loggers themselves.
 
+use std::io;
+#[cfg(feature = "tls")]
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::server::RegistryConfig;
@@ -12,9 +15,14 @@ use crate::server::RegistryConfig;
 /// ```
 /// use clap::Parser;
 /// let args = rpc_registry::RegistryArgs::parse_from(["registry", "--ttl", "9s"]);
-/// let config = args.config();
+/// let config = args.config()?;
 /// assert_eq!(config.ttl, std::time::Duration::from_secs(9));
+/// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// With the `tls` feature, `--tls-cert PATH --tls-key PATH` serve over TLS (clients
+/// use `rpcs://` URLs) and `--tls-client-ca PATH` also requires client certificates
+/// issued by that CA (mutual TLS).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     about = "The embedded heartbeat registry of the RPC framework",
@@ -49,13 +57,32 @@ pub struct RegistryArgs {
     /// Worker reactors.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// PEM certificate chain (leaf first) to serve TLS with; needs --tls-key.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate they issued (mutual
+    /// TLS); needs --tls-cert.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl RegistryArgs {
-    /// The registry settings these flags describe (checked when the registry binds).
-    pub fn config(&self) -> RegistryConfig {
+    /// The registry settings these flags describe (checked when the registry binds),
+    /// with the TLS files read when TLS flags are given.
+    ///
+    /// # Errors
+    ///
+    /// A TLS file that cannot be read (`NotFound`, ...) or holds no usable
+    /// certificate or key (`InvalidInput`); the message names the flag and the file.
+    pub fn config(&self) -> io::Result<RegistryConfig> {
         let defaults = RegistryConfig::default();
-        RegistryConfig::default()
+        let config = RegistryConfig::default()
             .heartbeat_interval(self.heartbeat_interval)
             .ttl(self.ttl)
             // A TTL below the default floor given on the command line is meant.
@@ -65,8 +92,41 @@ impl RegistryArgs {
             .max_watch_wait(self.max_watch_wait)
             .max_instances_per_lease(self.max_instances_per_lease)
             .max_instances(self.max_instances)
-            .workers(self.workers)
+            .workers(self.workers);
+        #[cfg(feature = "tls")]
+        let config = match self.server_tls()? {
+            Some(tls) => config.tls(tls),
+            None => config,
+        };
+        Ok(config)
     }
+
+    /// The server's TLS settings from `--tls-cert`, `--tls-key` and
+    /// `--tls-client-ca`; `None` without `--tls-cert`.
+    #[cfg(feature = "tls")]
+    fn server_tls(&self) -> io::Result<Option<rpc_core::ServerTls>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let invalid = |e: rpc_core::RpcError| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let tls =
+            rpc_core::ServerTls::from_pem(&read("--tls-cert", cert)?, &read("--tls-key", key)?)
+                .map_err(invalid)?;
+        let tls = match &self.tls_client_ca {
+            Some(ca) => tls
+                .client_auth_required(&read("--tls-client-ca", ca)?)
+                .map_err(invalid)?,
+            None => tls,
+        };
+        Ok(Some(tls))
+    }
+}
+
+/// The contents of the file a flag names; the error names both.
+#[cfg(feature = "tls")]
+fn read(flag: &str, path: &std::path::Path) -> io::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{flag} {}: {e}", path.display())))
 }
 
 /// Parses `250ms`, `2s`, `1m` or a bare number of seconds.

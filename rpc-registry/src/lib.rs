@@ -22,8 +22,16 @@
 //!
 //! # Cargo features
 //!
-//! Both off by default, so a user of the embedded registry compiles neither client:
+//! All off by default, so a user of the embedded registry compiles neither client
+//! and no TLS:
 //!
+//! - `tls`: the registry over TLS (rpc-core's `tls`, rustls). A server takes
+//!   `RegistryConfig::tls` (the binary: `--tls-cert PATH --tls-key PATH`, and
+//!   `--tls-client-ca PATH` for mutual TLS); clients reach it at
+//!   `rpcs://host:port[,host:port][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
+//!   (see [`connect`]). A plaintext `rpc://` URL against a TLS registry fails its first
+//!   call with an error saying to use `rpcs://`. With `etcd` too,
+//!   `etcds://h1:2379[,h2:2379][/root]` with the same query reaches etcd over TLS.
 //! - `etcd`: the `etcd://h1:2379[,h2:2379][/root]` backend (leases with a TTL, watches
 //!   from a revision), on `etcd-client`; needs `protoc` at build time.
 //! - `zookeeper`: the `zookeeper://h1:2181[,h2:2181][/chroot]` backend (sessions,

@@ -12,7 +12,7 @@ use rpc_registry::{RegistryArgs, RegistryServer};
 async fn main() -> std::io::Result<()> {
     rpc_examples::init_logging();
     let args = RegistryArgs::parse();
-    let registry = RegistryServer::bind(&args.listen, args.config()).await?;
+    let registry = RegistryServer::bind(&args.listen, args.config()?).await?;
     // The one line scripts and tests read to find the port.
     println!("registry listening on {}", registry.local_addr());
     rpc_examples::shutdown_signal().await;

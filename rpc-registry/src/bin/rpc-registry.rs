@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! cargo run -p rpc-registry -- --listen 127.0.0.1:7000 --ttl 6s --heartbeat-interval 2s
+//! cargo run -p rpc-registry --features tls -- --listen 0.0.0.0:7000 \
+//!     --tls-cert registry.pem --tls-key registry.key [--tls-client-ca clients-ca.pem]
 //! cargo run -p rpc-registry -- services --registry rpc://127.0.0.1:7000
 //! cargo run -p rpc-registry -- instances --registry rpc://127.0.0.1:7000 example.Inventory
+//! cargo run -p rpc-registry --features tls -- services \
+//!     --registry 'rpcs://registry.internal:7000?ca=ca.pem'
 //! ```
 
 use std::process::ExitCode;
@@ -33,13 +37,13 @@ struct Cli {
 enum Inspect {
     /// Every service: instances, consumers, revision.
     Services {
-        /// The registries (`rpc://host:port[,host:port]`).
+        /// The registries (`rpc://host:port[,host:port]`, `rpcs://...` over TLS).
         #[arg(long, default_value = "rpc://127.0.0.1:7000")]
         registry: String,
     },
     /// The instances and consumers of one service.
     Instances {
-        /// The registries (`rpc://host:port[,host:port]`).
+        /// The registries (`rpc://host:port[,host:port]`, `rpcs://...` over TLS).
         #[arg(long, default_value = "rpc://127.0.0.1:7000")]
         registry: String,
         /// The service.
@@ -65,7 +69,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: RegistryArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let registry = RegistryServer::bind(&args.listen, args.config())
+    let registry = RegistryServer::bind(&args.listen, args.config()?)
         .await
         .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
     // The one line scripts and tests read to find the port.

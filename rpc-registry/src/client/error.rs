@@ -20,12 +20,23 @@ pub enum Error {
     /// The URL's scheme has no backend.
     #[error(
         "unsupported registry scheme {scheme:?}: this build supports rpc://host:port[,host:port] \
-         (and etcd://host:port[,host:port][/root] with the `etcd` feature, \
+         (and rpcs://host:port[,host:port][?ca=PATH] with the `tls` feature, \
+         etcd://host:port[,host:port][/root] with the `etcd` feature, etcds://... with `etcd` \
+         and `tls`, \
          zookeeper://host:port[,host:port][/chroot] with the `zookeeper` feature)"
     )]
     UnsupportedScheme {
         /// The scheme given.
         scheme: String,
+    },
+    /// The TLS settings an `rpcs://` URL names were refused: a file that cannot be
+    /// read, or holds no usable certificate or key.
+    #[error("registry url {url:?}: TLS settings refused: {reason}")]
+    Tls {
+        /// The URL (cut to 128 characters).
+        url: String,
+        /// Why.
+        reason: String,
     },
     /// The registry answered with a refusal.
     #[error("registry {registry} refused: {source}")]

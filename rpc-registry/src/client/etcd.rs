@@ -1,4 +1,5 @@
-//! The `etcd://` backend (feature `etcd`): leases are etcd leases, records are keys
+//! The `etcd://` backend (feature `etcd`), and `etcds://` over TLS (features `etcd`
+//! and `tls`): leases are etcd leases, records are keys
 //! attached to them, watches are etcd watches from the revision of the last read.
 //!
 //! Layout, under a root (`/dubbo` unless the URL names another):
@@ -49,6 +50,9 @@ pub(super) struct EtcdBackend {
     endpoints: Vec<String>,
     /// Key prefix without a trailing slash, e.g. `/dubbo`.
     root: String,
+    /// TLS settings (`etcds://`); `None`: plaintext.
+    #[cfg(feature = "tls")]
+    tls: Option<etcd_client::TlsOptions>,
     /// Made on first successful use; the channel reconnects by itself afterwards.
     client: OnceCell<Client>,
 }
@@ -75,8 +79,35 @@ impl EtcdBackend {
             url: format!("etcd://{}{}", endpoints.join(","), root),
             endpoints,
             root: root.to_owned(),
+            #[cfg(feature = "tls")]
+            tls: None,
             client: OnceCell::new(),
         })
+    }
+
+    /// A backend for `etcds://{rest}`: as [`parse`](Self::parse), then the TLS query
+    /// of [`tls::split`](super::tls::split). Trust is the `ca` file's certificates, or
+    /// the web PKI's roots built in without it; the members' certificates must name
+    /// `server_name`, or by default each endpoint's host as written.
+    #[cfg(feature = "tls")]
+    pub(super) fn parse_tls(url: &str, rest: &str) -> Result<EtcdBackend, Error> {
+        use etcd_client::{Certificate, Identity, TlsOptions};
+
+        let (rest, query) = super::tls::split(url, "etcds", rest)?;
+        let mut tls = match query.ca {
+            Some(pem) => TlsOptions::new().ca_certificate(Certificate::from_pem(pem)),
+            None => TlsOptions::new().with_webpki_roots(),
+        };
+        if let Some((cert, key)) = query.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = query.server_name {
+            tls = tls.domain_name(name);
+        }
+        let mut backend = EtcdBackend::parse(url, rest)?;
+        backend.url = format!("etcds://{}", &backend.url["etcd://".len()..]);
+        backend.tls = Some(tls);
+        Ok(backend)
     }
 
     async fn client(&self) -> Result<Client, Error> {
@@ -87,10 +118,16 @@ impl EtcdBackend {
                     .with_timeout(CALL_TIMEOUT)
                     .with_keep_alive(Duration::from_secs(1), Duration::from_secs(3))
                     .with_keep_alive_while_idle(true);
+                let scheme = "http";
+                #[cfg(feature = "tls")]
+                let (options, scheme) = match &self.tls {
+                    Some(tls) => (options.with_tls(tls.clone()), "https"),
+                    None => (options, scheme),
+                };
                 let endpoints: Vec<String> = self
                     .endpoints
                     .iter()
-                    .map(|e| format!("http://{e}"))
+                    .map(|e| format!("{scheme}://{e}"))
                     .collect();
                 tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options)))
                     .await
@@ -102,9 +139,33 @@ impl EtcdBackend {
     }
 
     fn unreachable<E: std::fmt::Display>(&self, error: E) -> Error {
+        let mut reason = error.to_string();
+        // etcd drops a connection it cannot speak TLS with (plaintext on a TLS port, or
+        // a client without the certificate it requires) with no word of why; the
+        // client sees one of these, depending on timing.
+        let tls = self.url.starts_with("etcds://");
+        let dropped = [
+            "connection closed",
+            "broken pipe",
+            "reset by peer",
+            "Canceled",
+        ];
+        let refused_cert = ["BadCertificate", "CertificateRequired"];
+        if tls
+            && dropped
+                .iter()
+                .chain(&refused_cert)
+                .any(|s| reason.contains(s))
+        {
+            reason.push_str(
+                " (if etcd requires client certificates, give cert= and key= in the URL)",
+            );
+        } else if !tls && dropped.iter().any(|s| reason.contains(s)) {
+            reason.push_str(" (if etcd serves TLS, use etcds:// with the `tls` feature)");
+        }
         Error::Unreachable {
             registry: self.url.clone(),
-            reason: error.to_string(),
+            reason,
         }
     }
 

@@ -21,6 +21,8 @@ mod layout;
 mod publisher;
 mod rpc;
 mod snapshot;
+#[cfg(feature = "tls")]
+mod tls;
 #[cfg(feature = "zookeeper")]
 mod zookeeper;
 
@@ -170,13 +172,29 @@ impl Registries {
 /// - `rpc://host:port[,host2:port2...]`: our embedded registry; each address is an
 ///   independent registry (providers register with each, consumers merge). A bare
 ///   `host:port[,...]` means the same.
+/// - `rpcs://host:port[,host:port...][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
+///   (feature `tls`): the same over TLS. The registries' certificates are checked
+///   against the CA certificates in the PEM file `ca`, or without it against the web
+///   PKI's roots built into the binary (Mozilla's; no system trust store is read);
+///   each must name its host as written in the URL, or `server_name` when given.
+///   `cert` and `key` (PEM files, both or neither) are presented to registries that
+///   require client certificates (mutual TLS). Values are taken as written (no
+///   percent-decoding). The files are read here, so a missing one fails now. A
+///   plaintext `rpc://` URL against a TLS registry fails its first call with
+///   [`Error::Unreachable`] saying the registry serves TLS only; an `rpcs://` URL
+///   against a plaintext registry, or one whose certificate is not trusted, fails
+///   with [`Error::Unreachable`] naming the failed handshake.
 /// - `etcd://h1:2379[,h2:2379...][/root]` (feature `etcd`): one etcd cluster, reached
 ///   through any of the endpoints; keys live under `/root` (default `/dubbo`).
+/// - `etcds://h1:2379[,h2:2379...][/root][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
+///   (features `etcd` and `tls`): the same over TLS, with the query of `rpcs://`
+///   (every member's certificate must name its host as written, or `server_name`).
 /// - `zookeeper://h1:2181[,h2:2181...][/chroot]` (feature `zookeeper`): one ZooKeeper
 ///   ensemble (3.6 or later), reached through any of the hosts; nodes live under
 ///   `{chroot}/dubbo` in Dubbo's layout (`/dubbo/{service}/providers/...`).
 ///
-/// Without its feature, `etcd://` or `zookeeper://` is an unsupported scheme.
+/// Without its features, `rpcs://`, `etcd://`, `etcds://` or `zookeeper://` is an
+/// unsupported scheme.
 ///
 /// ```
 /// let registries = rpc_registry::connect("rpc://127.0.0.1:7000,127.0.0.1:7001")?;
@@ -188,7 +206,7 @@ impl Registries {
 /// # Errors
 ///
 /// [`Error::InvalidUrl`] for a malformed URL, [`Error::UnsupportedScheme`] for a
-/// scheme with no backend.
+/// scheme with no backend, [`Error::Tls`] for TLS files that cannot be read or used.
 pub fn connect(url: &str) -> Result<Registries, Error> {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (scheme, rest),
@@ -202,9 +220,21 @@ pub fn connect(url: &str) -> Result<Registries, Error> {
                 .collect();
             Ok(Registries::from_backends(members))
         }
+        #[cfg(feature = "tls")]
+        "rpcs" => {
+            let members = rpc::parse_tls(url, rest)?
+                .into_iter()
+                .map(|backend| Arc::new(backend) as Arc<dyn Backend>)
+                .collect();
+            Ok(Registries::from_backends(members))
+        }
         #[cfg(feature = "etcd")]
         "etcd" => Ok(Registries::from_backends(vec![Arc::new(
             etcd::EtcdBackend::parse(url, rest)?,
+        )])),
+        #[cfg(all(feature = "etcd", feature = "tls"))]
+        "etcds" => Ok(Registries::from_backends(vec![Arc::new(
+            etcd::EtcdBackend::parse_tls(url, rest)?,
         )])),
         #[cfg(feature = "zookeeper")]
         "zookeeper" => Ok(Registries::from_backends(vec![Arc::new(

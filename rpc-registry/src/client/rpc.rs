@@ -1,4 +1,5 @@
-//! The `rpc://` backend: our embedded registry, reached with our own client.
+//! The `rpc://` backend: our embedded registry, reached with our own client; and its
+//! `rpcs://` form over TLS (the `tls` feature).
 
 use std::time::Duration;
 
@@ -48,22 +49,81 @@ pub(super) fn parse_hosts(url: &str, rest: &str) -> Result<Vec<String>, Error> {
         .collect()
 }
 
+/// The registries of an `rpcs://` URL, `rest` being what follows the scheme; the
+/// query is [`tls::split`](super::tls::split)'s. Trust is the `ca` file's certificates,
+/// or the web PKI's roots built into the binary without it; each registry's
+/// certificate must name `server_name`, or by default its host as written in the URL
+/// (a DNS name or an IP address).
+#[cfg(feature = "tls")]
+pub(super) fn parse_tls(url: &str, rest: &str) -> Result<Vec<RpcBackend>, Error> {
+    use super::tls;
+    use rpc_core::ClientTls;
+
+    let (hosts, query) = tls::split(url, "rpcs", rest)?;
+    let config = match &query.ca {
+        Some(pem) => ClientTls::with_ca_pem(pem),
+        None => ClientTls::mozilla_roots(),
+    }
+    .map_err(|e| tls::refused(url, e))?;
+    let config = match &query.identity {
+        Some((cert, key)) => config
+            .identity_pem(cert, key)
+            .map_err(|e| tls::refused(url, e))?,
+        None => config,
+    };
+    parse_hosts(url, hosts)?
+        .into_iter()
+        .map(|addr| {
+            let name = match &query.server_name {
+                Some(name) => name.as_str(),
+                // `host:port`, `[v6]:port`: the host as written.
+                None => {
+                    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+                    host.trim_start_matches('[').trim_end_matches(']')
+                }
+            };
+            let config = config
+                .clone()
+                .server_name(name)
+                .map_err(|e| tls::invalid(url, format!("server name {name:?}: {e}")))?;
+            Ok(RpcBackend::with_tls(addr, config))
+        })
+        .collect()
+}
+
 /// One embedded registry.
 #[derive(Debug)]
 pub(super) struct RpcBackend {
-    /// `rpc://host:port`, for logs.
+    /// `rpc://host:port` (`rpcs://` over TLS), for logs.
     url: String,
     /// `host:port`.
     addr: String,
+    /// TLS settings; `None`: plaintext.
+    #[cfg(feature = "tls")]
+    tls: Option<rpc_core::ClientTls>,
     /// Made on first successful use; it reconnects by itself afterwards.
     client: OnceCell<RegistryApiClient>,
 }
 
 impl RpcBackend {
+    /// A plaintext registry at `addr`.
     pub(super) fn new(addr: String) -> RpcBackend {
         RpcBackend {
             url: format!("rpc://{addr}"),
             addr,
+            #[cfg(feature = "tls")]
+            tls: None,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// A TLS registry at `addr`.
+    #[cfg(feature = "tls")]
+    fn with_tls(addr: String, tls: rpc_core::ClientTls) -> RpcBackend {
+        RpcBackend {
+            url: format!("rpcs://{addr}"),
+            addr,
+            tls: Some(tls),
             client: OnceCell::new(),
         }
     }
@@ -71,7 +131,13 @@ impl RpcBackend {
     async fn api(&self) -> Result<&RegistryApiClient, Error> {
         self.client
             .get_or_try_init(|| async {
-                let client = Client::builder()
+                let builder = Client::builder();
+                #[cfg(feature = "tls")]
+                let builder = match &self.tls {
+                    Some(tls) => builder.tls(tls.clone()),
+                    None => builder,
+                };
+                let client = builder
                     .timeout(CALL_TIMEOUT)
                     .connect_timeout(Duration::from_secs(1))
                     // A restarted registry is found again within half a second, so
@@ -101,6 +167,17 @@ impl RpcBackend {
                 registry: self.url.clone(),
                 source,
             },
+            // A TLS registry answers a plaintext client's first call so; say what
+            // to do about it.
+            RpcError::BadRequest(message) if message.contains("requires TLS") => {
+                Error::Unreachable {
+                    registry: self.url.clone(),
+                    reason: format!(
+                        "the registry serves TLS only: use rpcs://{} (it answered: {message})",
+                        self.addr
+                    ),
+                }
+            }
             other => self.unreachable(other),
         })
     }

@@ -68,6 +68,13 @@ pub struct RegistryConfig {
     pub max_frame_len: usize,
     /// Worker reactors of the registry's server. Default: 2.
     pub workers: usize,
+    /// TLS settings (the `tls` feature): the registry's certificate and key, and
+    /// optionally the CAs whose client certificates it requires (mutual TLS). With
+    /// them the registry accepts only TLS, and clients reach it at `rpcs://` URLs; a
+    /// plaintext client is answered `BAD_REQUEST` ("this server requires TLS") and
+    /// closed. Default: `None`, plaintext (`rpc://`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<rpc_core::ServerTls>,
 }
 
 impl Default for RegistryConfig {
@@ -88,6 +95,8 @@ impl Default for RegistryConfig {
             max_metadata_bytes: 4096,
             max_frame_len: 1 << 20,
             workers: 2,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -164,6 +173,21 @@ impl RegistryConfig {
         workers: usize
     );
 
+    /// Serves over TLS with these settings (the `tls` feature); see
+    /// [`tls`](Self::tls).
+    ///
+    /// ```no_run
+    /// # fn run(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), rpc_core::RpcError> {
+    /// let tls = rpc_core::ServerTls::from_pem(cert_pem, key_pem)?;
+    /// let config = rpc_registry::RegistryConfig::default().tls(tls);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: rpc_core::ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Checks the settings make sense together.
     fn validate(&self) -> Result<(), String> {
         let nonzero = [
@@ -223,6 +247,8 @@ pub struct RegistryServer {
     cancel: CancellationToken,
     /// The sweep task.
     tasks: TaskTracker,
+    /// `rpcs` when serving TLS, `rpc` otherwise.
+    scheme: &'static str,
 }
 
 impl RegistryServer {
@@ -243,7 +269,17 @@ impl RegistryServer {
         let state = Arc::new(State::new(config.clone(), Instant::now()));
         let cancel = CancellationToken::new();
         let service = RegistryService::new(Arc::clone(&state), cancel.clone());
-        let server = rpc_core::Server::builder()
+        let builder = rpc_core::Server::builder();
+        #[cfg(feature = "tls")]
+        let scheme = if config.tls.is_some() { "rpcs" } else { "rpc" };
+        #[cfg(not(feature = "tls"))]
+        let scheme = "rpc";
+        #[cfg(feature = "tls")]
+        let builder = match &config.tls {
+            Some(tls) => builder.tls(tls.clone()),
+            None => builder,
+        };
+        let server = builder
             .workers(config.workers)
             .max_frame_len(config.max_frame_len)
             // Long polls end at once on shutdown (they watch `cancel`), so a short
@@ -266,7 +302,15 @@ impl RegistryServer {
             state,
             cancel,
             tasks,
+            scheme,
         })
+    }
+
+    /// The URL clients reach the registry at: `rpc://{local_addr}`, or
+    /// `rpcs://{local_addr}` over TLS (clients add the query their trust needs, such
+    /// as `?ca=PATH`; see [`connect`](crate::connect)).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.local_addr())
     }
 
     /// Where the registry listens.
