@@ -215,6 +215,25 @@ impl RpcError {
         }
     }
 
+    /// The error for a request that could not be encoded: too large for a frame, bad
+    /// metadata, or arguments that do not serialize (`what` says which call).
+    pub(crate) fn from_encode(
+        error: crate::protocol::EncodeError,
+        what: impl std::fmt::Display,
+    ) -> RpcError {
+        use crate::protocol::EncodeError;
+        match error {
+            EncodeError::Protocol(ProtocolError::FrameTooLarge { declared, max }) => {
+                RpcError::RequestTooLarge {
+                    len: usize::try_from(declared).unwrap_or(usize::MAX),
+                    max,
+                }
+            }
+            EncodeError::Protocol(p) => RpcError::Protocol(p),
+            EncodeError::Serialize(e) => RpcError::serialization(what, e),
+        }
+    }
+
     /// The error for a non-OK, non-application status with the server's message.
     pub(crate) fn from_status(status: Status, message: String, timeout: Duration) -> RpcError {
         match status {

@@ -4,7 +4,8 @@
 
 mod support;
 
-#[path = "support/certs.rs"]
+// The same test certificates as rpc-core's TLS tests, from one file.
+#[path = "../../rpc-core/tests/support/certs.rs"]
 mod certs;
 
 use std::net::TcpListener;

@@ -5,7 +5,8 @@
 
 mod support;
 
-#[path = "support/certs.rs"]
+// The same test certificates as rpc-core's TLS tests, from one file.
+#[path = "../../rpc-core/tests/support/certs.rs"]
 mod certs;
 
 use std::io::{BufRead, BufReader};

@@ -217,22 +217,15 @@ where
             &self.args,
             config.max_frame_len,
         )
-        .map_err(|e| match e {
-            EncodeError::Protocol(ProtocolError::FrameTooLarge { declared, max }) => {
-                RpcError::RequestTooLarge {
-                    len: usize::try_from(declared).unwrap_or(usize::MAX),
-                    max,
-                }
-            }
-            EncodeError::Protocol(p) => RpcError::Protocol(p),
-            EncodeError::Serialize(e) => RpcError::serialization(
+        .map_err(|e| {
+            RpcError::from_encode(
+                e,
                 format_args!(
                     "cannot encode the arguments of {} as {}",
                     self.target(),
                     std::any::type_name::<A>()
                 ),
-                e,
-            ),
+            )
         })
     }
 

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::Client;
 use crate::error::RpcError;
 use crate::protocol::{
-    encode_request, EncodeError, Frame, ProtocolError, RequestTarget, Status, SERIALIZATION_MSGPACK,
+    encode_request, Frame, ProtocolError, RequestTarget, Status, SERIALIZATION_MSGPACK,
 };
 use crate::reflection::{MethodDescriptor, ReflectionClient, ReflectionError};
 
@@ -295,18 +295,11 @@ impl JsonCall {
                 &JsonArgs(&args),
                 config.max_frame_len,
             )
-            .map_err(|e| match e {
-                EncodeError::Protocol(ProtocolError::FrameTooLarge { declared, max }) => {
-                    RpcError::RequestTooLarge {
-                        len: usize::try_from(declared).unwrap_or(usize::MAX),
-                        max,
-                    }
-                }
-                EncodeError::Protocol(p) => RpcError::Protocol(p),
-                EncodeError::Serialize(e) => RpcError::serialization(
-                    format_args!("cannot encode the JSON arguments of {target}"),
+            .map_err(|e| {
+                RpcError::from_encode(
                     e,
-                ),
+                    format_args!("cannot encode the JSON arguments of {target}"),
+                )
             })
         };
         let frame = client

@@ -25,9 +25,7 @@ use super::{status_of, BoxError};
 use crate::client::{PendingReply, Placement};
 use crate::error::RpcError;
 use crate::protocol::metadata::TraceContext;
-use crate::protocol::{
-    encode_raw_request, EncodeError, Frame, ProtocolError, RequestTarget, Status,
-};
+use crate::protocol::{encode_raw_request, Frame, RequestTarget, Status};
 use crate::Client;
 use rpc_lb::Picked;
 
@@ -635,16 +633,7 @@ fn encode(
         &request.body,
         config.max_frame_len,
     )
-    .map_err(|e| match e {
-        EncodeError::Protocol(ProtocolError::FrameTooLarge { declared, max }) => {
-            RpcError::RequestTooLarge {
-                len: usize::try_from(declared).unwrap_or(usize::MAX),
-                max,
-            }
-        }
-        EncodeError::Protocol(p) => RpcError::Protocol(p),
-        EncodeError::Serialize(e) => RpcError::serialization("cannot encode a request", e),
-    })
+    .map_err(|e| RpcError::from_encode(e, "cannot encode a request"))
 }
 
 /// A chain error for `error` from `provider` (a [`ProviderError`] when one is known).
