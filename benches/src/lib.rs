@@ -70,14 +70,18 @@
 #![forbid(unsafe_code)]
 
 mod affinity;
+mod default_report;
 mod load;
 mod report;
 mod server_process;
+mod setup;
 mod systems;
 
 pub use affinity::{pin_current_thread, CpuLayout};
+pub use default_report::{default_table, targets_table, DefaultCell};
 pub use load::{Load, Measurement};
 pub use report::{chain_table, markdown_table, CellResult};
 pub use server_process::{exit_when_stdin_closes, report_port, ServerProcess};
+pub use setup::{measure_as_users_do, peak_rss_kib, run_client_child, Sample, Setup};
 pub use systems::ours::{serve_with_in_flight_cap, Echo, EchoClient, EchoImpl, EchoServer};
 pub use systems::System;
