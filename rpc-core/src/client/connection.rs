@@ -528,8 +528,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
             }
         }
         // Let the callers just answered run (and queue their next calls) before
-        // reading on.
-        self.yield_now = shared.calls.len() < waiting;
+        // reading on. Not when no call is left waiting: the answered callers' next
+        // requests wake this task anyway, and on a multi-threaded runtime the yield
+        // cost a zero-timeout `epoll_wait` and a wake-up of the other worker per call
+        // (16 B, 1 in flight: 2.7 context switches, 1.5 futex calls and 2.8
+        // `epoll_wait` per call with it; 1.0, 0 and 1.0 without).
+        self.yield_now = shared.calls.len() < waiting && !shared.calls.is_empty();
         drop(shared);
         self.frames.clear();
         self.wake.drain(..).for_each(Waker::wake);
