@@ -12,7 +12,10 @@
 //! It takes about 5½ minutes. `--quick` is the CI smoke run (about 20 s; exits non-zero
 //! if any call fails); `--systems`, `--in-flight` and `--payloads` narrow the grid (for
 //! profiling one cell); `--cpus shared` runs client and servers on one CPU;
-//! `--client-threads N` gives the clients a multi-threaded runtime. The machine
+//! `--client-threads N` gives the clients a multi-threaded runtime; `--config default`
+//! measures the configuration users run instead (multi-threaded runtimes as
+//! `#[tokio::main]` builds them, default workers and client settings, no pinning, each
+//! client in a child process, peak RSS of both processes per cell). The machine
 //! is shared and noisy: `--rounds 3` reports the median of each figure over the rounds,
 //! and a table whose p99s are all in milliseconds was disturbed by something else and
 //! should be rerun.
@@ -27,7 +30,11 @@
 //!   its result ([`Measurement`]);
 //! - `server_process`: a system's server in a child process of its own
 //!   ([`ServerProcess`]);
-//! - `report`: the markdown table ([`CellResult`], [`markdown_table`]).
+//! - `report`: the markdown table ([`CellResult`], [`markdown_table`]);
+//! - `setup`: pinned or default setup ([`Setup`]); in the default one, each client in a
+//!   child process ([`measure_as_users_do`]) and peak RSS ([`peak_rss_kib`]);
+//! - `default_report`: the default setup's tables, with issue 12's targets marked
+//!   ([`DefaultCell`], [`default_table`], [`targets_table`]).
 //!
 //! The `rpc-mem` binary (`src/bin/rpc-mem.rs`) measures the server's resident memory
 //! per idle connection and per call in flight:
