@@ -12,7 +12,10 @@
 //! It takes about 5½ minutes. `--quick` is the CI smoke run (about 20 s; exits non-zero
 //! if any call fails); `--systems`, `--in-flight` and `--payloads` narrow the grid (for
 //! profiling one cell); `--cpus shared` runs client and servers on one CPU;
-//! `--client-threads N` gives the clients a multi-threaded runtime. The machine
+//! `--client-threads N` gives the clients a multi-threaded runtime; `--config default`
+//! measures the configuration users run instead (multi-threaded runtimes as
+//! `#[tokio::main]` builds them, default workers and client settings, no pinning, each
+//! client in a child process, peak RSS of both processes per cell). The machine
 //! is shared and noisy: `--rounds 3` reports the median of each figure over the rounds,
 //! and a table whose p99s are all in milliseconds was disturbed by something else and
 //! should be rerun.
@@ -29,7 +32,11 @@
 //!   ([`ServerProcess`]);
 //! - `report`: the markdown tables ([`CellResult`], [`markdown_table`], and
 //!   [`tls_table`] for `--tls`);
-//! - `tls_certs`: the certificates of `--tls` ([`BenchTls`]).
+//! - `tls_certs`: the certificates of `--tls` ([`BenchTls`]);
+//! - `setup`: pinned or default setup ([`Setup`]); in the default one, each client in a
+//!   child process ([`measure_as_users_do`]) and peak RSS ([`peak_rss_kib`]);
+//! - `default_report`: the default setup's tables, with issue 12's targets marked
+//!   ([`DefaultCell`], [`default_table`], [`targets_table`]).
 //!
 //! The `rpc-mem` binary (`src/bin/rpc-mem.rs`) measures the server's resident memory
 //! per idle connection and per call in flight:
@@ -72,18 +79,22 @@
 #![forbid(unsafe_code)]
 
 mod affinity;
+mod default_report;
 mod load;
 mod report;
 mod server_process;
+mod setup;
 mod systems;
 mod tls_certs;
 
 pub use affinity::{pin_current_thread, CpuLayout};
+pub use default_report::{default_table, targets_table, DefaultCell};
 pub use load::{ClientChain, Load, Measurement};
 pub use report::{
     chain_table, markdown_table, server_chain_table, tls_table, CellResult, ChainCell,
 };
 pub use server_process::{exit_when_stdin_closes, report_port, ServerProcess};
+pub use setup::{measure_as_users_do, peak_rss_kib, run_client_child, Sample, Setup};
 pub use systems::ours::{serve_with_in_flight_cap, Echo, EchoClient, EchoImpl, EchoServer};
 pub use systems::System;
 pub use tls_certs::BenchTls;

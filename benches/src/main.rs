@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rpc_benches::{
-    chain_table, exit_when_stdin_closes, markdown_table, pin_current_thread, report_port,
-    tls_table, BenchTls, CellResult, ChainCell, ClientChain, CpuLayout, Load, Measurement,
-    ServerProcess, System,
+    chain_table, default_table, exit_when_stdin_closes, markdown_table, measure_as_users_do,
+    pin_current_thread, report_port, run_client_child, targets_table, tls_table, BenchTls,
+    CellResult, ChainCell, ClientChain, CpuLayout, DefaultCell, Load, Measurement, Sample,
+    ServerProcess, Setup, System,
 };
 
 #[derive(Debug, Parser)]
@@ -54,6 +55,33 @@ enum Command {
         /// Where the driver wrote the TLS certificates (`ours-tls` needs them).
         #[arg(long)]
         tls_dir: Option<PathBuf>,
+        /// `default`: a multi-threaded runtime and `Server::builder()` defaults.
+        #[arg(long, value_enum, default_value_t = Setup::Pinned)]
+        config: Setup,
+    },
+    /// Runs one system's client against ADDR in the default setup and prints one line:
+    /// its measurement and this process's peak RSS (the driver starts these itself
+    /// with `--config default`).
+    #[command(hide = true)]
+    Client {
+        /// Which client.
+        #[arg(long, value_enum)]
+        system: System,
+        /// The server's address.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// Payload size in bytes.
+        #[arg(long)]
+        payload: usize,
+        /// Calls in flight.
+        #[arg(long)]
+        in_flight: usize,
+        /// Seconds of warm-up.
+        #[arg(long)]
+        warmup: f64,
+        /// Seconds measured.
+        #[arg(long)]
+        duration: f64,
     },
 }
 
@@ -74,7 +102,13 @@ struct RunArgs {
     /// percentile (each taken on its own: one disturbed round moves none of them).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Where the client and the servers run.
+    /// The setup: `pinned` (single-threaded runtimes, one server worker, CPUs as
+    /// `--cpus` says) or `default` (what users run: `#[tokio::main]` multi-threaded
+    /// runtimes, default workers and client settings, no pinning; each client in a
+    /// child process, peak RSS of both processes reported).
+    #[arg(long, value_enum, default_value_t = Setup::Pinned)]
+    config: Setup,
+    /// Where the client and the servers run (`--config pinned` only).
     #[arg(long, value_enum, default_value_t = CpuLayout::Split)]
     cpus: CpuLayout,
     /// Systems to run, in this order within each cell.
@@ -110,13 +144,22 @@ fn main() -> ExitCode {
             system,
             cpu,
             tls_dir,
-        }) => serve(system, cpu, tls_dir.as_deref()),
+            config,
+        }) => serve(system, cpu, tls_dir.as_deref(), config),
+        Some(Command::Client {
+            system,
+            addr,
+            payload,
+            in_flight,
+            warmup,
+            duration,
+        }) => client(system, addr, payload, in_flight, warmup, duration),
         None => run(&cli.run),
     }
 }
 
 /// The server side: serves until stdin closes or the driver kills it.
-fn serve(system: System, cpu: Option<usize>, tls_dir: Option<&Path>) -> ExitCode {
+fn serve(system: System, cpu: Option<usize>, tls_dir: Option<&Path>, config: Setup) -> ExitCode {
     if let Some(dir) = tls_dir {
         match BenchTls::read_from(dir) {
             Ok(tls) => tls.install(),
@@ -140,7 +183,10 @@ fn serve(system: System, cpu: Option<usize>, tls_dir: Option<&Path>) -> ExitCode
         eprintln!("rpc-bench server: cannot start the stdin watchdog: {e}");
         return ExitCode::FAILURE;
     }
-    let result = system.serve(report_port);
+    let result = match config {
+        Setup::Pinned => system.serve(report_port),
+        Setup::Default => system.serve_as_users_do(report_port),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -173,6 +219,9 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     // Counted before pinning narrows what this process sees.
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    if args.config == Setup::Default {
+        return run_default(args, &program, warmup, duration, cpus);
+    }
     if let Some(cpu) = args.cpus.client_cpu() {
         if let Err(e) = pin_current_thread(cpu) {
             eprintln!("rpc-bench: {e}");
@@ -316,6 +365,139 @@ fn make_certificates() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot write certificates to {}: {e}", dir.display()))?;
     tls.install();
     Ok(dir)
+}
+
+/// The client child of the default setup: measures, prints its one line.
+fn client(
+    system: System,
+    addr: std::net::SocketAddr,
+    payload: usize,
+    in_flight: usize,
+    warmup: f64,
+    duration: f64,
+) -> ExitCode {
+    let (Ok(warmup), Ok(duration)) = (
+        Duration::try_from_secs_f64(warmup),
+        Duration::try_from_secs_f64(duration),
+    ) else {
+        eprintln!("rpc-bench client: --warmup and --duration must be non-negative seconds");
+        return ExitCode::FAILURE;
+    };
+    let load = Load {
+        in_flight,
+        payload,
+        warmup,
+        duration,
+        client_threads: std::thread::available_parallelism().map_or(1, usize::from),
+        chain: ClientChain::None,
+    };
+    match run_client_child(system, addr, &load) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The driver of `--config default`: every cell, every system, interleaved, each
+/// measurement a fresh server and a fresh client process; then the tables.
+fn run_default(
+    args: &RunArgs,
+    program: &Path,
+    warmup: Duration,
+    duration: Duration,
+    cpus: usize,
+) -> ExitCode {
+    let began = std::time::Instant::now();
+    let rounds = args.rounds.max(1);
+    let total = args.payloads.len() * args.in_flight.len() * args.systems.len() * rounds;
+    let mut done = 0;
+    let mut failed = false;
+    let mut cells = Vec::new();
+    for &payload in &args.payloads {
+        for &in_flight in &args.in_flight {
+            let load = Load {
+                in_flight,
+                payload,
+                warmup,
+                duration,
+                client_threads: cpus.max(1),
+                chain: ClientChain::None,
+            };
+            let mut runs: BTreeMap<System, Vec<Result<Sample, String>>> = BTreeMap::new();
+            for _ in 0..rounds {
+                for &system in &args.systems {
+                    let result = measure_as_users_do(program, system, &load);
+                    done += 1;
+                    let measurement = result.as_ref().map(|s| s.measurement.clone());
+                    progress(
+                        done,
+                        total,
+                        system,
+                        &load,
+                        &measurement.map_err(Clone::clone),
+                    );
+                    if let Ok(s) = &result {
+                        eprintln!(
+                            "          peak RSS: server {:.1} MiB, client {:.1} MiB",
+                            s.server_peak_kib as f64 / 1024.0,
+                            s.client_peak_kib as f64 / 1024.0
+                        );
+                    }
+                    failed |= !matches!(&result, Ok(s) if s.measurement.errors == 0);
+                    runs.entry(system).or_default().push(result);
+                }
+            }
+            cells.push(DefaultCell {
+                payload,
+                in_flight,
+                results: args
+                    .systems
+                    .iter()
+                    .filter_map(|s| runs.remove(s).map(|r| (*s, median_sample(r))))
+                    .collect(),
+            });
+        }
+    }
+    println!(
+        "rpc-bench --config default: {:.2} s measured after {:.2} s warm-up per system and \
+         cell, {rounds} round(s) (median of each figure, peak RSS included), {cpus} CPUs, no \
+         pinning; one TCP connection on 127.0.0.1; both sides on multi-threaded runtimes as \
+         `#[tokio::main]` builds them, default workers and client settings; each client in \
+         a child process of its own.\n",
+        duration.as_secs_f64(),
+        warmup.as_secs_f64(),
+    );
+    print!("{}", default_table(&cells));
+    if let Some(targets) = targets_table(&cells) {
+        println!();
+        print!("{targets}");
+    }
+    eprintln!("rpc-bench: took {:.0} s", began.elapsed().as_secs_f64());
+    if failed {
+        eprintln!("rpc-bench: some runs failed; see above");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// [`median`] of the measurements, and the median of each process's peak RSS.
+fn median_sample(runs: Vec<Result<Sample, String>>) -> Result<Sample, String> {
+    let mut server: Vec<u64> = runs.iter().flatten().map(|s| s.server_peak_kib).collect();
+    let mut client: Vec<u64> = runs.iter().flatten().map(|s| s.client_peak_kib).collect();
+    server.sort_unstable();
+    client.sort_unstable();
+    let measurement = median(runs.into_iter().map(|r| r.map(|s| s.measurement)).collect())?;
+    Ok(Sample {
+        measurement,
+        server_peak_kib: server[server.len() / 2],
+        client_peak_kib: client[client.len() / 2],
+    })
 }
 
 /// One measurement against a fresh server process.

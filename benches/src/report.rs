@@ -243,7 +243,7 @@ pub fn tls_table(cells: &[CellResult]) -> Option<String> {
 }
 
 /// `16 B`, `1 KiB`, `64 KiB`.
-fn payload_label(bytes: usize) -> String {
+pub(crate) fn payload_label(bytes: usize) -> String {
     if bytes >= 1024 && bytes % 1024 == 0 {
         format!("{} KiB", bytes / 1024)
     } else {
@@ -252,7 +252,7 @@ fn payload_label(bytes: usize) -> String {
 }
 
 /// Microseconds, with one decimal below 100.
-fn micros(d: Duration) -> String {
+pub(crate) fn micros(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us < 100.0 {
         format!("{us:.1}")

@@ -118,6 +118,74 @@ impl System {
     }
 }
 
+impl System {
+    /// Runs this system's echo server the way a user's binary would: on the
+    /// multi-threaded runtime `#[tokio::main]` builds (one worker thread per CPU), with
+    /// the system's default settings (ours: `Server::builder()` defaults, so one worker
+    /// reactor per CPU). Calls `ready` with the bound address; returns only on failure.
+    ///
+    /// # Errors
+    ///
+    /// If the runtime cannot start, the socket cannot be bound or accepted on, or the
+    /// system is a filter-chain or TLS variant (those run only in the pinned setup).
+    pub fn serve_as_users_do(self, ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            match self {
+                System::Ours => ours::serve_defaults(ready).await,
+                System::Tarpc => tarpc_echo::serve(ready).await,
+                System::Raw => raw_echo::serve(ready).await,
+                System::OursNoop | System::OursProd | System::OursTls => {
+                    Err(Self::pinned_only(self))
+                }
+            }
+        })
+    }
+
+    /// Runs `load` against this system's server at `addr` over one connection the way
+    /// a user's binary would: on the multi-threaded runtime `#[tokio::main]` builds,
+    /// with default client settings (ours: `Client::connect`). The raw echo keeps its
+    /// one-task client, the strongest floor.
+    ///
+    /// # Errors
+    ///
+    /// As [`System::measure`], and for the filter-chain variants.
+    pub fn measure_as_users_do(self, addr: SocketAddr, load: &Load) -> io::Result<Measurement> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let limit = load.warmup + load.duration + Duration::from_secs(30);
+        runtime.block_on(async {
+            let run = async {
+                match self {
+                    System::Ours => ours::drive_defaults(addr, load).await,
+                    System::Tarpc => tarpc_echo::drive(addr, load).await,
+                    System::Raw => raw_echo::drive(addr, load).await,
+                    System::OursNoop | System::OursProd | System::OursTls => {
+                        Err(Self::pinned_only(self))
+                    }
+                }
+            };
+            tokio::time::timeout(limit, run).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{self} run did not finish within {limit:?}"),
+                )
+            })?
+        })
+    }
+
+    /// The error for a system that has no default-configuration mode.
+    fn pinned_only(self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{self} runs only with --config pinned"),
+        )
+    }
+}
+
 impl fmt::Display for System {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

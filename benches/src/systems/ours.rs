@@ -208,6 +208,23 @@ async fn balanced(builder: ClientBuilder, addr: SocketAddr) -> Result<Client, Rp
         .await
 }
 
+/// Serves [`Echo`] with `Server::builder()` defaults, as a user's server does.
+pub(super) async fn serve_defaults(ready: impl FnOnce(SocketAddr)) -> io::Result<()> {
+    let server = Server::builder()
+        .add_service(EchoServer::new(EchoImpl))
+        .bind(LISTEN_ADDR)
+        .await
+        .map_err(io::Error::other)?;
+    ready(server.local_addr());
+    server.serve().await.map_err(io::Error::other)
+}
+
+/// Runs `load` through a client made by `Client::connect`, as a user's client does.
+pub(super) async fn drive_defaults(addr: SocketAddr, load: &Load) -> io::Result<Measurement> {
+    let client = Client::connect(addr).await.map_err(io::Error::other)?;
+    Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
+}
+
 /// Calls through the generated stub, in future mode.
 #[derive(Debug, Clone)]
 struct Caller(EchoClient);

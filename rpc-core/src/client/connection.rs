@@ -434,7 +434,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
                     Ok(_) => self.on_read(),
                     Err(e) => Some(Closed::io(format!("read from {} failed", self.peer), e)),
                 },
-                () = self.handle.wake.notified() => None,
+                () = self.handle.wake.notified() => {
+                    self.yield_now = self.more_requests_coming();
+                    None
+                }
                 () = &mut self.timer, if self.armed.is_some() => self.on_deadline(),
                 _ = self.tick.tick() => self.on_tick(),
             };
@@ -489,6 +492,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
         Ok(())
     }
 
+    /// Whether callers are likely to queue more requests within moments: calls are
+    /// waiting besides those whose requests were just queued. Then the task yields once
+    /// before taking the output buffer, so those requests go out in the same write. On
+    /// a multi-threaded runtime a woken task otherwise runs at once, in parallel with
+    /// the callers on the other worker: at 16 B × 256 in flight the client made 0.24 to
+    /// 0.30 `writev` per call (three or four requests per syscall) where the one-task
+    /// raw echo makes 0.004. With one call in flight this is false and nothing waits.
+    fn more_requests_coming(&self) -> bool {
+        let shared = self.handle.lock();
+        shared.calls.len() > shared.unsent.len()
+    }
+
     /// Responses arrived: decode them (outside the lock callers queue their calls
     /// under), then hand each to its caller.
     fn on_read(&mut self) -> Option<Closed> {
@@ -513,8 +528,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
             }
         }
         // Let the callers just answered run (and queue their next calls) before
-        // reading on.
-        self.yield_now = shared.calls.len() < waiting;
+        // reading on. Not when no call is left waiting: the answered callers' next
+        // requests wake this task anyway, and on a multi-threaded runtime the yield
+        // cost a zero-timeout `epoll_wait` and a wake-up of the other worker per call
+        // (16 B, 1 in flight: 2.7 context switches, 1.5 futex calls and 2.8
+        // `epoll_wait` per call with it; 1.0, 0 and 1.0 without).
+        self.yield_now = shared.calls.len() < waiting && !shared.calls.is_empty();
         drop(shared);
         self.frames.clear();
         self.wake.drain(..).for_each(Waker::wake);
