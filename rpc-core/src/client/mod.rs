@@ -67,7 +67,7 @@ pub struct Client {
     inner: Arc<ClientInner>,
     /// The filter chain calls pass through, when layers were added; its
     /// [`Transport`](crate::filter::Transport) holds this client without it.
-    chain: Option<Arc<crate::filter::client::ClientChain>>,
+    chain: Option<Arc<crate::filter::client::ChainPool>>,
 }
 
 struct ClientInner {
@@ -164,7 +164,7 @@ impl Client {
         for layer in layers.iter().rev() {
             chain = layer(chain);
         }
-        self.chain = Some(Arc::new(chain));
+        self.chain = Some(Arc::new(crate::filter::client::ChainPool::new(chain)));
         self
     }
 
@@ -178,7 +178,7 @@ impl Client {
     }
 
     /// The filter chain, if layers were added.
-    pub(crate) fn chain(&self) -> Option<&crate::filter::client::ClientChain> {
+    pub(crate) fn chain(&self) -> Option<&crate::filter::client::ChainPool> {
         self.chain.as_deref()
     }
 

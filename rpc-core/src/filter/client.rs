@@ -695,23 +695,97 @@ async fn send(
     response(frame, provider, request.timeout)
 }
 
-/// A whole client chain, boxed; each call works on a clone.
+/// A whole client chain, boxed.
 pub(crate) type ClientChain = BoxCloneSyncService<ClientRequest, ClientResponse, BoxError>;
 
 /// A layer of a client chain, type-erased so that a [`ClientBuilder`](crate::ClientBuilder)
 /// stays one type whatever layers it has.
 pub(crate) type ErasedLayer = Arc<dyn Fn(ClientChain) -> ClientChain + Send + Sync>;
 
-/// A call through a client's chain.
-pub(crate) type ChainCall = tower::util::Oneshot<ClientChain, ClientRequest>;
+/// The most spare copies of a chain a [`ChainPool`] keeps: as many as calls start at
+/// the same moment, which is the number of threads calling.
+const SPARE_CHAINS: usize = 64;
+
+/// A client's chain, and spare copies of it that calls borrow to start: a call takes a
+/// copy, starts its request on it and gives it back at once (a tower service's future
+/// does not borrow the service), so copies are made only for calls that start at the
+/// same moment, not one per call, and a layer's per-copy state (a cache of the last
+/// method's statistics, say) lives across calls.
+pub(crate) struct ChainPool {
+    /// The chain as built.
+    prototype: ClientChain,
+    /// Copies ready to start a call on.
+    spare: std::sync::Mutex<Vec<ClientChain>>,
+}
+
+impl ChainPool {
+    /// A pool of copies of `chain`.
+    pub(crate) fn new(chain: ClientChain) -> ChainPool {
+        ChainPool {
+            prototype: chain,
+            spare: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A copy to start a call on.
+    fn take(&self) -> ClientChain {
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        spare.unwrap_or_else(|| self.prototype.clone())
+    }
+
+    /// Gives back a copy that is ready for its next call.
+    fn give_back(&self, chain: ClientChain) {
+        let mut spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spare.len() < SPARE_CHAINS {
+            spare.push(chain);
+        }
+    }
+}
+
+/// A call running through a client's chain.
+pub(crate) enum ChainCall {
+    /// Started at once: the chain was ready.
+    Started(Pin<Box<dyn Future<Output = Result<ClientResponse, BoxError>> + Send>>),
+    /// Waiting for the chain to become ready (a layer that limits, say), then started.
+    Waiting(Pin<Box<tower::util::Oneshot<ClientChain, ClientRequest>>>),
+}
+
+impl Future for ChainCall {
+    type Output = Result<ClientResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            ChainCall::Started(future) => future.as_mut().poll(cx),
+            ChainCall::Waiting(oneshot) => oneshot.as_mut().poll(cx),
+        }
+    }
+}
 
 /// Starts `request`, made by `client`, through `client`'s chain; `None` when it has
 /// none.
 pub(crate) fn start(client: &Client, mut request: ClientRequest) -> Option<ChainCall> {
-    use tower::ServiceExt as _;
-    let chain = client.chain()?.clone();
+    use tower::{Service as _, ServiceExt as _};
+    let pool = client.chain()?;
     request.client = Some(client.without_chain());
-    Some(chain.oneshot(request))
+    let mut chain = pool.take();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match chain.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {
+            let future = chain.call(request);
+            pool.give_back(chain);
+            Some(ChainCall::Started(future))
+        }
+        // Not ready, or failed: the oneshot polls it again with the caller's waker and
+        // reports what it says.
+        _ => Some(ChainCall::Waiting(Box::pin(chain.oneshot(request)))),
+    }
 }
 
 /// The call's error for a chain's failure: an [`RpcError`] as it is (or the one a

@@ -265,6 +265,7 @@ impl<S> Layer<S> for LimitLayer {
         Limit {
             inner,
             services: Arc::clone(&self.services),
+            last: None,
         }
     }
 }
@@ -276,6 +277,44 @@ pub struct Limit<S> {
     inner: S,
     /// Limits by service name.
     services: Arc<HashMap<String, Arc<ServiceLimits>>>,
+    /// The method this copy limited last and its counters (`None`: not limited), so
+    /// that a connection calling one method over and over (each connection has its
+    /// own copy of the chain) skips the two map lookups.
+    last: Option<LastLimit>,
+}
+
+/// [`Limit::last`].
+#[derive(Debug, Clone)]
+struct LastLimit {
+    /// The service's name.
+    service: Box<str>,
+    /// The method's name (the service's own `&'static str`).
+    method: &'static str,
+    /// Its counters, if it is limited.
+    limit: Option<Arc<MethodLimit>>,
+}
+
+impl<S> Limit<S> {
+    /// The counters of the method `request` calls, if it is limited.
+    fn limit_of(&mut self, request: &ServerRequest) -> Option<&Arc<MethodLimit>> {
+        let (service, method) = (request.service(), request.method());
+        let hit = self
+            .last
+            .as_ref()
+            .is_some_and(|last| std::ptr::eq(last.method, method) && &*last.service == service);
+        if !hit {
+            let limit = self
+                .services
+                .get(service)
+                .and_then(|limits| limits.of(method));
+            self.last = Some(LastLimit {
+                service: service.into(),
+                method,
+                limit,
+            });
+        }
+        self.last.as_ref().and_then(|last| last.limit.as_ref())
+    }
 }
 
 impl<S> Service<ServerRequest> for Limit<S>
@@ -291,11 +330,7 @@ where
     }
 
     fn call(&mut self, request: ServerRequest) -> Self::Future {
-        let limit = self
-            .services
-            .get(request.service())
-            .and_then(|limits| limits.of(request.method()));
-        let running = match limit.as_ref().map(MethodLimit::admit) {
+        let running = match self.limit_of(&request).map(MethodLimit::admit) {
             None | Some(Ok(None)) => None,
             Some(Ok(Some(running))) => Some(running),
             Some(Err(reason)) => {

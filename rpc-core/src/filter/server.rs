@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tower::util::BoxCloneSyncService;
 
 use super::{status_of, BoxError, Rejection};
 use crate::protocol::Status;
@@ -98,30 +97,48 @@ impl ServerRequest {
     }
 }
 
-/// What a server chain returns for a call: the status and the encoded body of the
-/// reply. Filters usually pass it through; one that answers by itself (a fallback, a
-/// cache) builds its own with [`ServerResponse::new`].
-#[derive(Clone)]
+/// What a server chain returns for a call: the status and the body of the reply.
+/// Filters usually pass it through; one that answers by itself (a fallback, a cache)
+/// builds its own with [`ServerResponse::new`].
+///
+/// A handler's result travels through the chain still unencoded and is encoded once,
+/// straight into the connection's write buffer, after the last filter has seen it (as
+/// a call without a chain does); [`ServerResponse::body`] encodes it on demand for a
+/// filter that wants the bytes.
 pub struct ServerResponse {
     /// The reply's status.
     status: Status,
-    /// The encoded reply body (MessagePack).
-    body: Bytes,
+    /// The reply body, encoded or still the finished handler's result.
+    body: Body,
+}
+
+/// A [`ServerResponse`]'s body.
+enum Body {
+    /// Encoded (MessagePack).
+    Encoded(Bytes),
+    /// A finished handler whose result is not encoded yet (its status is known).
+    Finished(Dispatched),
 }
 
 impl fmt::Debug for ServerResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerResponse")
-            .field("status", &self.status)
-            .field("body_len", &self.body.len())
-            .finish()
+        let mut debug = f.debug_struct("ServerResponse");
+        debug.field("status", &self.status);
+        match &self.body {
+            Body::Encoded(body) => debug.field("body_len", &body.len()),
+            Body::Finished(_) => debug.field("body", &"(not encoded yet)"),
+        };
+        debug.finish()
     }
 }
 
 impl ServerResponse {
     /// A reply with `status` and an already encoded `body`.
     pub fn new(status: Status, body: Bytes) -> ServerResponse {
-        ServerResponse { status, body }
+        ServerResponse {
+            status,
+            body: Body::Encoded(body),
+        }
     }
 
     /// A successful reply carrying `value`, encoded as the method's result would be.
@@ -140,9 +157,30 @@ impl ServerResponse {
         self.status
     }
 
-    /// The encoded reply body.
-    pub fn body(&self) -> &Bytes {
-        &self.body
+    /// The encoded reply body. A handler's result is encoded by the first call (so a
+    /// chain whose filters never ask encodes it once, into the write buffer); if that
+    /// fails, the reply becomes an [`Status::InternalError`] carrying the reason.
+    pub fn body(&mut self) -> &Bytes {
+        if let Body::Finished(call) = &mut self.body {
+            let reply = crate::server::Reply::finished_in_place(call);
+            self.status = reply.status;
+            self.body = Body::Encoded(reply.body.freeze());
+        }
+        match &self.body {
+            Body::Encoded(body) => body,
+            Body::Finished(_) => unreachable!("encoded just above"),
+        }
+    }
+
+    /// Encodes the body into `out` and returns the status to send with it.
+    fn encode_into(self, out: &mut BytesMut) -> Result<Status, EncodeFailure> {
+        match self.body {
+            Body::Encoded(body) => {
+                out.extend_from_slice(&body);
+                Ok(self.status)
+            }
+            Body::Finished(mut call) => call.as_mut().encode_result(out),
+        }
     }
 }
 
@@ -214,14 +252,26 @@ impl Future for Invocation {
     type Output = Result<ServerResponse, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match this {
             Invocation::Running { call, context } => {
                 let done = crate::server::enter_context(context, || call.as_mut().poll_done(cx));
                 if done.is_pending() {
                     return Poll::Pending;
                 }
-                let reply = crate::server::Reply::finished_in_place(call);
-                Poll::Ready(Ok(ServerResponse::new(reply.status, reply.body.freeze())))
+                let Some(status) = call.as_mut().result_status() else {
+                    let reply = crate::server::Reply::finished_in_place(call);
+                    return Poll::Ready(Ok(ServerResponse::new(reply.status, reply.body.freeze())));
+                };
+                let Invocation::Running { call, .. } =
+                    std::mem::replace(this, Invocation::Failed(None))
+                else {
+                    unreachable!("matched just above")
+                };
+                Poll::Ready(Ok(ServerResponse {
+                    status,
+                    body: Body::Finished(call),
+                }))
             }
             Invocation::Failed(rejection) => Poll::Ready(Err(rejection
                 .take()
@@ -231,8 +281,77 @@ impl Future for Invocation {
 }
 
 /// A whole server chain, boxed once when the server is bound and cloned per
-/// connection.
-pub(crate) type ServerChain = BoxCloneSyncService<ServerRequest, ServerResponse, BoxError>;
+/// connection. Starting a call through it makes one allocation, the call itself (the
+/// chain's future inside the server's handler): no separate box for the future.
+pub(crate) struct ServerChain(Box<dyn ErasedChain>);
+
+impl ServerChain {
+    /// Erases `chain`.
+    pub(crate) fn new<S>(chain: S) -> ServerChain
+    where
+        S: tower::Service<ServerRequest, Response = ServerResponse, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        ServerChain(Box::new(chain))
+    }
+}
+
+impl Clone for ServerChain {
+    fn clone(&self) -> Self {
+        ServerChain(self.0.clone_box())
+    }
+}
+
+impl fmt::Debug for ServerChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerChain")
+    }
+}
+
+/// A chain with its types erased.
+trait ErasedChain: Send + Sync {
+    /// [`start`] on this chain.
+    fn start(&mut self, request: ServerRequest) -> Result<Dispatched, (Status, String)>;
+
+    /// A copy for another connection.
+    fn clone_box(&self) -> Box<dyn ErasedChain>;
+}
+
+impl<S> ErasedChain for S
+where
+    S: tower::Service<ServerRequest, Response = ServerResponse, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn start(&mut self, request: ServerRequest) -> Result<Dispatched, (Status, String)> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Err(status_of(&*e)),
+            Poll::Pending => {
+                return Err((
+                    Status::Overloaded,
+                    "the server's filter chain cannot take more calls now".to_owned(),
+                ))
+            }
+        }
+        Ok(Box::pin(ChainCall {
+            future: self.call(request),
+            outcome: None,
+        }))
+    }
+
+    fn clone_box(&self) -> Box<dyn ErasedChain> {
+        Box::new(self.clone())
+    }
+}
 
 /// Starts `request` through `chain`, as a [`Dispatched`] call the server runs like any
 /// handler (on the worker or the business pool, bounded by the deadline, cancellable).
@@ -246,48 +365,36 @@ pub(crate) fn start(
     chain: &mut ServerChain,
     request: ServerRequest,
 ) -> Result<Dispatched, (Status, String)> {
-    use tower::Service as _;
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match chain.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(e)) => return Err(status_of(&*e)),
-        Poll::Pending => {
-            return Err((
-                Status::Overloaded,
-                "the server's filter chain cannot take more calls now".to_owned(),
-            ))
-        }
+    chain.0.start(request)
+}
+
+pin_project_lite::pin_project! {
+    /// A call running through a chain, as the server's [`Handler`].
+    struct ChainCall<F> {
+        // The chain's future.
+        #[pin]
+        future: F,
+        // Its output, once ready.
+        outcome: Option<Result<ServerResponse, BoxError>>,
     }
-    Ok(Box::pin(ChainCall {
-        future: chain.call(request),
-        outcome: None,
-    }))
 }
 
-/// A call running through a chain, as the server's [`Handler`].
-struct ChainCall {
-    /// The chain's future.
-    future: Pin<Box<dyn Future<Output = Result<ServerResponse, BoxError>> + Send>>,
-    /// Its output, once ready.
-    outcome: Option<Result<ServerResponse, BoxError>>,
-}
-
-impl Handler for ChainCall {
+impl<F> Handler for ChainCall<F>
+where
+    F: Future<Output = Result<ServerResponse, BoxError>> + Send,
+{
     fn poll_done(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
+        let this = self.project();
         if this.outcome.is_none() {
-            let outcome = std::task::ready!(this.future.as_mut().poll(cx));
-            this.outcome = Some(outcome);
+            let outcome = std::task::ready!(this.future.poll(cx));
+            *this.outcome = Some(outcome);
         }
         Poll::Ready(())
     }
 
     fn encode_result(self: Pin<&mut Self>, out: &mut BytesMut) -> Result<Status, EncodeFailure> {
-        match self.get_mut().outcome.take() {
-            Some(Ok(response)) => {
-                out.extend_from_slice(&response.body);
-                Ok(response.status)
-            }
+        match self.project().outcome.take() {
+            Some(Ok(response)) => response.encode_into(out),
             Some(Err(error)) => {
                 let (status, message) = status_of(&*error);
                 rmp_serde::encode::write(&mut out.writer(), &message)

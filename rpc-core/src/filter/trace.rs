@@ -14,7 +14,7 @@
 //!   chain inside a `tracing` span `rpc.server`.
 //!
 //! Both `tracing` spans have the fields `rpc.service`, `rpc.method`, `trace_id`,
-//! `span_id` and `parent_id` (hex; empty for a root), at `INFO`, so any subscriber
+//! `span_id` and `parent_id` (hex; not recorded for a root), at `INFO`, so any subscriber
 //! sees the tree with our ids.
 //!
 //! With the `otel` feature, and a `tracing-opentelemetry` layer in the subscriber,
@@ -32,6 +32,7 @@ use std::fmt;
 use std::future::IntoFuture;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use tower::{Layer, Service};
 use tracing::instrument::Instrumented;
 use tracing::Instrument as _;
@@ -126,7 +127,6 @@ fn start_span(
 ) -> (tracing::Span, TraceContext) {
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
     let mut span = parent.map_or_else(TraceContext::new_root, TraceContext::child);
-    let parent_id = parent.map(TraceContext::span_id_hex).unwrap_or_default();
     let empty = tracing::field::Empty;
     let traced = match side {
         Side::Server => tracing::info_span!(
@@ -135,7 +135,7 @@ fn start_span(
             rpc.method = %method,
             trace_id = empty,
             span_id = empty,
-            parent_id = %parent_id,
+            parent_id = empty,
         ),
         Side::Client => tracing::info_span!(
             "rpc.client",
@@ -143,7 +143,7 @@ fn start_span(
             rpc.method = %method,
             trace_id = empty,
             span_id = empty,
-            parent_id = %parent_id,
+            parent_id = empty,
         ),
     };
     if !traced.is_disabled() {
@@ -151,8 +151,27 @@ fn start_span(
         otel::adopt(&traced, parent, &mut span);
         traced.record("trace_id", tracing::field::display(span.trace_id_hex()));
         traced.record("span_id", tracing::field::display(span.span_id_hex()));
+        // Formatted only for a span someone listens to: a disabled span costs no
+        // string per call.
+        if let Some(parent) = parent {
+            traced.record("parent_id", tracing::field::display(parent.span_id_hex()));
+        }
     }
     (traced, span)
+}
+
+/// Starts the call `start` makes inside `traced` and runs its future in it; a span no
+/// subscriber listens to is left out (the ids still travel with the call), so that
+/// tracing without a subscriber costs no span enter and exit per poll.
+fn in_span<F: std::future::Future>(
+    traced: tracing::Span,
+    start: impl FnOnce() -> F,
+) -> Either<Instrumented<F>, F> {
+    if traced.is_disabled() {
+        return Either::Right(start());
+    }
+    let future = traced.in_scope(start);
+    Either::Left(future.instrument(traced))
 }
 
 #[cfg(feature = "otel")]
@@ -202,7 +221,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Instrumented<S::Future>;
+    type Future = Either<Instrumented<S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -217,8 +236,7 @@ where
             parent.as_ref(),
         );
         request.context_mut().span = Some(span);
-        let _entered = traced.enter();
-        self.inner.call(request).instrument(traced.clone())
+        in_span(traced, || self.inner.call(request))
     }
 }
 
@@ -228,7 +246,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Instrumented<S::Future>;
+    type Future = Either<Instrumented<S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -243,7 +261,6 @@ where
             parent.as_ref(),
         );
         request.set_trace(Some(span));
-        let _entered = traced.enter();
-        self.inner.call(request).instrument(traced.clone())
+        in_span(traced, || self.inner.call(request))
     }
 }

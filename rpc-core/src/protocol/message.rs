@@ -100,8 +100,10 @@ pub fn encode_raw_request(
 ///
 /// If the arguments cannot be serialized.
 pub fn encode_args<A: Serialize + ?Sized>(args: &A) -> Result<bytes::Bytes, EncodeError> {
-    let mut body = BytesMut::new();
-    rmp_serde::encode::write_named(&mut (&mut body).writer(), args)?;
+    // Into this thread's scratch chunk: no buffer grown from empty per call.
+    let mut body = super::scratch::encode_with(|body| {
+        rmp_serde::encode::write_named(&mut body.writer(), args).map_err(EncodeError::from)
+    })?;
     if body[..] == [NIL] {
         body[0] = EMPTY_ARRAY;
     }

@@ -50,25 +50,26 @@ impl TraceContext {
 
     /// A new trace: random trace and span ids, sampled.
     pub fn new_root() -> TraceContext {
-        use rand::Rng;
-        let mut rng = rand::thread_rng();
-        let mut trace_id = [0u8; 16];
-        // All-zero ids are invalid in W3C trace context.
-        while trace_id == [0; 16] {
-            rng.fill(&mut trace_id);
-        }
-        TraceContext {
-            trace_id,
-            span_id: new_span_id(&mut rng),
-            flags: TraceContext::SAMPLED,
-        }
+        use rand::Rng as _;
+        with_id_rng(|rng| {
+            let mut trace_id = [0u8; 16];
+            // All-zero ids are invalid in W3C trace context.
+            while trace_id == [0; 16] {
+                rng.fill(&mut trace_id);
+            }
+            TraceContext {
+                trace_id,
+                span_id: new_span_id(rng),
+                flags: TraceContext::SAMPLED,
+            }
+        })
     }
 
     /// A span in the same trace with a new random span id (whose parent is this one).
     pub fn child(&self) -> TraceContext {
         TraceContext {
             trace_id: self.trace_id,
-            span_id: new_span_id(&mut rand::thread_rng()),
+            span_id: with_id_rng(new_span_id),
             flags: self.flags,
         }
     }
@@ -119,6 +120,20 @@ impl TraceContext {
     }
 }
 
+thread_local! {
+    /// The generator of trace and span ids on this thread: seeded once from the
+    /// operating system, then a few nanoseconds per id (`thread_rng` reseeds a
+    /// ChaCha generator and costs several times that; ids need to be unpredictable
+    /// enough not to collide, not secret).
+    static ID_RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_entropy());
+}
+
+/// Runs `f` with this thread's id generator.
+fn with_id_rng<R>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> R) -> R {
+    ID_RNG.with(|rng| f(&mut rng.borrow_mut()))
+}
+
 /// A random, non-zero span id.
 fn new_span_id(rng: &mut impl rand::Rng) -> [u8; 8] {
     let mut id = [0u8; 8];
@@ -130,13 +145,13 @@ fn new_span_id(rng: &mut impl rand::Rng) -> [u8; 8] {
 
 /// Lowercase hex of `bytes`.
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 /// Decodes exactly `out.len()` bytes of lowercase hex from `text`.

@@ -11,11 +11,11 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::runtime::Handle;
 
 use tower::layer::util::{Identity, Stack};
-use tower::util::BoxCloneSyncService;
 use tower::Layer;
 
 use super::{Server, Service};
 use crate::error::RpcError;
+use crate::filter::server::ServerChain;
 use crate::filter::{BoxError, Invoker, ServerRequest, ServerResponse};
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, MIN_FRAME_LEN};
 
@@ -365,7 +365,7 @@ impl<L> ServerBuilder<L> {
             services,
             chain: self
                 .layered
-                .then(|| BoxCloneSyncService::new(self.layers.layer(Invoker))),
+                .then(|| ServerChain::new(self.layers.layer(Invoker))),
             connections: Arc::new(AtomicUsize::new(0)),
         })
     }

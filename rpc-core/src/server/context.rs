@@ -241,6 +241,11 @@ thread_local! {
 /// Makes `context` current while `f` runs (moving it in and back out, no clone), and
 /// restores the previous one afterwards, also if `f` panics.
 pub(crate) fn enter<R>(context: &mut Option<CallContext>, f: impl FnOnce() -> R) -> R {
+    if context.is_none() && CURRENT.with(|current| current.borrow().is_none()) {
+        // Nothing to make current, nothing to hide: a call through a filter chain
+        // (whose own context is entered further in) skips moving two contexts.
+        return f();
+    }
     struct Restore<'a> {
         /// Where the context goes back to.
         slot: &'a mut Option<CallContext>,

@@ -30,6 +30,15 @@ pub trait Handler: Send {
     ///
     /// If the result cannot be serialized (or the handler had not finished).
     fn encode_result(self: Pin<&mut Self>, out: &mut BytesMut) -> Result<Status, EncodeFailure>;
+
+    /// The status the finished handler's result will be sent with, if it can tell
+    /// without encoding it; `None` (the default) if it cannot. A filter chain uses it
+    /// to pass a result through its filters still unencoded and encode it straight
+    /// into the connection's write buffer at the end. Called only after `poll_done`
+    /// returned `Ready`.
+    fn result_status(self: Pin<&mut Self>) -> Option<Status> {
+        None
+    }
 }
 
 /// A handler's result could not be encoded.
@@ -53,6 +62,10 @@ pub trait IntoReply: Send {
     ///
     /// If serialization fails.
     fn encode_reply(&self, out: &mut BytesMut) -> Result<Status, EncodeFailure>;
+
+    /// The status [`encode_reply`](IntoReply::encode_reply) returns when encoding
+    /// succeeds.
+    fn status(&self) -> Status;
 }
 
 /// The result of a method that cannot fail: always [`Status::Ok`].
@@ -73,6 +86,10 @@ impl<T: Serialize + Send> IntoReply for Plain<T> {
     fn encode_reply(&self, out: &mut BytesMut) -> Result<Status, EncodeFailure> {
         serialize(&self.0, out).map(|()| Status::Ok)
     }
+
+    fn status(&self) -> Status {
+        Status::Ok
+    }
 }
 
 impl<T: Serialize + Send, E: Serialize + Send> IntoReply for Fallible<T, E> {
@@ -80,6 +97,13 @@ impl<T: Serialize + Send, E: Serialize + Send> IntoReply for Fallible<T, E> {
         match &self.0 {
             Ok(v) => serialize(v, out).map(|()| Status::Ok),
             Err(e) => serialize(e, out).map(|()| Status::ApplicationError),
+        }
+    }
+
+    fn status(&self) -> Status {
+        match &self.0 {
+            Ok(_) => Status::Ok,
+            Err(_) => Status::ApplicationError,
         }
     }
 }
@@ -98,6 +122,10 @@ where
             Some(result) => result.encode_reply(out),
             None => Err(EncodeFailure("the handler has not finished".to_owned())),
         }
+    }
+
+    fn result_status(self: Pin<&mut Self>) -> Option<Status> {
+        self.output_mut().map(|result| result.status())
     }
 }
 
