@@ -192,9 +192,18 @@ impl Registries {
 /// - `zookeeper://h1:2181[,h2:2181...][/chroot]` (feature `zookeeper`): one ZooKeeper
 ///   ensemble (3.6 or later), reached through any of the hosts; nodes live under
 ///   `{chroot}/dubbo` in Dubbo's layout (`/dubbo/{service}/providers/...`).
+/// - `zookeepers://h1:2281[,h2:2281...][/chroot]?ca=PATH[&cert=PATH&key=PATH]`
+///   (features `zookeeper` and `tls`): the same over TLS, to the servers'
+///   `secureClientPort`. `ca` is required (the ZooKeeper client takes trust anchors
+///   as PEM certificates only, so the built-in web PKI roots cannot stand in), every
+///   server's certificate must name its host as written (`server_name` is refused:
+///   the client cannot check another name), and `cert` and `key` are presented to
+///   servers with `ssl.clientAuth=need`. A plaintext `zookeeper://` URL against a
+///   secure port, and a `zookeepers://` URL refused by the server, fail their first
+///   call with [`Error::Unreachable`] within a few seconds, saying what to change.
 ///
-/// Without its features, `rpcs://`, `etcd://`, `etcds://` or `zookeeper://` is an
-/// unsupported scheme.
+/// Without its features, `rpcs://`, `etcd://`, `etcds://`, `zookeeper://` or
+/// `zookeepers://` fails with [`Error::FeatureOff`] naming the features it needs.
 ///
 /// ```
 /// let registries = rpc_registry::connect("rpc://127.0.0.1:7000,127.0.0.1:7001")?;
@@ -206,7 +215,8 @@ impl Registries {
 /// # Errors
 ///
 /// [`Error::InvalidUrl`] for a malformed URL, [`Error::UnsupportedScheme`] for a
-/// scheme with no backend, [`Error::Tls`] for TLS files that cannot be read or used.
+/// scheme with no backend, [`Error::FeatureOff`] for one whose backend this build
+/// leaves out, [`Error::Tls`] for TLS files that cannot be read or used.
 pub fn connect(url: &str) -> Result<Registries, Error> {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (scheme, rest),
@@ -240,6 +250,36 @@ pub fn connect(url: &str) -> Result<Registries, Error> {
         "zookeeper" => Ok(Registries::from_backends(vec![Arc::new(
             zookeeper::ZooKeeperBackend::parse(url, rest)?,
         )])),
+        #[cfg(all(feature = "zookeeper", feature = "tls"))]
+        "zookeepers" => Ok(Registries::from_backends(vec![Arc::new(
+            zookeeper::ZooKeeperBackend::parse_tls(url, rest)?,
+        )])),
+        // Ours, but left out of this build: say which features bring them in.
+        #[cfg(not(feature = "tls"))]
+        "rpcs" => Err(Error::FeatureOff {
+            scheme: "rpcs",
+            features: "`tls`",
+        }),
+        #[cfg(not(feature = "etcd"))]
+        "etcd" => Err(Error::FeatureOff {
+            scheme: "etcd",
+            features: "`etcd`",
+        }),
+        #[cfg(not(all(feature = "etcd", feature = "tls")))]
+        "etcds" => Err(Error::FeatureOff {
+            scheme: "etcds",
+            features: "`etcd` and `tls`",
+        }),
+        #[cfg(not(feature = "zookeeper"))]
+        "zookeeper" => Err(Error::FeatureOff {
+            scheme: "zookeeper",
+            features: "`zookeeper`",
+        }),
+        #[cfg(not(all(feature = "zookeeper", feature = "tls")))]
+        "zookeepers" => Err(Error::FeatureOff {
+            scheme: "zookeepers",
+            features: "`zookeeper` and `tls`",
+        }),
         other => Err(Error::UnsupportedScheme {
             scheme: other.chars().take(32).collect(),
         }),

@@ -1,7 +1,7 @@
-//! The TLS query of `rpcs://` and `etcds://` URLs (the `tls` feature):
-//! `?ca=PATH&cert=PATH&key=PATH&server_name=NAME`, all optional, values taken as
-//! written (no percent-decoding). The files are read here, so a missing one fails when
-//! the URL is parsed, not at the first call.
+//! The TLS query of `rpcs://`, `etcds://` and `zookeepers://` URLs (the `tls`
+//! feature): `?ca=PATH&cert=PATH&key=PATH&server_name=NAME`, all optional, values
+//! taken as written (no percent-decoding). The files are read here, so a missing one
+//! fails when the URL is parsed, not at the first call.
 
 use super::Error;
 
