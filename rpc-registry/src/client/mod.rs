@@ -174,8 +174,10 @@ impl Registries {
 ///   `host:port[,...]` means the same.
 /// - `rpcs://host:port[,host:port...][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
 ///   (feature `tls`): the same over TLS. The registries' certificates are checked
-///   against the CA certificates in the PEM file `ca`, or without it against the web
-///   PKI's roots built into the binary (Mozilla's; no system trust store is read);
+///   against the CA certificates in the PEM file `ca`, or without it against the
+///   operating system's trust store (read when the URL is parsed: on Linux the files
+///   OpenSSL reads, `SSL_CERT_FILE`/`SSL_CERT_DIR` first; a store with no usable
+///   certificate fails with [`Error::Tls`]);
 ///   each must name its host as written in the URL, or `server_name` when given.
 ///   `cert` and `key` (PEM files, both or neither) are presented to registries that
 ///   require client certificates (mutual TLS). Values are taken as written (no
@@ -188,14 +190,16 @@ impl Registries {
 ///   through any of the endpoints; keys live under `/root` (default `/dubbo`).
 /// - `etcds://h1:2379[,h2:2379...][/root][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
 ///   (features `etcd` and `tls`): the same over TLS, with the query of `rpcs://`
-///   (every member's certificate must name its host as written, or `server_name`).
+///   (every member's certificate must name its host as written, or `server_name`;
+///   without `ca`, etcd-client's built-in web PKI roots are trusted, not the system
+///   store).
 /// - `zookeeper://h1:2181[,h2:2181...][/chroot]` (feature `zookeeper`): one ZooKeeper
 ///   ensemble (3.6 or later), reached through any of the hosts; nodes live under
 ///   `{chroot}/dubbo` in Dubbo's layout (`/dubbo/{service}/providers/...`).
 /// - `zookeepers://h1:2281[,h2:2281...][/chroot]?ca=PATH[&cert=PATH&key=PATH]`
 ///   (features `zookeeper` and `tls`): the same over TLS, to the servers'
 ///   `secureClientPort`. `ca` is required (the ZooKeeper client takes trust anchors
-///   as PEM certificates only, so the built-in web PKI roots cannot stand in), every
+///   as PEM text only, so the system trust store cannot stand in), every
 ///   server's certificate must name its host as written (`server_name` is refused:
 ///   the client cannot check another name), and `cert` and `key` are presented to
 ///   servers with `ssl.clientAuth=need`. A plaintext `zookeeper://` URL against a

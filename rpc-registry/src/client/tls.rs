@@ -8,7 +8,9 @@ use super::Error;
 /// What a URL's TLS query asks for, its files read.
 #[derive(Debug, Default)]
 pub(super) struct TlsQuery {
-    /// PEM CA certificates to trust (`ca`); `None`: the web PKI's roots built in.
+    /// PEM CA certificates to trust (`ca`); `None`: the operating system's trust store
+    /// (`rpcs://`), the web PKI's roots built in (`etcds://`), or refused
+    /// (`zookeepers://`).
     pub(super) ca: Option<Vec<u8>>,
     /// PEM certificate chain and key to present (`cert` and `key`), for mutual TLS.
     pub(super) identity: Option<(Vec<u8>, Vec<u8>)>,

@@ -23,8 +23,9 @@
 //! `zookeeper` and `tls`) is the same over TLS, to the servers' `secureClientPort`
 //! (which ZooKeeper serves with its Netty connection factory only). The query is
 //! [`tls::split`](super::tls::split)'s, with two differences the client library
-//! imposes: `ca` is required (it takes trust anchors as PEM certificates only, and the
-//! web PKI roots built into rustls' companion crates are not certificates), and
+//! imposes: `ca` is required (it takes trust anchors as PEM text only, so neither the
+//! system trust store `rpcs://` falls back on nor the built-in roots `etcds://` falls
+//! back on can be handed to it), and
 //! `server_name` is refused (it checks each host as written, or nothing at all).
 //!
 //! Sessions and failures, as Dubbo's ZooKeeper registry handles them:
