@@ -25,8 +25,8 @@
 //! [`tls::split`](super::tls::split)'s, with two differences the client library
 //! imposes: `ca` is required (it takes trust anchors as PEM text only, so neither the
 //! system trust store `rpcs://` falls back on nor the built-in roots `etcds://` falls
-//! back on can be handed to it), and
-//! `server_name` is refused (it checks each host as written, or nothing at all).
+//! back on can be handed to it), and `server_name` is refused (it checks each host as
+//! written, or nothing at all).
 //!
 //! Sessions and failures, as Dubbo's ZooKeeper registry handles them:
 //!
