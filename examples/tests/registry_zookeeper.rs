@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
 use rpc_registry::{Consumer, Instance, Publisher};
+use support::zookeeper::{ZkEnsemble, ZkNode};
 use support::{
     consumer, have_zookeeper, run_consumer_process, start_provider, Load, Reaper, TempDir,
-    ZkEnsemble,
 };
 
 /// Session timeout of the providers in these tests. The client gives a session up
@@ -290,7 +290,7 @@ async fn zookeeper_three_node_ensemble_leader_killed() {
     let leader = ensemble
         .nodes
         .iter()
-        .position(support::ZkNode::is_leader)
+        .position(ZkNode::is_leader)
         .expect("a leader");
     println!("killing ZooKeeper server {}", ensemble.nodes[leader].id);
     ensemble.nodes[leader].kill();

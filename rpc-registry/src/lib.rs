@@ -31,7 +31,10 @@
 //!   `rpcs://host:port[,host:port][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
 //!   (see [`connect`]). A plaintext `rpc://` URL against a TLS registry fails its first
 //!   call with an error saying to use `rpcs://`. With `etcd` too,
-//!   `etcds://h1:2379[,h2:2379][/root]` with the same query reaches etcd over TLS.
+//!   `etcds://h1:2379[,h2:2379][/root]` with the same query reaches etcd over TLS;
+//!   with `zookeeper` too, `zookeepers://h1:2281[,h2:2281][/chroot]?ca=PATH` (`ca`
+//!   required, `cert`/`key` optional, no `server_name`) reaches ZooKeeper's
+//!   `secureClientPort`.
 //! - `etcd`: the `etcd://h1:2379[,h2:2379][/root]` backend (leases with a TTL, watches
 //!   from a revision), on `etcd-client`; needs `protoc` at build time.
 //! - `zookeeper`: the `zookeeper://h1:2181[,h2:2181][/chroot]` backend (sessions,

@@ -115,8 +115,8 @@ async fn urls_are_checked() {
     let e = rpc_registry::connect("consul://c1:8500").unwrap_err();
     assert!(matches!(e, rpc_registry::Error::UnsupportedScheme { .. }));
     assert!(e.to_string().contains("rpc://host:port"), "{e}");
-    // etcd and ZooKeeper are backends when their features are on, unknown schemes
-    // otherwise.
+    // etcd and ZooKeeper are backends when their features are on, refused with
+    // `FeatureOff` otherwise.
     assert_eq!(
         rpc_registry::connect("etcd://h:2379").is_ok(),
         cfg!(feature = "etcd")
@@ -125,6 +125,25 @@ async fn urls_are_checked() {
         rpc_registry::connect("zookeeper://zk1:2181,zk2:2181/chroot").is_ok(),
         cfg!(feature = "zookeeper")
     );
+    // A scheme of ours that this build leaves out names the features it needs.
+    if !cfg!(all(feature = "zookeeper", feature = "tls")) {
+        let e = rpc_registry::connect("zookeepers://zk1:2281?ca=ca.pem").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                rpc_registry::Error::FeatureOff {
+                    scheme: "zookeepers",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("`zookeeper` and `tls`"), "{e}");
+    }
+    if !cfg!(feature = "tls") {
+        let e = rpc_registry::connect("rpcs://r:7000").unwrap_err();
+        assert!(e.to_string().contains("`tls` feature"), "{e}");
+    }
     for bad in [
         "rpc://",
         "rpc://host",

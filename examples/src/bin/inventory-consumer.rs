@@ -35,7 +35,8 @@ struct Args {
     prefix: String,
     /// Discover the providers in these registries (`rpc://host:port[,host:port]`,
     /// `zookeeper://host:port[,host:port][/chroot]`,
-    /// `etcd://host:port[,host:port][/root]`) instead of calling `--server`.
+    /// `etcd://host:port[,host:port][/root]`; with the `tls` feature `rpcs://`,
+    /// `etcds://` and `zookeepers://...?ca=PATH`) instead of calling `--server`.
     #[arg(long)]
     registry: Option<String>,
     /// How calls are spread over discovered providers: round-robin,

@@ -30,7 +30,8 @@ struct Args {
     business_pool: Option<usize>,
     /// Register with these registries (`rpc://host:port[,host:port]`,
     /// `zookeeper://host:port[,host:port][/chroot]`,
-    /// `etcd://host:port[,host:port][/root]`).
+    /// `etcd://host:port[,host:port][/root]`; with the `tls` feature `rpcs://`,
+    /// `etcds://` and `zookeepers://...?ca=PATH`).
     #[arg(long)]
     registry: Option<String>,
     /// Weight to register with (relative share of calls).

@@ -15,6 +15,10 @@ use rpc_core::Client;
 use rpc_examples::{InventoryClient, INVENTORY_SERVICE};
 use rpc_registry::Consumer;
 
+// The ZooKeeper servers, started as rpc-registry's tests start them (one file).
+#[path = "../../../rpc-registry/tests/support/zookeeper.rs"]
+pub(crate) mod zookeeper;
+
 /// Kills the child by PID when dropped, so a failing test leaves no process behind.
 pub(crate) struct Reaper(pub(crate) Child);
 
@@ -175,14 +179,8 @@ pub(crate) fn have(program: &str, test: &str) -> bool {
 /// `zookeeper` jar) and the examples speak it (rpc-registry's `zookeeper` feature);
 /// when not, says so loudly.
 pub(crate) fn have_zookeeper(test: &str) -> bool {
-    if !on_path("java") {
-        return skipped(test, "no `java` on the PATH (Debian: default-jre-headless)");
-    }
-    if !std::path::Path::new(ZOOKEEPER_JAR).is_file() {
-        return skipped(
-            test,
-            &format!("{ZOOKEEPER_JAR} is missing (Debian: zookeeper; .ci/run installs it)"),
-        );
+    if !zookeeper::zookeeper_installed(test) {
+        return false;
     }
     if rpc_registry::connect("zookeeper://127.0.0.1:2181").is_err() {
         return skipped(
@@ -377,167 +375,6 @@ impl EtcdCluster {
     pub(crate) fn url(&self) -> String {
         let endpoints: Vec<String> = self.members.iter().map(EtcdMember::endpoint).collect();
         format!("etcd://{}", endpoints.join(","))
-    }
-}
-
-/// The server jar of Debian's `zookeeper` package; its manifest's `Class-Path` names
-/// the libraries it needs, so it is the whole classpath.
-pub(crate) const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
-
-/// One ZooKeeper server on 127.0.0.1: its own config and data dir, the admin server
-/// off, `srvr` allowed (it tells when the server serves and whether it leads).
-/// Stopping it kills it by PID (SIGKILL); starting it again reuses its data and ports.
-pub(crate) struct ZkNode {
-    /// Its `myid` (1, 2, 3).
-    pub(crate) id: usize,
-    /// Client port.
-    pub(crate) client_port: u16,
-    /// Its directory: `zoo.cfg` and `data/`.
-    dir: TempDir,
-    /// The running process.
-    child: Option<Reaper>,
-}
-
-impl ZkNode {
-    /// `host:port` for clients.
-    pub(crate) fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
-    }
-
-    /// Starts (or restarts) the server and returns at once.
-    pub(crate) fn start(&mut self) {
-        let child = Command::new("java")
-            // Small and quick to start: these servers hold a few dozen nodes, and the
-            // machine's cores are shared with the tests' own processes.
-            .args(["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
-            .args(["-cp", ZOOKEEPER_JAR])
-            .arg("-Dzookeeper.admin.enableServer=false")
-            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-            .arg(self.dir.0.join("zoo.cfg"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ZooKeeper (java)");
-        self.child = Some(Reaper(child));
-    }
-
-    /// Kills the server (SIGKILL, by PID) and reaps it.
-    pub(crate) fn kill(&mut self) {
-        self.child = None;
-    }
-
-    /// Whether it runs (was started and not killed).
-    pub(crate) fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// The answer to the `srvr` four-letter word, if any.
-    fn srvr(&self) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.client_port)),
-            Duration::from_millis(200),
-        )
-        .ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .ok()?;
-        stream.write_all(b"srvr").ok()?;
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        Some(answer)
-    }
-
-    /// Whether it serves clients (standalone, or in a quorum with a leader).
-    pub(crate) fn serving(&self) -> bool {
-        self.srvr().is_some_and(|a| a.contains("Mode: "))
-    }
-
-    /// Whether it leads the ensemble.
-    pub(crate) fn is_leader(&self) -> bool {
-        self.srvr().is_some_and(|a| a.contains("Mode: leader"))
-    }
-}
-
-/// A ZooKeeper ensemble of `size` servers on loopback (one is a standalone server),
-/// started and serving.
-pub(crate) struct ZkEnsemble {
-    /// Its servers.
-    pub(crate) nodes: Vec<ZkNode>,
-}
-
-impl ZkEnsemble {
-    /// Starts `size` servers and waits (up to 30 s) until every one serves.
-    pub(crate) fn start(size: usize) -> ZkEnsemble {
-        let ports: Vec<(u16, u16, u16)> = (0..size)
-            .map(|_| (free_port(), free_port(), free_port()))
-            .collect();
-        let servers: String = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, quorum, election))| {
-                format!("server.{}=127.0.0.1:{quorum}:{election}\n", i + 1)
-            })
-            .collect();
-        let mut nodes: Vec<ZkNode> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, &(client_port, _, _))| {
-                let dir = TempDir::new("zookeeper");
-                let data = dir.0.join("data");
-                std::fs::create_dir_all(&data).unwrap();
-                // Ticks of 200 ms: sessions of 1 s and up (2 ticks minimum by default
-                // would be 400 ms; 1 s keeps a loaded machine from expiring them
-                // spuriously), leader election in well under a second on loopback.
-                let mut config = format!(
-                    "tickTime=200\ninitLimit=50\nsyncLimit=10\n\
-                     minSessionTimeout=1000\nmaxSessionTimeout=60000\n\
-                     dataDir={}\nclientPort={client_port}\nclientPortAddress=127.0.0.1\n\
-                     admin.enableServer=false\n4lw.commands.whitelist=srvr,ruok\n",
-                    data.display()
-                );
-                if size > 1 {
-                    std::fs::write(data.join("myid"), format!("{}\n", i + 1)).unwrap();
-                    config.push_str(&servers);
-                }
-                std::fs::write(dir.0.join("zoo.cfg"), config).unwrap();
-                ZkNode {
-                    id: i + 1,
-                    client_port,
-                    dir,
-                    child: None,
-                }
-            })
-            .collect();
-        for node in &mut nodes {
-            node.start();
-        }
-        let ensemble = ZkEnsemble { nodes };
-        ensemble.wait_serving(Duration::from_secs(30));
-        ensemble
-    }
-
-    /// Waits until every running server serves.
-    pub(crate) fn wait_serving(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self
-            .nodes
-            .iter()
-            .filter(|n| n.running())
-            .all(ZkNode::serving)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "ZooKeeper not serving within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `zookeeper://h1,h2,h3` for the whole ensemble.
-    pub(crate) fn url(&self) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(ZkNode::endpoint).collect();
-        format!("zookeeper://{}", hosts.join(","))
     }
 }
 

@@ -285,6 +285,37 @@ impl ClientTls {
         ClientTls::build(Arc::new(roots), None, None)
     }
 
+    /// Trusts the CAs of the operating system's trust store, read once, here: on
+    /// Linux the bundle file or directory OpenSSL would read (`SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR` first, then the distribution's usual places), on macOS and
+    /// Windows the system keychain or certificate store. Certificates the store holds
+    /// but rustls cannot parse are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::InvalidConfig`] if the store yields no usable certificate (a
+    /// container without its `ca-certificates` package, say), naming what failed to
+    /// load.
+    pub fn system_roots() -> Result<ClientTls, RpcError> {
+        let loaded = rustls_native_certs::load_native_certs();
+        let mut roots = RootCertStore::empty();
+        let (added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
+        if added == 0 {
+            let why = if loaded.errors.is_empty() {
+                "no CA certificates found".to_owned()
+            } else {
+                loaded
+                    .errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            return Err(invalid("system trust store", why));
+        }
+        ClientTls::build(Arc::new(roots), None, None)
+    }
+
     /// Trusts only the CAs in `ca_pem` (a private CA, or the server's self-signed
     /// certificate).
     ///

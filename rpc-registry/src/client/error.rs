@@ -23,14 +23,28 @@ pub enum Error {
          (and rpcs://host:port[,host:port][?ca=PATH] with the `tls` feature, \
          etcd://host:port[,host:port][/root] with the `etcd` feature, etcds://... with `etcd` \
          and `tls`, \
-         zookeeper://host:port[,host:port][/chroot] with the `zookeeper` feature)"
+         zookeeper://host:port[,host:port][/chroot] with the `zookeeper` feature, \
+         zookeepers://...?ca=PATH with `zookeeper` and `tls`)"
     )]
     UnsupportedScheme {
         /// The scheme given.
         scheme: String,
     },
-    /// The TLS settings an `rpcs://` URL names were refused: a file that cannot be
-    /// read, or holds no usable certificate or key.
+    /// The URL's scheme is one this crate has a backend for, but this build was made
+    /// without the cargo features the backend needs (`zookeepers://` without `tls`,
+    /// say).
+    #[error(
+        "registry scheme {scheme}:// needs rpc-registry's {features} feature(s), \
+         which this build lacks"
+    )]
+    FeatureOff {
+        /// The scheme given.
+        scheme: &'static str,
+        /// The features it needs, as `` `zookeeper` and `tls` ``.
+        features: &'static str,
+    },
+    /// The TLS settings an `rpcs://`, `etcds://` or `zookeepers://` URL names were
+    /// refused: a file that cannot be read, or holds no usable certificate or key.
     #[error("registry url {url:?}: TLS settings refused: {reason}")]
     Tls {
         /// The URL (cut to 128 characters).

@@ -174,8 +174,10 @@ impl Registries {
 ///   `host:port[,...]` means the same.
 /// - `rpcs://host:port[,host:port...][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
 ///   (feature `tls`): the same over TLS. The registries' certificates are checked
-///   against the CA certificates in the PEM file `ca`, or without it against the web
-///   PKI's roots built into the binary (Mozilla's; no system trust store is read);
+///   against the CA certificates in the PEM file `ca`, or without it against the
+///   operating system's trust store (read when the URL is parsed: on Linux the files
+///   OpenSSL reads, `SSL_CERT_FILE`/`SSL_CERT_DIR` first; a store with no usable
+///   certificate fails with [`Error::Tls`]);
 ///   each must name its host as written in the URL, or `server_name` when given.
 ///   `cert` and `key` (PEM files, both or neither) are presented to registries that
 ///   require client certificates (mutual TLS). Values are taken as written (no
@@ -188,13 +190,24 @@ impl Registries {
 ///   through any of the endpoints; keys live under `/root` (default `/dubbo`).
 /// - `etcds://h1:2379[,h2:2379...][/root][?ca=PATH][&cert=PATH&key=PATH][&server_name=NAME]`
 ///   (features `etcd` and `tls`): the same over TLS, with the query of `rpcs://`
-///   (every member's certificate must name its host as written, or `server_name`).
+///   (every member's certificate must name its host as written, or `server_name`;
+///   without `ca`, etcd-client's built-in web PKI roots are trusted, not the system
+///   store).
 /// - `zookeeper://h1:2181[,h2:2181...][/chroot]` (feature `zookeeper`): one ZooKeeper
 ///   ensemble (3.6 or later), reached through any of the hosts; nodes live under
 ///   `{chroot}/dubbo` in Dubbo's layout (`/dubbo/{service}/providers/...`).
+/// - `zookeepers://h1:2281[,h2:2281...][/chroot]?ca=PATH[&cert=PATH&key=PATH]`
+///   (features `zookeeper` and `tls`): the same over TLS, to the servers'
+///   `secureClientPort`. `ca` is required (the ZooKeeper client takes trust anchors
+///   as PEM text only, so the system trust store cannot stand in), every
+///   server's certificate must name its host as written (`server_name` is refused:
+///   the client cannot check another name), and `cert` and `key` are presented to
+///   servers with `ssl.clientAuth=need`. A plaintext `zookeeper://` URL against a
+///   secure port, and a `zookeepers://` URL refused by the server, fail their first
+///   call with [`Error::Unreachable`] within a few seconds, saying what to change.
 ///
-/// Without its features, `rpcs://`, `etcd://`, `etcds://` or `zookeeper://` is an
-/// unsupported scheme.
+/// Without its features, `rpcs://`, `etcd://`, `etcds://`, `zookeeper://` or
+/// `zookeepers://` fails with [`Error::FeatureOff`] naming the features it needs.
 ///
 /// ```
 /// let registries = rpc_registry::connect("rpc://127.0.0.1:7000,127.0.0.1:7001")?;
@@ -206,7 +219,8 @@ impl Registries {
 /// # Errors
 ///
 /// [`Error::InvalidUrl`] for a malformed URL, [`Error::UnsupportedScheme`] for a
-/// scheme with no backend, [`Error::Tls`] for TLS files that cannot be read or used.
+/// scheme with no backend, [`Error::FeatureOff`] for one whose backend this build
+/// leaves out, [`Error::Tls`] for TLS files that cannot be read or used.
 pub fn connect(url: &str) -> Result<Registries, Error> {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (scheme, rest),
@@ -240,6 +254,36 @@ pub fn connect(url: &str) -> Result<Registries, Error> {
         "zookeeper" => Ok(Registries::from_backends(vec![Arc::new(
             zookeeper::ZooKeeperBackend::parse(url, rest)?,
         )])),
+        #[cfg(all(feature = "zookeeper", feature = "tls"))]
+        "zookeepers" => Ok(Registries::from_backends(vec![Arc::new(
+            zookeeper::ZooKeeperBackend::parse_tls(url, rest)?,
+        )])),
+        // Ours, but left out of this build: say which features bring them in.
+        #[cfg(not(feature = "tls"))]
+        "rpcs" => Err(Error::FeatureOff {
+            scheme: "rpcs",
+            features: "`tls`",
+        }),
+        #[cfg(not(feature = "etcd"))]
+        "etcd" => Err(Error::FeatureOff {
+            scheme: "etcd",
+            features: "`etcd`",
+        }),
+        #[cfg(not(all(feature = "etcd", feature = "tls")))]
+        "etcds" => Err(Error::FeatureOff {
+            scheme: "etcds",
+            features: "`etcd` and `tls`",
+        }),
+        #[cfg(not(feature = "zookeeper"))]
+        "zookeeper" => Err(Error::FeatureOff {
+            scheme: "zookeeper",
+            features: "`zookeeper`",
+        }),
+        #[cfg(not(all(feature = "zookeeper", feature = "tls")))]
+        "zookeepers" => Err(Error::FeatureOff {
+            scheme: "zookeepers",
+            features: "`zookeeper` and `tls`",
+        }),
         other => Err(Error::UnsupportedScheme {
             scheme: other.chars().take(32).collect(),
         }),

@@ -51,7 +51,7 @@ pub(super) fn parse_hosts(url: &str, rest: &str) -> Result<Vec<String>, Error> {
 
 /// The registries of an `rpcs://` URL, `rest` being what follows the scheme; the
 /// query is [`tls::split`](super::tls::split)'s. Trust is the `ca` file's certificates,
-/// or the web PKI's roots built into the binary without it; each registry's
+/// or the operating system's trust store without it; each registry's
 /// certificate must name `server_name`, or by default its host as written in the URL
 /// (a DNS name or an IP address).
 #[cfg(feature = "tls")]
@@ -62,7 +62,7 @@ pub(super) fn parse_tls(url: &str, rest: &str) -> Result<Vec<RpcBackend>, Error>
     let (hosts, query) = tls::split(url, "rpcs", rest)?;
     let config = match &query.ca {
         Some(pem) => ClientTls::with_ca_pem(pem),
-        None => ClientTls::mozilla_roots(),
+        None => ClientTls::system_roots(),
     }
     .map_err(|e| tls::refused(url, e))?;
     let config = match &query.identity {

@@ -1,14 +1,16 @@
-//! The TLS query of `rpcs://` and `etcds://` URLs (the `tls` feature):
-//! `?ca=PATH&cert=PATH&key=PATH&server_name=NAME`, all optional, values taken as
-//! written (no percent-decoding). The files are read here, so a missing one fails when
-//! the URL is parsed, not at the first call.
+//! The TLS query of `rpcs://`, `etcds://` and `zookeepers://` URLs (the `tls`
+//! feature): `?ca=PATH&cert=PATH&key=PATH&server_name=NAME`, all optional, values
+//! taken as written (no percent-decoding). The files are read here, so a missing one
+//! fails when the URL is parsed, not at the first call.
 
 use super::Error;
 
 /// What a URL's TLS query asks for, its files read.
 #[derive(Debug, Default)]
 pub(super) struct TlsQuery {
-    /// PEM CA certificates to trust (`ca`); `None`: the web PKI's roots built in.
+    /// PEM CA certificates to trust (`ca`); `None`: the operating system's trust store
+    /// (`rpcs://`), the web PKI's roots built in (`etcds://`), or refused
+    /// (`zookeepers://`).
     pub(super) ca: Option<Vec<u8>>,
     /// PEM certificate chain and key to present (`cert` and `key`), for mutual TLS.
     pub(super) identity: Option<(Vec<u8>, Vec<u8>)>,

@@ -19,6 +19,15 @@
 //! (`{service}` is percent-encoded into one node name, so a service name with `/`
 //! stays one node.)
 //!
+//! `zookeepers://h1:2281[,h2:2281...][/chroot]?ca=PATH[&cert=PATH&key=PATH]` (features
+//! `zookeeper` and `tls`) is the same over TLS, to the servers' `secureClientPort`
+//! (which ZooKeeper serves with its Netty connection factory only). The query is
+//! [`tls::split`](super::tls::split)'s, with two differences the client library
+//! imposes: `ca` is required (it takes trust anchors as PEM text only, so neither the
+//! system trust store `rpcs://` falls back on nor the built-in roots `etcds://` falls
+//! back on can be handed to it), and `server_name` is refused (it checks each host as
+//! written, or nothing at all).
+//!
 //! Sessions and failures, as Dubbo's ZooKeeper registry handles them:
 //!
 //! - The client library pings by itself. [`Registry::keep_alive`] only reports the
@@ -91,6 +100,9 @@ pub(super) struct ZooKeeperBackend {
     url: String,
     /// `h1:2181,h2:2181`: the connect string.
     hosts: String,
+    /// TLS settings (`zookeepers://`), CA and identity parsed; `None`: plaintext.
+    #[cfg(feature = "tls")]
+    tls: Option<zk::TlsOptions>,
     /// `{chroot}/dubbo`: the root node everything lives under.
     root: String,
     /// The session lookups and watches use; opened on first use and again after it
@@ -165,24 +177,122 @@ impl ZooKeeperBackend {
         Ok(ZooKeeperBackend {
             url: format!("zookeeper://{hosts}{chroot}"),
             hosts,
+            #[cfg(feature = "tls")]
+            tls: None,
             root: format!("{chroot}/dubbo"),
             reader: tokio::sync::Mutex::new(None),
             leases: Mutex::new(HashMap::new()),
         })
     }
 
+    /// A backend for `zookeepers://{rest}`: as [`parse`](Self::parse) before the `?`,
+    /// then the TLS query of [`tls::split`](super::tls::split), whose `ca` is required
+    /// here and whose `server_name` is refused (see the module's docs).
+    #[cfg(feature = "tls")]
+    pub(super) fn parse_tls(url: &str, rest: &str) -> Result<ZooKeeperBackend, Error> {
+        use super::tls;
+
+        let (rest, query) = tls::split(url, "zookeepers", rest)?;
+        if query.server_name.is_some() {
+            return Err(tls::invalid(
+                url,
+                "zookeepers:// takes no server_name: the ZooKeeper client checks each \
+                 server's certificate against its host as written in the URL"
+                    .into(),
+            ));
+        }
+        let Some(ca) = query.ca else {
+            return Err(tls::invalid(
+                url,
+                "zookeepers:// needs ca=PATH (a PEM file of the CA certificates that \
+                 issued the servers' certificates): the ZooKeeper client has no built-in \
+                 roots"
+                    .into(),
+            ));
+        };
+        let pem = |what: &str, bytes: Vec<u8>| {
+            String::from_utf8(bytes)
+                .map_err(|_| tls::refused(url, format!("{what} is not PEM text")))
+        };
+        let mut options = zk::TlsOptions::new()
+            .with_pem_ca(&pem("ca", ca)?)
+            .map_err(|e| tls::refused(url, format!("ca: {e}")))?;
+        if let Some((cert, key)) = query.identity {
+            options = options
+                .with_pem_identity(&pem("cert", cert)?, &pem("key", key)?)
+                .map_err(|e| tls::refused(url, format!("cert and key: {e}")))?;
+        }
+        install_crypto_provider();
+        let mut backend = ZooKeeperBackend::parse(url, rest)?;
+        backend.url = format!("zookeepers://{}", &backend.url["zookeeper://".len()..]);
+        backend.tls = Some(options);
+        Ok(backend)
+    }
+
     /// Opens a session asking for `timeout`.
     async fn open_session(&self, timeout: Duration) -> Result<zk::Client, Error> {
-        let connecting = zk::Client::connector()
+        let connector = zk::Client::connector()
             .with_session_timeout(timeout)
             // Fail after trying every host once instead of cycling for a whole session
             // timeout: the caller retries on its own schedule.
-            .with_fail_eagerly()
-            .connect(&self.hosts);
+            .with_fail_eagerly();
+        let connecting = async {
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &self.tls {
+                return connector
+                    .with_tls(tls.clone())
+                    .secure_connect(&self.hosts)
+                    .await;
+            }
+            connector.connect(&self.hosts).await
+        };
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Err(_) => Err(self.unreachable("no session established in time")),
-            Ok(Err(e)) => Err(self.unreachable(e)),
+            Ok(Err(e)) => Err(self.unreachable(self.connect_failure(e).await)),
             Ok(Ok(client)) => Ok(client),
+        }
+    }
+
+    /// Why a session could not be established, with a hint when the failure looks
+    /// like the two sides disagreeing on TLS.
+    ///
+    /// The client library reports every failed host as "no available hosts" and keeps
+    /// the cause (a refused TCP connection, a failed handshake, a connection closed
+    /// unanswered) to its debug log. A server that takes TCP connections but gave no
+    /// session is one that disagrees on TLS: a TLS port closes a plaintext client's
+    /// connection at its first bytes, and a handshake fails on an untrusted
+    /// certificate or a missing client certificate. So the hosts are tried once more,
+    /// with a bare TCP connect, to tell these apart from servers that are down.
+    async fn connect_failure(&self, error: zk::Error) -> String {
+        let reason = error.to_string();
+        if !matches!(error, zk::Error::NoHosts | zk::Error::ConnectionLoss) {
+            return reason;
+        }
+        let listening = async {
+            for host in self.hosts.split(',') {
+                if tokio::net::TcpStream::connect(host).await.is_ok() {
+                    return true;
+                }
+            }
+            false
+        };
+        // Bounded: this runs after a failure the caller is waiting to hear about.
+        let listening = tokio::time::timeout(Duration::from_secs(1), listening)
+            .await
+            .unwrap_or(false);
+        match (listening, self.url.starts_with("zookeepers://")) {
+            (false, _) => reason,
+            (true, true) => format!(
+                "{reason}: the servers take connections, but no TLS session was established \
+                 (check that ca= issued their certificates and that these name each host as \
+                 written in the URL; if the servers require client certificates, give cert= \
+                 and key=; a plaintext port fails the handshake too)"
+            ),
+            (true, false) => format!(
+                "{reason}: the servers take connections but closed them unanswered (if they \
+                 serve TLS, as a secureClientPort does, use zookeepers://...?ca=PATH with \
+                 the `tls` feature)"
+            ),
         }
     }
 
@@ -704,6 +814,20 @@ impl Backend for ZooKeeperBackend {
     }
 }
 
+/// Makes ring the process's default rustls crypto provider, unless one is set:
+/// zookeeper-client builds its TLS configs with the default, and with both ring
+/// (rpc-core's) and aws-lc-rs (zookeeper-client's rustls defaults) compiled in, rustls
+/// cannot pick one itself and would panic at the first connect. An application that
+/// installed its own default first keeps it.
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: another default is already installed, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,6 +844,50 @@ mod tests {
         assert!(ZooKeeperBackend::parse("zookeeper://a:1//x", "a:1//x").is_err());
         assert!(ZooKeeperBackend::parse("zookeeper://a:1/../x", "a:1/../x").is_err());
         assert!(ZooKeeperBackend::parse("zookeeper://a", "a").is_err());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_url() {
+        let parse = |url: &str| ZooKeeperBackend::parse_tls(url, &url["zookeepers://".len()..]);
+        let dir = std::env::temp_dir().join(format!("rpc-registry-zk-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        // A certificate only needs to parse here (rcgen is a dev-dependency).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let ca = ca.display();
+
+        let b = parse(&format!("zookeepers://a:1,b:2/reg?ca={ca}")).unwrap();
+        assert_eq!(b.url, "zookeepers://a:1,b:2/reg");
+        assert_eq!(b.hosts, "a:1,b:2");
+        assert_eq!(b.root, "/reg/dubbo");
+        assert!(b.tls.is_some());
+        let message = |url: &str| parse(url).unwrap_err().to_string();
+        assert!(message("zookeepers://a:1").contains("needs ca=PATH"));
+        assert!(message(&format!("zookeepers://a:1?ca={ca}&server_name=x"))
+            .contains("takes no server_name"));
+        assert!(message(&format!("zookeepers://a:1?ca={ca}&cert={ca}")).contains("go together"));
+        assert!(matches!(
+            parse("zookeepers://a:1?ca=/nonexistent/ca.pem"),
+            Err(Error::Tls { .. })
+        ));
+        // A file without a certificate is refused now, not at the first connect.
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        assert!(matches!(
+            parse(&format!("zookeepers://a:1?ca={}", empty.display())),
+            Err(Error::Tls { .. })
+        ));
+        assert!(matches!(
+            parse(&format!("zookeepers://a:1/../x?ca={ca}")),
+            Err(Error::InvalidUrl { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
