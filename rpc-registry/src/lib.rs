@@ -101,13 +101,17 @@ mod server;
 mod validate;
 
 pub use api::{
-    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApi,
-    RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary, ServiceView,
-    METHODS_METADATA_KEY,
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, LoadReport, MethodLoad,
+    RegistryApi, RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary,
+    ServiceView, METHODS_METADATA_KEY,
 };
 pub use cli::{init_logging, parse_duration, shutdown_signal, RegistryArgs};
 pub use client::{
     connect, Backend, Consumer, ConsumerBuilder, Discovery, Error, Publisher, PublisherBuilder,
     Registries, Registry,
 };
-pub use server::{RegistryConfig, RegistryServer};
+#[cfg(feature = "dashboard")]
+pub use server::AdminConfig;
+pub use server::{
+    Health, InstanceStatus, Load, Override, RegistryConfig, RegistryServer, ServiceStatus,
+};
