@@ -562,3 +562,95 @@ async fn the_registry_metrics_are_prometheus_text() {
     publisher.shutdown().await;
     server.shutdown().await.unwrap();
 }
+
+/// The registry's API as it was before load reports: no `heartbeat_with_load`.
+#[rpc_core::service(name = "rpc.Registry")]
+trait OldRegistry {
+    async fn grant(
+        &self,
+        request: rpc_registry::LeaseRequest,
+    ) -> Result<rpc_registry::Lease, rpc_registry::RegistryError>;
+    async fn heartbeat(
+        &self,
+        lease: rpc_registry::LeaseId,
+    ) -> Result<(), rpc_registry::RegistryError>;
+    async fn revoke(&self, lease: rpc_registry::LeaseId)
+        -> Result<(), rpc_registry::RegistryError>;
+    async fn register(
+        &self,
+        lease: rpc_registry::LeaseId,
+        instance: Instance,
+    ) -> Result<rpc_registry::Revision, rpc_registry::RegistryError>;
+}
+
+/// Counts heartbeats; grants one lease per call, accepts every registration.
+#[derive(Default)]
+struct Old {
+    heartbeats: std::sync::atomic::AtomicU64,
+    registered: std::sync::atomic::AtomicBool,
+}
+
+impl OldRegistry for Arc<Old> {
+    async fn grant(
+        &self,
+        _request: rpc_registry::LeaseRequest,
+    ) -> Result<rpc_registry::Lease, rpc_registry::RegistryError> {
+        let lease: rpc_registry::Lease = serde_json::from_value(serde_json::json!({
+            "id": 7, "ttl_ms": 1000, "heartbeat_ms": 100
+        }))
+        .unwrap();
+        Ok(lease)
+    }
+    async fn heartbeat(
+        &self,
+        _lease: rpc_registry::LeaseId,
+    ) -> Result<(), rpc_registry::RegistryError> {
+        self.heartbeats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    async fn revoke(
+        &self,
+        _lease: rpc_registry::LeaseId,
+    ) -> Result<(), rpc_registry::RegistryError> {
+        Ok(())
+    }
+    async fn register(
+        &self,
+        _lease: rpc_registry::LeaseId,
+        _instance: Instance,
+    ) -> Result<rpc_registry::Revision, rpc_registry::RegistryError> {
+        self.registered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(rpc_registry::Revision::new(1, 1))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_without_load_reports_gets_plain_heartbeats() {
+    let old = Arc::new(Old::default());
+    let registry = rpc_core::Server::builder()
+        .add_service(OldRegistryServer::new(Arc::clone(&old)))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .spawn();
+    let url = format!("rpc://{}", registry.local_addr());
+    let a = free_addr();
+    let (server, publisher) = start_provider(&url, a, Some(&Metrics::new())).await;
+    assert!(old.registered.load(std::sync::atomic::Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let beats = old.heartbeats.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        beats >= 3,
+        "{beats} heartbeats in 600 ms at 100 ms: the publisher fell back to plain heartbeats"
+    );
+    assert_eq!(
+        publisher.leases(),
+        vec![Some(rpc_registry::LeaseId(7))],
+        "the lease held"
+    );
+    publisher.shutdown().await;
+    server.shutdown().await.unwrap();
+    registry.shutdown().await.unwrap();
+}

@@ -862,22 +862,19 @@ impl State {
         })
     }
 
-    /// Per service: (name, live instances, consumers, watches waiting), sorted; for
-    /// the registry's metrics.
-    pub(crate) fn service_gauges(&self) -> Vec<(String, usize, usize, usize)> {
+    /// Per service, its counts, sorted by name; for the registry's metrics.
+    pub(crate) fn service_gauges(&self) -> Vec<ServiceGauges> {
         let mut list: Vec<_> = self
             .services
             .iter()
-            .map(|e| {
-                (
-                    e.key().clone(),
-                    e.instances.len(),
-                    e.consumers.len(),
-                    e.changed.receiver_count(),
-                )
+            .map(|e| ServiceGauges {
+                service: e.key().clone(),
+                instances: e.instances.len(),
+                consumers: e.consumers.len(),
+                watchers: e.changed.receiver_count(),
             })
             .collect();
-        list.sort();
+        list.sort_by(|a, b| a.service.cmp(&b.service));
         list
     }
 
@@ -924,6 +921,19 @@ impl State {
             .entry(service.to_owned())
             .or_insert_with(ServiceEntry::new))
     }
+}
+
+/// One service's counts, for the registry's metrics.
+#[derive(Debug)]
+pub(crate) struct ServiceGauges {
+    /// The service.
+    pub(crate) service: String,
+    /// Its live instances.
+    pub(crate) instances: usize,
+    /// Its registered consumers.
+    pub(crate) consumers: usize,
+    /// Watches waiting on it.
+    pub(crate) watchers: usize,
 }
 
 /// Why an override was not changed.
@@ -1032,6 +1042,76 @@ mod tests {
         else {
             panic!("another epoch is answered at once")
         };
+    }
+
+    #[test]
+    fn overrides_shape_the_views_and_outlive_the_lease() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        let id = lease(&state, t0);
+        let r1 = state.register(id, instance(1), t0).unwrap();
+        state.register(id, instance(2), t0).unwrap();
+        let addr = instance(1).addr;
+        assert!(matches!(
+            state.change_override("svc", "127.0.0.1:9", |o| o.disabled = true),
+            Err(OverrideError::NotFound)
+        ));
+        state
+            .change_override("svc", &addr, |o| o.weight = Some(7))
+            .unwrap();
+        let view = state.lookup("svc").unwrap();
+        assert!(view.revision.index > r1.index, "watchers are woken");
+        assert_eq!(view.instances[0].weight, 7);
+        state
+            .change_override("svc", &addr, |o| o.disabled = true)
+            .unwrap();
+        assert_eq!(state.lookup("svc").unwrap().instances.len(), 1);
+        // The provider restarts under a new lease: still disabled.
+        state.revoke(id).unwrap();
+        let again = lease(&state, t0);
+        state.register(again, instance(1), t0).unwrap();
+        assert!(state.lookup("svc").unwrap().instances.is_empty());
+        let status = state.status("svc", t0).unwrap();
+        assert_eq!(status.instances[0].health, Health::Disabled);
+        assert_eq!(status.instances[0].weight, 7);
+        assert_eq!(status.instances[0].registered_weight, 100);
+        // Cleared: as registered, and forgotten.
+        state
+            .change_override("svc", &addr, |o| *o = Override::default())
+            .unwrap();
+        assert_eq!(state.lookup("svc").unwrap().instances[0].weight, 100);
+        assert!(state.status("svc", t0).unwrap().overrides.is_empty());
+    }
+
+    #[test]
+    fn load_reports_become_rates() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        let id = lease(&state, t0);
+        state.register(id, instance(1), t0).unwrap();
+        let mut report = LoadReport::new(2000);
+        let mut get = MethodLoad::new("svc", "get", 400, 4);
+        get.mean_us = 1500;
+        get.p99_us = 6400;
+        report.methods.push(get);
+        report.methods.push(MethodLoad::new("svc", "put", 100, 0));
+        report.methods.push(MethodLoad::new("other", "x", 1000, 0));
+        let before = state.lookup("svc").unwrap().revision;
+        state.heartbeat_with_load(id, report, t0).unwrap();
+        assert_eq!(
+            state.lookup("svc").unwrap().revision,
+            before,
+            "no revision moves"
+        );
+        let load = &state.status("svc", t0).unwrap().load;
+        assert_eq!(load.calls_per_s, 250.0);
+        assert_eq!(load.error_rate, 4.0 / 500.0);
+        assert_eq!(load.p99_ms, 6.4);
+        assert_eq!(load.methods["get"].calls_per_s, 200.0);
+        assert_eq!(load.methods["get"].mean_ms, 1.5);
+        // A report three windows old no longer counts.
+        let later = state.status("svc", t0 + Duration::from_secs(7)).unwrap();
+        assert_eq!(later.load.calls_per_s, 0.0);
     }
 
     #[test]

@@ -200,7 +200,7 @@ fn act(
     edit: impl FnOnce(&mut Override),
 ) -> Response {
     if let Err(refused) = authorize(admin.token.as_deref(), headers) {
-        return refused;
+        return refused.answer();
     }
     match admin.state.change_override(&service, &addr, edit) {
         Ok(operator_override) => fresh(Changed {
@@ -216,16 +216,42 @@ fn act(
     }
 }
 
+/// Why an action was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// No token is configured: the dashboard is read-only.
+    Disabled,
+    /// No token, or not the configured one, was presented.
+    Unauthorized,
+}
+
+impl Refusal {
+    /// 403 or 401 (with `WWW-Authenticate: Bearer`), saying what to do.
+    fn answer(self) -> Response {
+        match self {
+            Refusal::Disabled => error(
+                StatusCode::FORBIDDEN,
+                "operator actions are disabled: start the registry with --admin-token \
+                 (or RPC_REGISTRY_ADMIN_TOKEN)",
+            ),
+            Refusal::Unauthorized => {
+                let mut answer = error(
+                    StatusCode::UNAUTHORIZED,
+                    "operator actions need Authorization: Bearer <admin token>",
+                );
+                answer
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, "Bearer".parse().expect("a header value"));
+                answer
+            }
+        }
+    }
+}
+
 /// `Ok` when `headers` carry `Authorization: Bearer <token>` with the configured
-/// token; the answer to send otherwise.
-fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = token else {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "operator actions are disabled: start the registry with --admin-token \
-             (or RPC_REGISTRY_ADMIN_TOKEN)",
-        ));
-    };
+/// token.
+fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), Refusal> {
+    let token = token.ok_or(Refusal::Disabled)?;
     let presented = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -233,16 +259,7 @@ fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim);
     match presented {
         Some(presented) if same(presented.as_bytes(), token.as_bytes()) => Ok(()),
-        _ => {
-            let mut answer = error(
-                StatusCode::UNAUTHORIZED,
-                "operator actions need Authorization: Bearer <admin token>",
-            );
-            answer
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, "Bearer".parse().expect("a header value"));
-            Err(answer)
-        }
+        _ => Err(Refusal::Unauthorized),
     }
 }
 
@@ -280,19 +297,15 @@ mod tests {
     #[test]
     fn actions_need_the_token() {
         let mut headers = HeaderMap::new();
+        assert_eq!(authorize(None, &headers), Err(Refusal::Disabled));
+        assert_eq!(Refusal::Disabled.answer().status(), StatusCode::FORBIDDEN);
+        assert_eq!(authorize(Some("t0k"), &headers), Err(Refusal::Unauthorized));
         assert_eq!(
-            authorize(None, &headers).unwrap_err().status(),
-            StatusCode::FORBIDDEN
-        );
-        assert_eq!(
-            authorize(Some("t0k"), &headers).unwrap_err().status(),
+            Refusal::Unauthorized.answer().status(),
             StatusCode::UNAUTHORIZED
         );
         headers.insert(AUTHORIZATION, "Bearer nope".parse().unwrap());
-        assert_eq!(
-            authorize(Some("t0k"), &headers).unwrap_err().status(),
-            StatusCode::UNAUTHORIZED
-        );
+        assert_eq!(authorize(Some("t0k"), &headers), Err(Refusal::Unauthorized));
         headers.insert(AUTHORIZATION, "Bearer t0k".parse().unwrap());
         assert!(authorize(Some("t0k"), &headers).is_ok());
     }

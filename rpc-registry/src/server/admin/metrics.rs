@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::super::state::State;
+use super::super::state::{ServiceGauges, State};
 use super::api::Admin;
 
 /// The content type of the OpenMetrics text format.
@@ -156,27 +156,28 @@ impl Collector for StateCollector {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value.load(Ordering::Relaxed)).encode(family)?;
         }
-        let per_service: [(&str, &str, fn(&(String, usize, usize, usize)) -> usize); 3] = [
+        type Count = fn(&ServiceGauges) -> usize;
+        let per_service: [(&str, &str, Count); 3] = [
             (
                 "rpc_registry_service_instances",
                 "Live instances of the service",
-                |s| s.1,
+                |s| s.instances,
             ),
             (
                 "rpc_registry_service_consumers",
                 "Registered consumers of the service",
-                |s| s.2,
+                |s| s.consumers,
             ),
             (
                 "rpc_registry_service_watchers",
                 "Watches waiting on the service",
-                |s| s.3,
+                |s| s.watchers,
             ),
         ];
         for (name, help, value) in per_service {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for service in &services {
-                let labels = [("service", service.0.as_str())];
+                let labels = [("service", service.service.as_str())];
                 ConstGauge::new(value(service) as i64).encode(family.encode_family(&labels)?)?;
             }
         }
