@@ -89,6 +89,7 @@ pub(crate) struct Counters {
     /// Operator overrides changed.
     pub(crate) overrides_changed: AtomicU64,
     /// Scrapes of the registry's metrics.
+    #[cfg(feature = "dashboard")]
     pub(crate) scrapes: AtomicU64,
 }
 
@@ -270,6 +271,7 @@ impl State {
     }
 
     /// When this registry started.
+    #[cfg(feature = "dashboard")]
     pub(crate) fn started(&self) -> Instant {
         self.started
     }
@@ -863,6 +865,7 @@ impl State {
     }
 
     /// Per service, its counts, sorted by name; for the registry's metrics.
+    #[cfg(feature = "dashboard")]
     pub(crate) fn service_gauges(&self) -> Vec<ServiceGauges> {
         let mut list: Vec<_> = self
             .services
@@ -924,6 +927,7 @@ impl State {
 }
 
 /// One service's counts, for the registry's metrics.
+#[cfg(feature = "dashboard")]
 #[derive(Debug)]
 pub(crate) struct ServiceGauges {
     /// The service.
@@ -939,8 +943,8 @@ pub(crate) struct ServiceGauges {
 /// Why an override was not changed.
 #[derive(Debug)]
 pub(crate) enum OverrideError {
-    /// The service name is invalid.
-    Invalid(RegistryError),
+    /// The service name is invalid (the dashboard says why).
+    Invalid(#[cfg_attr(not(feature = "dashboard"), allow(dead_code))] RegistryError),
     /// No instance is registered at that address, and no override is there.
     NotFound,
 }
