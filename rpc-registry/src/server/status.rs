@@ -47,8 +47,7 @@ pub enum Health {
     Late,
     /// An operator disabled it: consumers do not call it.
     Disabled,
-    /// Weight 0 (registered or overridden): consumers call it only when nothing else
-    /// is left.
+    /// Weight 0 (registered or overridden): balancers send it no calls.
     Parked,
 }
 
