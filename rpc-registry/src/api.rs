@@ -311,6 +311,75 @@ pub struct ServiceSummary {
     pub revision: Revision,
 }
 
+/// What a provider process's calls looked like over its last heartbeat interval,
+/// sent with the heartbeat ([`RegistryApi::heartbeat_with_load`]) so the registry's
+/// dashboard shows live calls/s, error rate and latency per service and instance
+/// without scraping anyone. Made by a [`Publisher`](crate::Publisher) given the
+/// provider's server metrics ([`PublisherBuilder::metrics`](crate::PublisherBuilder::metrics)).
+///
+/// ```
+/// let report = rpc_registry::LoadReport::new(2000);
+/// assert!(report.methods.is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LoadReport {
+    /// How long the window is, in milliseconds (the time since the previous report).
+    pub window_ms: u64,
+    /// One entry per method that ended calls in the window or has calls in flight.
+    pub methods: Vec<MethodLoad>,
+}
+
+impl LoadReport {
+    /// An empty report over a window of `window_ms` milliseconds.
+    pub fn new(window_ms: u64) -> LoadReport {
+        LoadReport {
+            window_ms,
+            methods: Vec::new(),
+        }
+    }
+}
+
+/// One method's calls in a [`LoadReport`]'s window, on the provider's side.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MethodLoad {
+    /// The service's wire name: the report counts for the lease's instances of it.
+    pub service: String,
+    /// The method's wire name.
+    pub method: String,
+    /// Calls that ended in the window.
+    pub calls: u64,
+    /// Of those, calls that ended other than `ok`.
+    pub errors: u64,
+    /// Mean latency in the window, microseconds.
+    pub mean_us: u64,
+    /// Median latency in the window, microseconds (a histogram bucket's bound).
+    pub p50_us: u64,
+    /// 99th percentile latency in the window, microseconds (a bucket's bound).
+    pub p99_us: u64,
+    /// Calls running at the end of the window.
+    pub in_flight: u64,
+}
+
+impl MethodLoad {
+    /// `calls` calls of `service.method`, `errors` of them failed, the rest zero.
+    pub fn new(
+        service: impl Into<String>,
+        method: impl Into<String>,
+        calls: u64,
+        errors: u64,
+    ) -> MethodLoad {
+        MethodLoad {
+            service: service.into(),
+            method: method.into(),
+            calls,
+            errors,
+            ..MethodLoad::default()
+        }
+    }
+}
+
 /// Why the registry refused an operation. Delivered typed to callers as
 /// `RpcError::Application`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -376,6 +445,14 @@ pub trait RegistryApi {
     /// Renews a lease and every instance under it (one call per process, however many
     /// instances it has).
     async fn heartbeat(&self, lease: LeaseId) -> Result<(), RegistryError>;
+    /// [`heartbeat`](RegistryApi::heartbeat) carrying the provider's load over the
+    /// last interval, for the dashboard. A registry from before this method answers
+    /// `METHOD_NOT_FOUND`; publishers then fall back to `heartbeat`.
+    async fn heartbeat_with_load(
+        &self,
+        lease: LeaseId,
+        load: LoadReport,
+    ) -> Result<(), RegistryError>;
     /// Ends a lease, deregistering its instances gracefully (consumers may let their
     /// lists empty).
     async fn revoke(&self, lease: LeaseId) -> Result<(), RegistryError>;

@@ -22,7 +22,9 @@ use crate::server::RegistryConfig;
 ///
 /// With the `tls` feature, `--tls-cert PATH --tls-key PATH` serve over TLS (clients
 /// use `rpcs://` URLs) and `--tls-client-ca PATH` also requires client certificates
-/// issued by that CA (mutual TLS).
+/// issued by that CA (mutual TLS). With the `dashboard` feature,
+/// `--admin-listen ADDR` serves the admin dashboard and `--admin-token TOKEN` (or the
+/// `RPC_REGISTRY_ADMIN_TOKEN` environment variable) allows its operator actions.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     about = "The embedded heartbeat registry of the RPC framework",
@@ -57,6 +59,22 @@ pub struct RegistryArgs {
     /// Worker reactors.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Serve the admin dashboard (page, JSON API, Prometheus metrics) over HTTP on
+    /// this address (port 0 picks a free port); no dashboard without it.
+    #[cfg(feature = "dashboard")]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Token that operator actions on the dashboard must present as
+    /// `Authorization: Bearer <token>`; without one the dashboard is read-only.
+    #[cfg(feature = "dashboard")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RPC_REGISTRY_ADMIN_TOKEN",
+        hide_env_values = true,
+        requires = "admin_listen"
+    )]
+    pub admin_token: Option<String>,
     /// PEM certificate chain (leaf first) to serve TLS with; needs --tls-key.
     #[cfg(feature = "tls")]
     #[arg(long, value_name = "PATH", requires = "tls_key")]
@@ -96,6 +114,17 @@ impl RegistryArgs {
         #[cfg(feature = "tls")]
         let config = match self.server_tls()? {
             Some(tls) => config.tls(tls),
+            None => config,
+        };
+        #[cfg(feature = "dashboard")]
+        let config = match &self.admin_listen {
+            Some(listen) => {
+                let admin = crate::server::AdminConfig::new(listen.clone());
+                config.admin(match &self.admin_token {
+                    Some(token) => admin.token(token.clone()),
+                    None => admin,
+                })
+            }
             None => config,
         };
         Ok(config)

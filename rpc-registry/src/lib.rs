@@ -10,7 +10,10 @@
 //!   [`ServiceView`], [`RegistryError`], ...);
 //! - `server`: [`RegistryServer`] and [`RegistryConfig`]: the state in `DashMap`s,
 //!   leases, per-service revisions, long polls, the TTL sweep with its mass-eviction
-//!   guard, the caps;
+//!   guard, the caps, the operators' [`Override`]s and the providers' load reports;
+//!   what operators see ([`ServiceStatus`], [`InstanceStatus`], [`Load`]); and
+//!   `server/admin`, the admin dashboard over HTTP (feature `dashboard`): the page,
+//!   its JSON API, the token-guarded actions and the registry's Prometheus metrics;
 //! - `client`: the object-safe backend traits ([`Registry`], [`Discovery`],
 //!   [`Backend`]) that our `rpc://` backend, the etcd backend and the ZooKeeper
 //!   backend implement, [`connect`] picking a backend from a URL, the provider side
@@ -22,9 +25,16 @@
 //!
 //! # Cargo features
 //!
-//! All off by default, so a user of the embedded registry compiles neither client
-//! and no TLS:
+//! All off by default, so a user of the embedded registry compiles neither client, no
+//! TLS and no HTTP server:
 //!
+//! - `dashboard`: [`RegistryConfig::admin`] ([`AdminConfig`]; the binary's
+//!   `--admin-listen ADDR` and `--admin-token TOKEN`) serves the admin dashboard on an
+//!   HTTP port of its own, with axum: a live page, a JSON API under `/api/`, operator
+//!   actions (weight, disable, enable) behind `Authorization: Bearer <token>`, and the
+//!   registry's metrics at `/metrics`. Without it, overrides and load reports still
+//!   work ([`RegistryServer::status`],
+//!   [`RegistryServer::set_override`]).
 //! - `tls`: the registry over TLS (rpc-core's `tls`, rustls). A server takes
 //!   `RegistryConfig::tls` (the binary: `--tls-cert PATH --tls-key PATH`, and
 //!   `--tls-client-ca PATH` for mutual TLS); clients reach it at
@@ -104,13 +114,17 @@ mod server;
 mod validate;
 
 pub use api::{
-    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApi,
-    RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary, ServiceView,
-    METHODS_METADATA_KEY,
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, LoadReport, MethodLoad,
+    RegistryApi, RegistryApiClient, RegistryApiServer, RegistryError, Revision, ServiceSummary,
+    ServiceView, METHODS_METADATA_KEY,
 };
 pub use cli::{init_logging, parse_duration, shutdown_signal, RegistryArgs};
 pub use client::{
     connect, Backend, Consumer, ConsumerBuilder, Discovery, Error, Publisher, PublisherBuilder,
     Registries, Registry,
 };
-pub use server::{RegistryConfig, RegistryServer};
+#[cfg(feature = "dashboard")]
+pub use server::AdminConfig;
+pub use server::{
+    Health, InstanceStatus, Load, Override, RegistryConfig, RegistryServer, ServiceStatus,
+};

@@ -56,7 +56,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let skeleton = InventoryServer::new(InMemoryInventory::default());
     // Registered with its method list, so the registry (and `rpcctl`) know them.
     let instance = |addr: String| Instance::of(&skeleton, addr).weight(args.weight);
-    let mut builder = Server::builder().add_service(skeleton.clone());
+    // Counted, so the publisher reports calls/s, errors and latency with its
+    // heartbeats and the registry's dashboard shows them.
+    let metrics = rpc_core::filter::metrics::Metrics::new();
+    let mut builder = Server::builder()
+        .layer(metrics.server_layer())
+        .add_service(skeleton.clone());
     if let Some(workers) = args.workers {
         builder = builder.workers(workers);
     }
@@ -76,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = server.spawn();
     let mut publisher = Publisher::builder(rpc_registry::connect(url)?)
         .owner("inventory-provider")
+        .metrics(metrics)
         .deregister_delay(args.deregister_delay);
     if let Some(ttl) = args.ttl {
         publisher = publisher.ttl(ttl);

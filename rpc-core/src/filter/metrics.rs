@@ -281,6 +281,8 @@ impl Metrics {
                     p50: quantile(&buckets, 0.50),
                     p90: quantile(&buckets, 0.90),
                     p99: quantile(&buckets, 0.99),
+                    latency_buckets: buckets,
+                    sum_micros: sum,
                 }
             })
             .collect()
@@ -411,6 +413,79 @@ pub struct MethodSnapshot {
     pub p90: Duration,
     /// 99th percentile latency (bucket upper bound).
     pub p99: Duration,
+    /// Calls per latency bucket, so [`since`](Self::since) can take the quantiles of
+    /// a window rather than of the whole life.
+    latency_buckets: Vec<u64>,
+    /// Sum of latencies in microseconds, for the window's mean.
+    sum_micros: u64,
+}
+
+impl MethodSnapshot {
+    /// The calls that ended between `earlier` (a snapshot of the same method) and
+    /// this one: counts, outcomes, mean and quantiles of that window alone;
+    /// `in_flight` is this snapshot's. A registry's dashboard gets live latency from
+    /// this, where the whole-life quantiles would barely move after an hour.
+    ///
+    /// ```
+    /// use rpc_core::filter::metrics::Metrics;
+    /// let metrics = Metrics::new();
+    /// let before = metrics.snapshot();
+    /// // ... calls ...
+    /// for now in metrics.snapshot() {
+    ///     let window = match before.iter().find(|b| b.server == now.server
+    ///         && b.service == now.service && b.method == now.method)
+    ///     {
+    ///         Some(earlier) => now.since(earlier),
+    ///         None => now.clone(),
+    ///     };
+    ///     println!("{}.{}: {} calls", window.service, window.method, window.calls);
+    /// }
+    /// ```
+    ///
+    /// Counters that went backwards (`earlier` is not of the same [`Metrics`]) count
+    /// as zero.
+    pub fn since(&self, earlier: &MethodSnapshot) -> MethodSnapshot {
+        let buckets: Vec<u64> = self
+            .latency_buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(earlier.latency_buckets.get(i).copied().unwrap_or(0)))
+            .collect();
+        let outcomes: Vec<(&'static str, u64)> = self
+            .outcomes
+            .iter()
+            .map(|(label, n)| {
+                let before = earlier
+                    .outcomes
+                    .iter()
+                    .find(|(l, _)| l == label)
+                    .map_or(0, |(_, n)| *n);
+                (*label, n.saturating_sub(before))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let calls: u64 = buckets.iter().sum();
+        let sum = self.sum_micros.saturating_sub(earlier.sum_micros);
+        MethodSnapshot {
+            server: self.server,
+            service: self.service.clone(),
+            method: self.method.clone(),
+            calls,
+            errors: outcomes
+                .iter()
+                .filter(|(label, _)| *label != "ok")
+                .map(|(_, n)| n)
+                .sum(),
+            outcomes,
+            in_flight: self.in_flight,
+            mean: Duration::from_micros(sum.checked_div(calls).unwrap_or(0)),
+            p50: quantile(&buckets, 0.50),
+            p90: quantile(&buckets, 0.90),
+            p99: quantile(&buckets, 0.99),
+            latency_buckets: buckets,
+            sum_micros: sum,
+        }
+    }
 }
 
 /// The upper bound of the bucket holding quantile `q` of `buckets`.
@@ -691,6 +766,40 @@ mod tests {
         assert_eq!(quantile(&buckets, 0.95), Duration::from_micros(1600));
         assert_eq!(quantile(&buckets, 1.0), Duration::from_micros(51_200));
         assert_eq!(quantile(&[0; 3], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_window_has_its_own_counts_and_quantiles() {
+        let table = Table::default();
+        let stats = Arc::new(MethodStats::new());
+        table
+            .server
+            .write()
+            .entry("s".into())
+            .or_default()
+            .insert("m".into(), Arc::clone(&stats));
+        let metrics = Metrics {
+            table: Arc::new(table),
+            registry: Arc::new(parking_lot::Mutex::new(Registry::default())),
+        };
+        for _ in 0..100 {
+            stats.record("ok", Duration::from_micros(40));
+        }
+        let before = metrics.snapshot().remove(0);
+        for _ in 0..9 {
+            stats.record("ok", Duration::from_millis(3));
+        }
+        stats.record("timeout", Duration::from_millis(3));
+        let now = metrics.snapshot().remove(0);
+        assert_eq!(now.calls, 110);
+        assert_eq!(now.p50, Duration::from_micros(50));
+        let window = now.since(&before);
+        assert_eq!(window.calls, 10);
+        assert_eq!(window.errors, 1);
+        assert_eq!(window.outcomes, vec![("ok", 9), ("timeout", 1)]);
+        assert_eq!(window.p50, Duration::from_micros(3200));
+        assert_eq!(window.mean, Duration::from_millis(3));
+        assert_eq!(now.since(&now).calls, 0);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! cargo run -p rpc-registry -- --listen 127.0.0.1:7000 --ttl 6s --heartbeat-interval 2s
 //! cargo run -p rpc-registry --features tls -- --listen 0.0.0.0:7000 \
 //!     --tls-cert registry.pem --tls-key registry.key [--tls-client-ca clients-ca.pem]
+//! RPC_REGISTRY_ADMIN_TOKEN=s3cret cargo run -p rpc-registry -- --listen 127.0.0.1:7000 \
+//!     --admin-listen 127.0.0.1:7080
 //! cargo run -p rpc-registry -- services --registry rpc://127.0.0.1:7000
 //! cargo run -p rpc-registry -- instances --registry rpc://127.0.0.1:7000 example.Inventory
 //! cargo run -p rpc-registry --features tls -- services \
@@ -72,8 +74,11 @@ async fn serve(args: RegistryArgs) -> Result<(), Box<dyn std::error::Error>> {
     let registry = RegistryServer::bind(&args.listen, args.config()?)
         .await
         .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
-    // The one line scripts and tests read to find the port.
+    // The lines scripts and tests read to find the ports.
     println!("registry listening on {}", registry.local_addr());
+    if let Some(admin) = registry.admin_addr() {
+        println!("admin dashboard on http://{admin}/");
+    }
     rpc_registry::shutdown_signal().await;
     registry.shutdown().await?;
     Ok(())

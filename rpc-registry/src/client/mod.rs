@@ -37,7 +37,8 @@ pub use error::Error;
 pub use publisher::{Publisher, PublisherBuilder};
 
 use crate::api::{
-    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, Revision, ServiceSummary, ServiceView,
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LoadReport, Revision, ServiceSummary,
+    ServiceView,
 };
 
 /// The writing half of a registry backend: leases and the records under them.
@@ -56,6 +57,17 @@ pub trait Registry: Send + Sync + fmt::Debug {
     /// [`Error::Registry`] with `RegistryError::UnknownLease` when the lease is gone
     /// (the holder must take a new one and register again); unreachable otherwise.
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), Error>;
+    /// [`keep_alive`](Self::keep_alive), carrying the provider's load over the last
+    /// interval for the registry's dashboard. Backends with nowhere to put it (etcd,
+    /// ZooKeeper) ignore it: the default does.
+    ///
+    /// # Errors
+    ///
+    /// As `keep_alive`.
+    async fn keep_alive_with_load(&self, lease: LeaseId, load: &LoadReport) -> Result<(), Error> {
+        let _ = load;
+        self.keep_alive(lease).await
+    }
     /// Ends a lease; its records leave gracefully.
     ///
     /// # Errors

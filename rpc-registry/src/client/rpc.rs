@@ -1,6 +1,7 @@
 //! The `rpc://` backend: our embedded registry, reached with our own client; and its
 //! `rpcs://` form over TLS (the `tls` feature).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,8 +10,8 @@ use tokio::sync::OnceCell;
 
 use super::{Backend, Discovery, Error, Registry};
 use crate::api::{
-    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApiClient,
-    RegistryError, Revision, ServiceSummary, ServiceView,
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, LoadReport,
+    RegistryApiClient, RegistryError, Revision, ServiceSummary, ServiceView,
 };
 
 /// Timeout of every operation but `watch`: a registry on the same network answers in
@@ -103,6 +104,9 @@ pub(super) struct RpcBackend {
     tls: Option<rpc_core::ClientTls>,
     /// Made on first successful use; it reconnects by itself afterwards.
     client: OnceCell<RegistryApiClient>,
+    /// Set once the registry answered that it has no `heartbeat_with_load` (it
+    /// predates load reports): plain heartbeats from then on.
+    no_load_reports: AtomicBool,
 }
 
 impl RpcBackend {
@@ -114,6 +118,7 @@ impl RpcBackend {
             #[cfg(feature = "tls")]
             tls: None,
             client: OnceCell::new(),
+            no_load_reports: AtomicBool::new(false),
         }
     }
 
@@ -125,6 +130,7 @@ impl RpcBackend {
             addr,
             tls: Some(tls),
             client: OnceCell::new(),
+            no_load_reports: AtomicBool::new(false),
         }
     }
 
@@ -193,6 +199,20 @@ impl Registry for RpcBackend {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), Error> {
         let api = self.api().await?;
+        self.answer(api.heartbeat(lease).await)
+    }
+
+    async fn keep_alive_with_load(&self, lease: LeaseId, load: &LoadReport) -> Result<(), Error> {
+        let api = self.api().await?;
+        if !self.no_load_reports.load(Ordering::Relaxed) {
+            match api.heartbeat_with_load(lease, load.clone()).await {
+                Err(RpcError::MethodNotFound(message)) => {
+                    tracing::info!(registry = %self.url, %message, "the registry takes no load reports (an older version): plain heartbeats");
+                    self.no_load_reports.store(true, Ordering::Relaxed);
+                }
+                other => return self.answer(other),
+            }
+        }
         self.answer(api.heartbeat(lease).await)
     }
 

@@ -2,8 +2,11 @@
 //! [`RegistryApi`](crate::api::RegistryApi) over our own `rpc_core::Server` and runs
 //! the eviction sweep.
 
+#[cfg(feature = "dashboard")]
+mod admin;
 mod service;
 mod state;
+mod status;
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +20,10 @@ use tokio_util::task::TaskTracker;
 use crate::api::RegistryApiServer;
 use service::RegistryService;
 use state::State;
+
+#[cfg(feature = "dashboard")]
+pub use admin::AdminConfig;
+pub use status::{Health, InstanceStatus, Load, Override, ServiceStatus};
 
 /// Registry settings, each with its default. Validated once, by
 /// [`RegistryServer::bind`].
@@ -75,6 +82,11 @@ pub struct RegistryConfig {
     /// closed. Default: `None`, plaintext (`rpc://`).
     #[cfg(feature = "tls")]
     pub tls: Option<rpc_core::ServerTls>,
+    /// The admin dashboard (the `dashboard` feature): an HTTP server on its own
+    /// address with the page, the JSON API, the operator actions (behind the token)
+    /// and the registry's metrics. Default: `None`, no dashboard.
+    #[cfg(feature = "dashboard")]
+    pub admin: Option<AdminConfig>,
 }
 
 impl Default for RegistryConfig {
@@ -97,6 +109,8 @@ impl Default for RegistryConfig {
             workers: 2,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "dashboard")]
+            admin: None,
         }
     }
 }
@@ -188,6 +202,19 @@ impl RegistryConfig {
         self
     }
 
+    /// Serves the admin dashboard as `admin` says (the `dashboard` feature); see
+    /// [`admin`](Self::admin).
+    ///
+    /// ```
+    /// let config = rpc_registry::RegistryConfig::default()
+    ///     .admin(rpc_registry::AdminConfig::new("127.0.0.1:7080").token("s3cret"));
+    /// ```
+    #[cfg(feature = "dashboard")]
+    pub fn admin(mut self, admin: AdminConfig) -> Self {
+        self.admin = Some(admin);
+        self
+    }
+
     /// Checks the settings make sense together.
     fn validate(&self) -> Result<(), String> {
         let nonzero = [
@@ -220,6 +247,10 @@ impl RegistryConfig {
         if self.workers == 0 {
             return Err("workers must be at least 1".into());
         }
+        #[cfg(feature = "dashboard")]
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
+        }
         Ok(())
     }
 }
@@ -249,6 +280,8 @@ pub struct RegistryServer {
     tasks: TaskTracker,
     /// `rpcs` when serving TLS, `rpc` otherwise.
     scheme: &'static str,
+    /// Where the admin dashboard listens, when it is served.
+    admin_addr: Option<SocketAddr>,
 }
 
 impl RegistryServer {
@@ -296,6 +329,32 @@ impl RegistryServer {
             config.sweep_interval,
             cancel.clone(),
         ));
+        #[cfg(feature = "dashboard")]
+        let admin_addr = match &config.admin {
+            Some(admin) => {
+                let bound = admin::serve(
+                    Arc::clone(&state),
+                    admin,
+                    server.local_addr(),
+                    cancel.clone(),
+                    &tasks,
+                )
+                .await;
+                match bound {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        cancel.cancel();
+                        tasks.close();
+                        tasks.wait().await;
+                        let _ = server.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "dashboard"))]
+        let admin_addr = None;
         tasks.close();
         Ok(RegistryServer {
             server,
@@ -303,6 +362,7 @@ impl RegistryServer {
             cancel,
             tasks,
             scheme,
+            admin_addr,
         })
     }
 
@@ -316,6 +376,36 @@ impl RegistryServer {
     /// Where the registry listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Where the admin dashboard listens (`http://{addr}/`), when
+    /// [`RegistryConfig::admin`] asked for one (the `dashboard` feature).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Every service with instances, consumers or overrides as operators see it (what
+    /// the dashboard's `GET /api/services` answers), sorted by name.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.state.statuses(Instant::now())
+    }
+
+    /// Puts `over` in force for the instance of `service` at `addr` (what the
+    /// dashboard's actions do), and pushes it to the service's watchers; an empty
+    /// [`Override`] removes it. Returns `false`, changing nothing, when the name is
+    /// invalid or neither an instance nor an override is at `addr`.
+    ///
+    /// ```no_run
+    /// # async fn run(registry: rpc_registry::RegistryServer) {
+    /// let mut over = rpc_registry::Override::default();
+    /// over.disabled = true;
+    /// assert!(registry.set_override("example.Inventory", "10.0.0.1:7001", over));
+    /// # }
+    /// ```
+    pub fn set_override(&self, service: &str, addr: &str, over: Override) -> bool {
+        self.state
+            .change_override(service, addr, |o| *o = over)
+            .is_ok()
     }
 
     /// Live instances.

@@ -1,6 +1,7 @@
 //! [`RegistryService`]: the `RegistryApi` implementation, a thin layer over the state
 //! that adds the waiting of long polls.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{Poll, State};
 use crate::api::{
-    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryApi, RegistryError,
-    Revision, ServiceSummary, ServiceView,
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, LoadReport, RegistryApi,
+    RegistryError, Revision, ServiceSummary, ServiceView,
 };
 
 /// Serves the registry operations.
@@ -35,6 +36,14 @@ impl RegistryApi for RegistryService {
 
     async fn heartbeat(&self, lease: LeaseId) -> Result<(), RegistryError> {
         self.state.heartbeat(lease, Instant::now())
+    }
+
+    async fn heartbeat_with_load(
+        &self,
+        lease: LeaseId,
+        load: LoadReport,
+    ) -> Result<(), RegistryError> {
+        self.state.heartbeat_with_load(lease, load, Instant::now())
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), RegistryError> {
@@ -82,6 +91,12 @@ impl RegistryApi for RegistryService {
             Poll::Wait(changed) => changed,
         };
         let wait = Duration::from_millis(wait_ms).min(self.state.config().max_watch_wait);
+        let waiting = &self.state.counters().watches_waiting;
+        waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted out however the wait ends, a dropped call too.
+        let _waited = OnDrop(|| {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+        });
         tokio::select! {
             _ = self.cancel.cancelled() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -96,5 +111,14 @@ impl RegistryApi for RegistryService {
 
     async fn consumers(&self, service: String) -> Result<Vec<ConsumerInfo>, RegistryError> {
         self.state.consumers(&service)
+    }
+}
+
+/// Runs `f` when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }

@@ -9,19 +9,24 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use super::status::{Health, InstanceStatus, LoadSum, Override, ServiceStatus};
 use crate::api::{
-    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, RegistryError, Revision,
-    ServiceSummary, ServiceView,
+    ConsumerInfo, Instance, InstanceKey, Lease, LeaseId, LeaseRequest, LoadReport, MethodLoad,
+    RegistryError, Revision, ServiceSummary, ServiceView,
 };
 use crate::server::RegistryConfig;
 use crate::validate;
+
+/// Most methods one load report may carry: a provider process serving more is cut
+/// here (the report is for people; a cap keeps it from costing the registry memory).
+const MAX_LOAD_METHODS: usize = 256;
 
 /// How many graceful departures a service remembers for consumers (the refuse-to-empty
 /// rule); older ones fall off. Enough for a whole fleet leaving in one deploy wave.
@@ -49,6 +54,48 @@ pub(crate) struct State {
     services: DashMap<String, ServiceEntry>,
     /// Live instances in all services, for the total cap and the eviction share.
     instances: AtomicUsize,
+    /// What the registry has done, for its own metrics.
+    counters: Counters,
+}
+
+/// Counts of the registry's operations since start, for its Prometheus metrics: one
+/// relaxed atomic add per operation.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Leases granted.
+    pub(crate) leases_granted: AtomicU64,
+    /// Leases revoked (graceful departures).
+    pub(crate) leases_revoked: AtomicU64,
+    /// Leases evicted by the sweep.
+    pub(crate) leases_expired: AtomicU64,
+    /// Instances evicted with them.
+    pub(crate) instances_evicted: AtomicU64,
+    /// Instance registrations and updates.
+    pub(crate) registrations: AtomicU64,
+    /// Graceful deregistrations of single instances.
+    pub(crate) deregistrations: AtomicU64,
+    /// Consumer announcements.
+    pub(crate) consumer_registrations: AtomicU64,
+    /// Heartbeats, with or without a load report.
+    pub(crate) heartbeats: AtomicU64,
+    /// Heartbeats that carried a load report.
+    pub(crate) load_reports: AtomicU64,
+    /// Lookups.
+    pub(crate) lookups: AtomicU64,
+    /// Watches (long polls) started.
+    pub(crate) watches: AtomicU64,
+    /// Watches waiting now.
+    pub(crate) watches_waiting: AtomicI64,
+    /// Operator overrides changed.
+    pub(crate) overrides_changed: AtomicU64,
+    /// Scrapes of the registry's metrics.
+    #[cfg(feature = "dashboard")]
+    pub(crate) scrapes: AtomicU64,
+}
+
+/// Counts one operation.
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One lease.
@@ -78,6 +125,8 @@ struct ServiceEntry {
     departed: VecDeque<String>,
     /// Registered consumers, with their lease.
     consumers: HashMap<ConsumerInfo, LeaseId>,
+    /// Operator overrides by address: kept while their instances come and go.
+    overrides: BTreeMap<String, Override>,
     /// Carries `index` to long polls.
     changed: watch::Sender<u64>,
 }
@@ -96,6 +145,20 @@ struct Stored {
     started_at_ms: u64,
     /// Its metadata, sorted by key (as it came from the `BTreeMap`).
     metadata: Box<[(Box<str>, Box<str>)]>,
+    /// Its provider's last load report for this service; boxed, so an instance that
+    /// never reports costs a pointer.
+    load: Option<Box<StoredLoad>>,
+}
+
+/// A load report as kept for one instance.
+#[derive(Debug)]
+struct StoredLoad {
+    /// When it arrived.
+    at: Instant,
+    /// The window it covers, milliseconds.
+    window_ms: u64,
+    /// The instance's service's methods in it.
+    methods: Box<[MethodLoad]>,
 }
 
 impl Stored {
@@ -109,16 +172,19 @@ impl Stored {
                 .into_iter()
                 .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
                 .collect(),
+            load: None,
         }
     }
 
-    fn instance(&self, key: &InstanceKey) -> Instance {
+    /// The instance as consumers see it: with `weight` (the override's or the
+    /// registered one).
+    fn instance(&self, key: &InstanceKey, weight: u32) -> Instance {
         Instance {
             service: key.service.clone(),
             group: key.group.clone(),
             version: key.version.clone(),
             addr: key.addr.clone(),
-            weight: self.weight,
+            weight,
             metadata: self
                 .metadata
                 .iter()
@@ -136,6 +202,7 @@ impl ServiceEntry {
             instances: BTreeMap::new(),
             departed: VecDeque::new(),
             consumers: HashMap::new(),
+            overrides: BTreeMap::new(),
             changed: watch::Sender::new(0),
         }
     }
@@ -147,7 +214,21 @@ impl ServiceEntry {
     }
 
     fn is_idle(&self) -> bool {
-        self.instances.is_empty() && self.consumers.is_empty() && self.changed.receiver_count() == 0
+        self.instances.is_empty()
+            && self.consumers.is_empty()
+            && self.overrides.is_empty()
+            && self.changed.receiver_count() == 0
+    }
+
+    /// The instances consumers see: disabled ones left out, overridden weights in.
+    fn visible(&self) -> Vec<Instance> {
+        self.instances
+            .iter()
+            .filter_map(|(key, stored)| {
+                let over = self.overrides.get(&key.addr).copied().unwrap_or_default();
+                (!over.disabled).then(|| stored.instance(key, over.weight.unwrap_or(stored.weight)))
+            })
+            .collect()
     }
 }
 
@@ -185,7 +266,18 @@ impl State {
             leases: DashMap::new(),
             services: DashMap::new(),
             instances: AtomicUsize::new(0),
+            counters: Counters::default(),
         }
+    }
+
+    /// When this registry started.
+    #[cfg(feature = "dashboard")]
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     pub(crate) fn config(&self) -> &RegistryConfig {
@@ -222,6 +314,7 @@ impl State {
             });
         }
         let id = LeaseId(self.next_lease.fetch_add(1, Ordering::Relaxed));
+        count(&self.counters.leases_granted);
         self.leases.insert(
             id,
             LeaseEntry {
@@ -243,6 +336,7 @@ impl State {
 
     /// Renews a lease.
     pub(crate) fn heartbeat(&self, id: LeaseId, now: Instant) -> Result<(), RegistryError> {
+        count(&self.counters.heartbeats);
         let mut lease = self
             .leases
             .get_mut(&id)
@@ -251,8 +345,57 @@ impl State {
         Ok(())
     }
 
+    /// Renews a lease and keeps its provider's load report with each of the lease's
+    /// instances (the methods of the instance's service). No revision moves: the
+    /// report is for operators, not consumers.
+    pub(crate) fn heartbeat_with_load(
+        &self,
+        id: LeaseId,
+        mut report: LoadReport,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        count(&self.counters.heartbeats);
+        count(&self.counters.load_reports);
+        report.methods.truncate(MAX_LOAD_METHODS);
+        for method in &report.methods {
+            validate::short_field("load report service", &method.service)?;
+            validate::short_field("load report method", &method.method)?;
+        }
+        let mut lease = self
+            .leases
+            .get_mut(&id)
+            .ok_or(RegistryError::UnknownLease(id))?;
+        lease.expires_at = now + lease.ttl;
+        // A report always covers some time; 0 would divide by zero later.
+        let window_ms = report.window_ms.max(1);
+        for key in &lease.instances {
+            let Some(mut service) = self.services.get_mut(&key.service) else {
+                continue;
+            };
+            let Some(stored) = service.instances.get_mut(key) else {
+                continue;
+            };
+            if stored.lease != id {
+                continue;
+            }
+            let methods: Box<[MethodLoad]> = report
+                .methods
+                .iter()
+                .filter(|m| m.service == key.service)
+                .cloned()
+                .collect();
+            stored.load = Some(Box::new(StoredLoad {
+                at: now,
+                window_ms,
+                methods,
+            }));
+        }
+        Ok(())
+    }
+
     /// Ends a lease; its instances leave gracefully.
     pub(crate) fn revoke(&self, id: LeaseId) -> Result<(), RegistryError> {
+        count(&self.counters.leases_revoked);
         let (_, lease) = self
             .leases
             .remove(&id)
@@ -268,6 +411,7 @@ impl State {
         instance: Instance,
         now: Instant,
     ) -> Result<Revision, RegistryError> {
+        count(&self.counters.registrations);
         validate::service_name(&instance.service)?;
         validate::provider_addr(&instance.addr)?;
         validate::short_field("group", &instance.group)?;
@@ -326,6 +470,7 @@ impl State {
         id: LeaseId,
         key: InstanceKey,
     ) -> Result<Revision, RegistryError> {
+        count(&self.counters.deregistrations);
         validate::service_name(&key.service)?;
         let mut lease = self
             .leases
@@ -357,6 +502,7 @@ impl State {
         peer: Option<SocketAddr>,
         now: Instant,
     ) -> Result<(), RegistryError> {
+        count(&self.counters.consumer_registrations);
         validate::service_name(&consumer.service)?;
         validate::short_field("client name", &consumer.client_name)?;
         validate::short_field("consumer address", &consumer.addr)?;
@@ -388,6 +534,7 @@ impl State {
 
     /// The service's view now.
     pub(crate) fn lookup(&self, service: &str) -> Result<ServiceView, RegistryError> {
+        count(&self.counters.lookups);
         validate::service_name(service)?;
         Ok(self.view(service))
     }
@@ -398,11 +545,7 @@ impl State {
             Some(entry) => ServiceView {
                 service: service.to_owned(),
                 revision: Revision::new(self.epoch, entry.index),
-                instances: entry
-                    .instances
-                    .iter()
-                    .map(|(key, stored)| stored.instance(key))
-                    .collect(),
+                instances: entry.visible(),
                 departed: entry.departed.iter().cloned().collect(),
             },
             None => ServiceView {
@@ -417,6 +560,7 @@ impl State {
     /// Starts a long poll: ready at once when `since` is stale, otherwise a receiver to
     /// wait on.
     pub(crate) fn poll(&self, service: &str, since: Revision) -> Result<Poll, RegistryError> {
+        count(&self.counters.watches);
         validate::service_name(service)?;
         let entry = self.service_entry(service)?;
         if since.epoch != self.epoch || entry.index > since.index {
@@ -490,6 +634,10 @@ impl State {
             // `remove_if` re-checks under the lock: a heartbeat may have just arrived.
             if let Some((id, lease)) = self.leases.remove_if(id, |_, l| l.expires_at <= now) {
                 tracing::info!(lease = %id, owner = %lease.owner, instances = lease.instances.len(), "lease expired, evicted");
+                count(&self.counters.leases_expired);
+                self.counters
+                    .instances_evicted
+                    .fetch_add(lease.instances.len() as u64, Ordering::Relaxed);
                 report.leases += 1;
                 report.instances += lease.instances.len();
                 self.remove_lease_records(id, lease, false);
@@ -535,6 +683,204 @@ impl State {
         }
     }
 
+    /// Changes the operator's override of the instance of `service` at `addr` with
+    /// `edit`, and moves the service's revision so watchers (consumers) see it at
+    /// once. An instance must be registered at `addr`, or an override be there
+    /// already (to enable an instance that is down). An override left empty is
+    /// forgotten. Returns the override now in force.
+    pub(crate) fn change_override(
+        &self,
+        service: &str,
+        addr: &str,
+        edit: impl FnOnce(&mut Override),
+    ) -> Result<Override, OverrideError> {
+        validate::service_name(service).map_err(OverrideError::Invalid)?;
+        let mut entry = self
+            .services
+            .get_mut(service)
+            .ok_or(OverrideError::NotFound)?;
+        let registered = entry.instances.keys().any(|key| key.addr == addr);
+        if !registered && !entry.overrides.contains_key(addr) {
+            return Err(OverrideError::NotFound);
+        }
+        let mut over = entry.overrides.get(addr).copied().unwrap_or_default();
+        let before = over;
+        edit(&mut over);
+        if over.is_empty() {
+            entry.overrides.remove(addr);
+        } else {
+            entry.overrides.insert(addr.to_owned(), over);
+        }
+        count(&self.counters.overrides_changed);
+        if over != before {
+            let index = self.next_index();
+            entry.bump(index);
+            tracing::info!(%service, %addr, weight = ?over.weight, disabled = over.disabled, "operator override changed");
+        }
+        Ok(over)
+    }
+
+    /// Every service with instances, consumers or overrides, as operators see it,
+    /// sorted by name.
+    pub(crate) fn statuses(&self, now: Instant) -> Vec<ServiceStatus> {
+        let mut names: Vec<String> = self
+            .services
+            .iter()
+            .filter(|e| {
+                !e.instances.is_empty() || !e.consumers.is_empty() || !e.overrides.is_empty()
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .filter_map(|name| self.status(name, now))
+            .collect()
+    }
+
+    /// One service as operators see it; `None` when the registry has no record of it.
+    pub(crate) fn status(&self, service: &str, now: Instant) -> Option<ServiceStatus> {
+        // What the service entry holds, copied out so the leases are read after its
+        // lock is released (the lock order is lease, then service).
+        struct Row {
+            key: InstanceKey,
+            lease: LeaseId,
+            weight: u32,
+            over: Override,
+            started_at_ms: u64,
+            metadata: BTreeMap<String, String>,
+            load: Option<(Instant, LoadSum)>,
+        }
+        let (revision, rows, mut consumers, overrides) = {
+            let entry = self.services.get(service)?;
+            let rows: Vec<Row> = entry
+                .instances
+                .iter()
+                .map(|(key, stored)| {
+                    let load = stored.load.as_ref().map(|load| {
+                        let mut sum = LoadSum::default();
+                        // A report older than a few windows (the provider stopped
+                        // reporting) counts as no load.
+                        let fresh = now.saturating_duration_since(load.at)
+                            <= Duration::from_millis(load.window_ms * 3);
+                        if fresh {
+                            let window_s = load.window_ms as f64 / 1000.0;
+                            for method in &*load.methods {
+                                sum.add_method(method, window_s);
+                            }
+                        }
+                        (load.at, sum)
+                    });
+                    Row {
+                        key: (**key).clone(),
+                        lease: stored.lease,
+                        weight: stored.weight,
+                        over: entry.overrides.get(&key.addr).copied().unwrap_or_default(),
+                        started_at_ms: stored.started_at_ms,
+                        metadata: stored
+                            .metadata
+                            .iter()
+                            .map(|(k, v)| (String::from(&**k), String::from(&**v)))
+                            .collect(),
+                        load,
+                    }
+                })
+                .collect();
+            let consumers: Vec<ConsumerInfo> = entry.consumers.keys().cloned().collect();
+            (entry.index, rows, consumers, entry.overrides.clone())
+        };
+        consumers.sort_by(|a, b| (&a.addr, &a.client_name).cmp(&(&b.addr, &b.client_name)));
+        let now_ms = crate::api::unix_millis_now();
+        let mut total = LoadSum::default();
+        let instances = rows
+            .into_iter()
+            .map(|row| {
+                let (heard, ttl, owner) = match self.leases.get(&row.lease) {
+                    Some(lease) => (
+                        lease.expires_at.checked_sub(lease.ttl).unwrap_or(now),
+                        lease.ttl,
+                        lease.owner.clone(),
+                    ),
+                    // Evicted between the two reads: about to leave.
+                    None => (now, self.config.ttl, String::new()),
+                };
+                let since_heard = now.saturating_duration_since(heard);
+                let weight = row.over.weight.unwrap_or(row.weight);
+                let health = if row.over.disabled {
+                    Health::Disabled
+                } else if since_heard > ttl / 2 {
+                    // One and a half of the suggested interval (a third of the TTL).
+                    Health::Late
+                } else if weight == 0 {
+                    Health::Parked
+                } else {
+                    Health::Healthy
+                };
+                let (load, load_reported_ms) = match &row.load {
+                    Some((at, sum)) => {
+                        total.add(sum);
+                        (
+                            sum.load(),
+                            Some(now.saturating_duration_since(*at).as_millis() as u64),
+                        )
+                    }
+                    None => (Default::default(), None),
+                };
+                let methods = match row.metadata.get(crate::api::METHODS_METADATA_KEY) {
+                    Some(list) if !list.is_empty() => list.split(',').map(str::to_owned).collect(),
+                    _ => Vec::new(),
+                };
+                InstanceStatus {
+                    addr: row.key.addr,
+                    group: row.key.group,
+                    version: row.key.version,
+                    weight,
+                    registered_weight: row.weight,
+                    operator_override: row.over,
+                    health,
+                    started_at_ms: row.started_at_ms,
+                    age_ms: if row.started_at_ms == 0 {
+                        0
+                    } else {
+                        now_ms.saturating_sub(row.started_at_ms)
+                    },
+                    last_heartbeat_ms: since_heard.as_millis() as u64,
+                    lease: row.lease.to_string(),
+                    owner,
+                    metadata: row.metadata,
+                    methods,
+                    load,
+                    load_reported_ms,
+                }
+            })
+            .collect();
+        Some(ServiceStatus {
+            service: service.to_owned(),
+            revision,
+            instances,
+            consumers,
+            overrides,
+            load: total.load(),
+        })
+    }
+
+    /// Per service, its counts, sorted by name; for the registry's metrics.
+    #[cfg(feature = "dashboard")]
+    pub(crate) fn service_gauges(&self) -> Vec<ServiceGauges> {
+        let mut list: Vec<_> = self
+            .services
+            .iter()
+            .map(|e| ServiceGauges {
+                service: e.key().clone(),
+                instances: e.instances.len(),
+                consumers: e.consumers.len(),
+                watchers: e.changed.receiver_count(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.service.cmp(&b.service));
+        list
+    }
+
     fn check_metadata(&self, metadata: &BTreeMap<String, String>) -> Result<(), RegistryError> {
         if metadata.len() > self.config.max_metadata_entries {
             return Err(RegistryError::InvalidField {
@@ -578,6 +924,29 @@ impl State {
             .entry(service.to_owned())
             .or_insert_with(ServiceEntry::new))
     }
+}
+
+/// One service's counts, for the registry's metrics.
+#[cfg(feature = "dashboard")]
+#[derive(Debug)]
+pub(crate) struct ServiceGauges {
+    /// The service.
+    pub(crate) service: String,
+    /// Its live instances.
+    pub(crate) instances: usize,
+    /// Its registered consumers.
+    pub(crate) consumers: usize,
+    /// Watches waiting on it.
+    pub(crate) watchers: usize,
+}
+
+/// Why an override was not changed.
+#[derive(Debug)]
+pub(crate) enum OverrideError {
+    /// The service name is invalid (the dashboard says why).
+    Invalid(#[cfg_attr(not(feature = "dashboard"), allow(dead_code))] RegistryError),
+    /// No instance is registered at that address, and no override is there.
+    NotFound,
 }
 
 fn remember_departure(service: &mut ServiceEntry, addr: &str) {
@@ -677,6 +1046,76 @@ mod tests {
         else {
             panic!("another epoch is answered at once")
         };
+    }
+
+    #[test]
+    fn overrides_shape_the_views_and_outlive_the_lease() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        let id = lease(&state, t0);
+        let r1 = state.register(id, instance(1), t0).unwrap();
+        state.register(id, instance(2), t0).unwrap();
+        let addr = instance(1).addr;
+        assert!(matches!(
+            state.change_override("svc", "127.0.0.1:9", |o| o.disabled = true),
+            Err(OverrideError::NotFound)
+        ));
+        state
+            .change_override("svc", &addr, |o| o.weight = Some(7))
+            .unwrap();
+        let view = state.lookup("svc").unwrap();
+        assert!(view.revision.index > r1.index, "watchers are woken");
+        assert_eq!(view.instances[0].weight, 7);
+        state
+            .change_override("svc", &addr, |o| o.disabled = true)
+            .unwrap();
+        assert_eq!(state.lookup("svc").unwrap().instances.len(), 1);
+        // The provider restarts under a new lease: still disabled.
+        state.revoke(id).unwrap();
+        let again = lease(&state, t0);
+        state.register(again, instance(1), t0).unwrap();
+        assert!(state.lookup("svc").unwrap().instances.is_empty());
+        let status = state.status("svc", t0).unwrap();
+        assert_eq!(status.instances[0].health, Health::Disabled);
+        assert_eq!(status.instances[0].weight, 7);
+        assert_eq!(status.instances[0].registered_weight, 100);
+        // Cleared: as registered, and forgotten.
+        state
+            .change_override("svc", &addr, |o| *o = Override::default())
+            .unwrap();
+        assert_eq!(state.lookup("svc").unwrap().instances[0].weight, 100);
+        assert!(state.status("svc", t0).unwrap().overrides.is_empty());
+    }
+
+    #[test]
+    fn load_reports_become_rates() {
+        let t0 = Instant::now();
+        let state = State::new(config(), t0);
+        let id = lease(&state, t0);
+        state.register(id, instance(1), t0).unwrap();
+        let mut report = LoadReport::new(2000);
+        let mut get = MethodLoad::new("svc", "get", 400, 4);
+        get.mean_us = 1500;
+        get.p99_us = 6400;
+        report.methods.push(get);
+        report.methods.push(MethodLoad::new("svc", "put", 100, 0));
+        report.methods.push(MethodLoad::new("other", "x", 1000, 0));
+        let before = state.lookup("svc").unwrap().revision;
+        state.heartbeat_with_load(id, report, t0).unwrap();
+        assert_eq!(
+            state.lookup("svc").unwrap().revision,
+            before,
+            "no revision moves"
+        );
+        let load = &state.status("svc", t0).unwrap().load;
+        assert_eq!(load.calls_per_s, 250.0);
+        assert_eq!(load.error_rate, 4.0 / 500.0);
+        assert_eq!(load.p99_ms, 6.4);
+        assert_eq!(load.methods["get"].calls_per_s, 200.0);
+        assert_eq!(load.methods["get"].mean_ms, 1.5);
+        // A report three windows old no longer counts.
+        let later = state.status("svc", t0 + Duration::from_secs(7)).unwrap();
+        assert_eq!(later.load.calls_per_s, 0.0);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod zookeeper;
+#[cfg(feature = "dashboard")]
+pub mod admin;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,13 +54,33 @@ pub async fn provider() -> ServerHandle {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    Server::builder()
-        .workers(1)
-        .add_service(WhoamiServer::new(Named(addr.to_string())))
-        .bind(addr)
-        .await
-        .expect("provider binds")
-        .spawn()
+    provider_at(addr, None).await
+}
+
+/// A provider server at `addr` (a restart binds the address again), counting its
+/// calls into `metrics` when given.
+pub async fn provider_at(
+    addr: SocketAddr,
+    metrics: Option<&rpc_core::filter::metrics::Metrics>,
+) -> ServerHandle {
+    let service = WhoamiServer::new(Named(addr.to_string()));
+    match metrics {
+        Some(metrics) => Server::builder()
+            .workers(1)
+            .layer(metrics.server_layer())
+            .add_service(service)
+            .bind(addr)
+            .await
+            .expect("provider binds")
+            .spawn(),
+        None => Server::builder()
+            .workers(1)
+            .add_service(service)
+            .bind(addr)
+            .await
+            .expect("provider binds")
+            .spawn(),
+    }
 }
 
 /// A publisher for `url` with fast heartbeats and a short deregister delay.
