@@ -3,9 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod zookeeper;
 #[cfg(feature = "dashboard")]
 pub mod admin;
+pub mod zookeeper;
 
 use std::net::SocketAddr;
 use std::time::Duration;
