@@ -14,7 +14,8 @@ use rpc_core::filter::metrics::Metrics;
 use rpc_core::lb::Strategy;
 use rpc_core::ServerHandle;
 use rpc_registry::{Consumer, Instance, Publisher};
-use support::admin::{http, instance, start_registry};
+use support::admin::{instance, start_registry};
+use support::http::http;
 use support::*;
 
 const TOKEN: &str = "t0ken-for-tests";

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use rpc_core::filter::metrics::Metrics;
 use rpc_registry::{Consumer, Instance, Publisher};
-use support::admin::{http, start_registry};
+use support::admin::start_registry;
+use support::http::http;
 use support::*;
 
 const TOKEN: &str = "browser-test-token";
@@ -57,6 +58,11 @@ fn run_chromium(
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--no-first-run",
+            // The machine's network is closed: no update checks, sync or QUIC.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
             "--hide-scrollbars",
             "--window-size=1400,900",
         ])

@@ -47,10 +47,11 @@ pub(crate) async fn run(target: &TargetArgs, args: CallArgs) -> Result<(), Failu
         Err(GenericError::Application(error)) => return Err(Failure::Application(error)),
         Err(e @ GenericError::Arguments { .. }) => return Err(Failure::Usage(e.to_string())),
         Err(e) => {
+            let hint = target.token_hint(e.kind() == "UNAUTHENTICATED");
             return Err(Failure::Failed(format!(
-                "{service}.{method} failed ({}): {e}",
+                "{service}.{method} failed ({}): {e}{hint}",
                 e.kind()
-            )))
+            )));
         }
     };
     println!("{}", render(&result, std::io::stdout().is_terminal())?);

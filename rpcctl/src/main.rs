@@ -12,7 +12,8 @@
 //!
 //! Every command talks to a registry (`--registry URL`, default
 //! `rpc://127.0.0.1:7000`) or, where that makes sense, straight to one server
-//! (`--server ADDR`). Exit status: 0 on success, 1 when the called method returned its
+//! (`--server ADDR`). Servers with token authentication get `--token TOKEN` (or
+//! `RPCCTL_TOKEN`) with every call, reflection's included. Exit status: 0 on success, 1 when the called method returned its
 //! own error (printed as JSON on stderr), 2 for bad command-line input, 3 for any other
 //! failure (unreachable, timeout, unknown service or method, ...).
 //!

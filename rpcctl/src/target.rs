@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rpc_core::lb::Strategy;
 use rpc_core::reflection::{ReflectionClient, ServiceDescriptor};
-use rpc_core::Client;
+use rpc_core::{Client, ClientBuilder};
 use rpc_registry::{Consumer, Instance, Registries};
 
 use crate::Failure;
@@ -27,6 +27,10 @@ pub(crate) struct TargetArgs {
     /// Timeout of each call and registry request (e.g. 500ms, 5s).
     #[arg(long, global = true, default_value = "5s", value_parser = rpc_registry::parse_duration)]
     pub(crate) timeout: Duration,
+    /// Token sent with every call, for servers with token authentication (also from
+    /// the `RPCCTL_TOKEN` environment variable, which keeps it out of `ps`).
+    #[arg(long, global = true, env = "RPCCTL_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
 }
 
 impl TargetArgs {
@@ -50,16 +54,35 @@ impl TargetArgs {
         rpc_registry::connect(url).map_err(|e| Failure::Usage(format!("--registry {url}: {e}")))
     }
 
+    /// The settings of every client to a provider: timeouts, connections, token.
+    fn client_builder(&self, connections: usize) -> ClientBuilder {
+        let builder = Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout)
+            .connections(connections);
+        match &self.token {
+            Some(token) => builder.auth_token(token.as_bytes()),
+            None => builder,
+        }
+    }
+
+    /// What to add to the message of a failure the server refused for its token
+    /// (`unauthenticated`): how to pass one, or that the one given was wrong.
+    pub(crate) fn token_hint(&self, unauthenticated: bool) -> &'static str {
+        match (unauthenticated, &self.token) {
+            (false, _) => "",
+            (true, None) => "; the server wants a token: pass --token",
+            (true, Some(_)) => "; the server refused the --token given",
+        }
+    }
+
     /// A client of one server.
     pub(crate) async fn server_client(
         &self,
         addr: &str,
         connections: usize,
     ) -> Result<Client, Failure> {
-        Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.timeout)
-            .connections(connections)
+        self.client_builder(connections)
             .connect(addr)
             .await
             .map_err(|e| Failure::Failed(format!("cannot connect to {addr}: {e}")))
@@ -80,10 +103,7 @@ impl TargetArgs {
         if let Some(addr) = &self.server {
             return Ok((self.server_client(addr, connections).await?, None));
         }
-        let mut client = Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.timeout)
-            .connections(connections);
+        let mut client = self.client_builder(connections);
         if let Some(strategy) = balancer {
             client = client.balancer(strategy);
         }
@@ -152,7 +172,10 @@ pub(crate) async fn describe_at(
         .await
         .map_err(|e| match e {
             rpc_core::RpcError::Application(e) => Failure::Failed(format!("{addr}: {e}")),
-            other => Failure::Failed(format!("{addr}: reflection failed: {other}")),
+            other => Failure::Failed(format!(
+                "{addr}: reflection failed: {other}{}",
+                target.token_hint(matches!(other, rpc_core::RpcError::Unauthenticated(_)))
+            )),
         })
 }
 

@@ -67,8 +67,15 @@ async fn registry() -> (RegistryServer, String) {
 /// Runs `rpcctl args...` to completion (30 s at most), output captured (so stdout is
 /// a pipe, not a terminal).
 async fn rpcctl(args: &[&str]) -> Output {
+    rpcctl_with_env(args, &[]).await
+}
+
+/// [`rpcctl`] with environment variables set (and no `RPCCTL_TOKEN` but a given one).
+async fn rpcctl_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_rpcctl"))
         .args(args)
+        .env_remove("RPCCTL_TOKEN")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -589,4 +596,76 @@ async fn bench_reports_rate_errors_by_status_and_latency() {
 
     provider.stop().await;
     registry.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_with_token_authentication_take_the_token() {
+    // A provider whose every service, reflection included, wants a token.
+    let server = Server::builder()
+        .workers(1)
+        .layer(rpc_core::filter::auth::TokenAuthLayer::tokens(["s3cret"]))
+        .add_service(InventoryServer::new(InMemoryInventory::default()))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .spawn();
+    let addr = server.local_addr().to_string();
+    let call = |extra: &'static [&'static str]| {
+        let mut args = vec!["call", "example.Inventory.list", "[]", "--server", &addr];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>, env: &'static [(&'static str, &'static str)]| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rpcctl_with_env(&args, env).await
+    };
+
+    // Without a token: refused, exit 3, and the message says what to do.
+    let refused = run(call(&[]), &[]).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let why = stderr(&refused);
+    assert!(
+        why.contains("UNAUTHENTICATED") && why.contains("--token"),
+        "{why}"
+    );
+    // A wrong one: refused, and said so.
+    let wrong = run(call(&["--token", "guess"]), &[]).await;
+    assert_eq!(wrong.status.code(), Some(3));
+    assert!(
+        stderr(&wrong).contains("refused the --token"),
+        "{}",
+        stderr(&wrong)
+    );
+    // The right one, on the command line or from the environment.
+    assert_eq!(ok(&run(call(&["--token", "s3cret"]), &[]).await), "[]\n");
+    assert_eq!(
+        ok(&run(call(&[]), &[("RPCCTL_TOKEN", "s3cret")]).await),
+        "[]\n"
+    );
+    // Reflection sits behind the same check: `describe` and named arguments need it.
+    let describe = |token: &'static [&'static str]| {
+        let mut args = vec!["describe", SERVICE, "--server", &addr];
+        args.extend_from_slice(token);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let refused = run(describe(&[]), &[]).await;
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(
+        stderr(&refused).contains("pass --token"),
+        "{}",
+        stderr(&refused)
+    );
+    let text = ok(&run(describe(&["--token", "s3cret"]), &[]).await);
+    assert!(text.contains("reserve("), "{text}");
+    // And every call of a bench.
+    let bench = {
+        let mut args = vec!["--json", "bench", "example.Inventory.list", "[]"];
+        args.extend_from_slice(&["-c", "2", "-d", "300ms", "--server", &addr]);
+        args.extend_from_slice(&["--token", "s3cret"]);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let summary = json_of(&ok(&run(bench, &[]).await));
+    assert!(summary["ok"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["errors"], json!({}), "{summary}");
+    server.shutdown().await.unwrap();
 }

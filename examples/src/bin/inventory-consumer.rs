@@ -11,6 +11,9 @@
 //! cargo run -p rpc-examples --bin inventory-consumer -- --registry rpc://127.0.0.1:7000 \
 //!     --balancer weighted-round-robin --calls 1000
 //! ```
+//!
+//! `--pace 5ms` spaces those calls out, for a consumer that keeps running while an
+//! operator changes weights or disables providers on the registry's dashboard.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +24,7 @@ use clap::Parser;
 use rpc_core::lb::Strategy;
 use rpc_core::{Client, RpcError};
 use rpc_examples::{InventoryClient, InventoryError, NewItem, INVENTORY_SERVICE};
-use rpc_registry::Consumer;
+use rpc_registry::{parse_duration, Consumer};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -51,6 +54,10 @@ struct Args {
     /// Calls to make over the discovered providers.
     #[arg(long, default_value_t = 100)]
     calls: u32,
+    /// Wait this long between those calls (e.g. `5ms`), so a long run is a steady
+    /// trickle an operator can watch on the dashboard rather than a burst.
+    #[arg(long, value_parser = parse_duration)]
+    pace: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -167,6 +174,9 @@ fn run_discovered(args: &Args, url: &str) -> Result<(), Box<dyn std::error::Erro
         if let Err(e) = inventory.list().blocking() {
             eprintln!("call failed: {e}");
             failed += 1;
+        }
+        if let Some(pace) = args.pace {
+            std::thread::sleep(pace);
         }
     }
     let (tx, rx) = mpsc::channel();

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run -p rpc-examples --bin inventory-provider -- --listen 127.0.0.1:7001
 //! cargo run -p rpc-examples --bin inventory-provider -- --listen 127.0.0.1:7001 \
-//!     --registry rpc://127.0.0.1:7000 --weight 200
+//!     --registry rpc://127.0.0.1:7000 --weight 200 --metrics-listen 127.0.0.1:9101
 //! ```
 
 use std::time::Duration;
@@ -47,6 +47,10 @@ struct Args {
     /// without deregistering disappears after about this long.
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
+    /// Also serve the call metrics in Prometheus text format on this address (port 0
+    /// picks a free port), at `/metrics`.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -70,8 +74,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let server = builder.bind(&args.listen).await?;
     let addr = server.local_addr();
-    // The one line scripts and tests read to find the port.
+    // The line scripts and tests read to find the port (first), and where the
+    // metrics are scraped when asked for (second).
     println!("listening on {addr}");
+    let _endpoint = match &args.metrics_listen {
+        Some(listen) => {
+            let endpoint = metrics.serve(listen.as_str()).await?;
+            println!("metrics on {}", endpoint.url());
+            Some(endpoint)
+        }
+        None => None,
+    };
     let Some(url) = &args.registry else {
         server
             .serve_with_shutdown(rpc_examples::shutdown_signal())

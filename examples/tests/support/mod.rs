@@ -1,7 +1,7 @@
 //! Shared by the process tests: child processes that are always reaped, and starting
 //! the example provider on an ephemeral port.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,6 +18,13 @@ use rpc_registry::Consumer;
 // The ZooKeeper servers, started as rpc-registry's tests start them (one file).
 #[path = "../../../rpc-registry/tests/support/zookeeper.rs"]
 pub(crate) mod zookeeper;
+
+// HTTP requests to the dashboard's API and the providers' metrics (one file with
+// rpc-registry's tests).
+#[path = "../../../rpc-registry/tests/support/http.rs"]
+pub(crate) mod http;
+
+pub(crate) mod devtools;
 
 /// Kills the child by PID when dropped, so a failing test leaves no process behind.
 pub(crate) struct Reaper(pub(crate) Child);
@@ -38,23 +45,85 @@ pub(crate) fn start_provider(workers: usize) -> (Reaper, SocketAddr) {
 /// Starts `inventory-provider` with `args` and returns it with the address it printed
 /// on its first line.
 fn spawn_provider(args: &[&str]) -> (Reaper, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_inventory-provider"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start provider");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let provider = Reaper(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("address line")
+    let (provider, mut lines) = spawn_printing(env!("CARGO_BIN_EXE_inventory-provider"), args);
+    let addr = after(&mut lines, "listening on ")
         .parse()
         .expect("an address");
     (provider, addr)
+}
+
+/// Starts `program` with `args`, stdout piped; returns it with its stdout's lines.
+fn spawn_printing(
+    program: &str,
+    args: &[&str],
+) -> (Reaper, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child = Command::new(program)
+        .args(args)
+        .env_remove("RPC_REGISTRY_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    (Reaper(child), BufReader::new(stdout).lines())
+}
+
+/// The rest of the next line of `lines`, which must start with `prefix`.
+fn after(lines: &mut impl Iterator<Item = std::io::Result<String>>, prefix: &str) -> String {
+    let line = lines
+        .next()
+        .unwrap_or_else(|| panic!("exited before printing {prefix:?}"))
+        .expect("readable stdout");
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix:?}..., got {line:?}"))
+        .to_owned()
+}
+
+/// Starts `inventory-provider` registered with `registry` (a URL) at `weight` and
+/// with its metrics served over HTTP; returns it with its address and metrics URL.
+pub(crate) fn start_measured_provider(registry: &str, weight: u32) -> (Reaper, SocketAddr, String) {
+    let weight = weight.to_string();
+    let (provider, mut lines) = spawn_printing(
+        env!("CARGO_BIN_EXE_inventory-provider"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--registry",
+            registry,
+            "--weight",
+            &weight,
+            "--deregister-delay",
+            "300ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = after(&mut lines, "listening on ")
+        .parse()
+        .expect("an address");
+    let metrics = after(&mut lines, "metrics on ");
+    (provider, addr, metrics)
+}
+
+/// The calls of `method` that the provider whose metrics are at `url`
+/// (`http://host:port/metrics`) has served, whatever their outcome.
+pub(crate) async fn served(url: &str, method: &str) -> u64 {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (addr, path) = rest.split_at(rest.find('/').expect("a path"));
+    let answer = http::http(addr.parse().unwrap(), "GET", path, None, None).await;
+    assert_eq!(answer.status, 200, "GET {url}: {}", answer.body);
+    let series = "rpc_server_calls_total{";
+    let wanted = format!("method=\"{method}\"");
+    answer
+        .body
+        .lines()
+        .filter(|line| line.starts_with(series) && line.contains(&wanted))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Waits for the child to exit, failing the test past `limit`.
@@ -76,24 +145,56 @@ pub(crate) fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStat
 /// Starts the `registry` example binary with extra flags on `listen` and returns it with
 /// the address it printed.
 pub(crate) fn start_registry(listen: &str, flags: &[&str]) -> (Reaper, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_registry"))
-        .args(["--listen", listen])
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start registry");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let registry = Reaper(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("registry listening on ")
-        .unwrap_or_else(|| panic!("registry address line, got {line:?}"))
+    let mut args = vec!["--listen", listen];
+    args.extend_from_slice(flags);
+    let (registry, mut lines) = spawn_printing(env!("CARGO_BIN_EXE_registry"), &args);
+    let addr = after(&mut lines, "registry listening on ")
         .parse()
         .expect("an address");
     (registry, addr)
+}
+
+/// Starts the `registry` example with its admin dashboard on 127.0.0.1:0, operator
+/// actions allowed with `token`, and extra `flags`; returns it with the registry's
+/// and the dashboard's addresses. `None` (and a loud message) when the binary was
+/// built without rpc-registry's `dashboard` feature.
+pub(crate) fn start_registry_with_dashboard(
+    token: &str,
+    flags: &[&str],
+    test: &str,
+) -> Option<(Reaper, SocketAddr, SocketAddr)> {
+    let help = Command::new(env!("CARGO_BIN_EXE_registry"))
+        .arg("--help")
+        .output()
+        .expect("registry --help");
+    if !String::from_utf8_lossy(&help.stdout).contains("--admin-listen") {
+        skipped(
+            test,
+            "the registry example was built without rpc-registry's `dashboard` feature; \
+             run `cargo test --workspace` or add `--features dashboard`",
+        );
+        return None;
+    }
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        token,
+    ];
+    args.extend_from_slice(flags);
+    let (registry, mut lines) = spawn_printing(env!("CARGO_BIN_EXE_registry"), &args);
+    let addr = after(&mut lines, "registry listening on ")
+        .parse()
+        .expect("an address");
+    let admin = after(&mut lines, "admin dashboard on http://");
+    let admin = admin
+        .strip_suffix('/')
+        .unwrap_or(&admin)
+        .parse()
+        .expect("an address");
+    Some((registry, addr, admin))
 }
 
 /// Starts `inventory-provider` on 127.0.0.1:0 registered with `registry` (a URL) at

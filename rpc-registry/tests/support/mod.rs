@@ -5,6 +5,7 @@
 
 #[cfg(feature = "dashboard")]
 pub mod admin;
+pub mod http;
 pub mod zookeeper;
 
 use std::net::SocketAddr;
