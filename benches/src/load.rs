@@ -44,6 +44,9 @@ pub enum ClientChain {
     Lb,
     /// `full` through a balancer over the one server.
     LbFull,
+    /// No layer, through the adaptive balancer (which times every call) over the
+    /// one server.
+    LbAdaptive,
 }
 
 impl ClientChain {
@@ -56,6 +59,7 @@ impl ClientChain {
             ClientChain::Full => "full",
             ClientChain::Lb => "lb",
             ClientChain::LbFull => "lb-full",
+            ClientChain::LbAdaptive => "lb-adaptive",
         }
     }
 }

@@ -82,6 +82,9 @@ enum Command {
         /// Seconds measured.
         #[arg(long)]
         duration: f64,
+        /// The client filter chain (ours only).
+        #[arg(long, value_enum, default_value_t = ClientChain::None)]
+        chain: ClientChain,
     },
 }
 
@@ -153,7 +156,8 @@ fn main() -> ExitCode {
             in_flight,
             warmup,
             duration,
-        }) => client(system, addr, payload, in_flight, warmup, duration),
+            chain,
+        }) => client(system, addr, payload, in_flight, warmup, duration, chain),
         None => run(&cli.run),
     }
 }
@@ -375,6 +379,7 @@ fn client(
     in_flight: usize,
     warmup: f64,
     duration: f64,
+    chain: ClientChain,
 ) -> ExitCode {
     let (Ok(warmup), Ok(duration)) = (
         Duration::try_from_secs_f64(warmup),
@@ -389,7 +394,7 @@ fn client(
         warmup,
         duration,
         client_threads: std::thread::available_parallelism().map_or(1, usize::from),
-        chain: ClientChain::None,
+        chain,
     };
     match run_client_child(system, addr, &load) {
         Ok(line) => {
@@ -414,10 +419,22 @@ fn run_default(
 ) -> ExitCode {
     let began = std::time::Instant::now();
     let rounds = args.rounds.max(1);
-    let total = args.payloads.len() * args.in_flight.len() * args.systems.len() * rounds;
+    let chains: Vec<ClientChain> = if args.client_chains.is_empty() {
+        vec![ClientChain::None]
+    } else {
+        args.client_chains.clone()
+    };
+    // Every system once per round, ours once per chain.
+    let runs_per_round: usize = args
+        .systems
+        .iter()
+        .map(|s| if *s == System::Ours { chains.len() } else { 1 })
+        .sum();
+    let total = args.payloads.len() * args.in_flight.len() * runs_per_round * rounds;
     let mut done = 0;
     let mut failed = false;
     let mut cells = Vec::new();
+    let mut chain_cells = Vec::new();
     for &payload in &args.payloads {
         for &in_flight in &args.in_flight {
             let load = Load {
@@ -426,31 +443,57 @@ fn run_default(
                 warmup,
                 duration,
                 client_threads: cpus.max(1),
-                chain: ClientChain::None,
+                chain: chains[0],
             };
-            let mut runs: BTreeMap<System, Vec<Result<Sample, String>>> = BTreeMap::new();
+            let mut runs: BTreeMap<(System, ClientChain), Vec<Result<Sample, String>>> =
+                BTreeMap::new();
             for _ in 0..rounds {
                 for &system in &args.systems {
-                    let result = measure_as_users_do(program, system, &load);
-                    done += 1;
-                    let measurement = result.as_ref().map(|s| s.measurement.clone());
-                    progress(
-                        done,
-                        total,
-                        system,
-                        &load,
-                        &measurement.map_err(Clone::clone),
-                    );
-                    if let Ok(s) = &result {
-                        eprintln!(
-                            "          peak RSS: server {:.1} MiB, client {:.1} MiB",
-                            s.server_peak_kib as f64 / 1024.0,
-                            s.client_peak_kib as f64 / 1024.0
+                    let system_chains = if system == System::Ours {
+                        &chains[..]
+                    } else {
+                        &chains[..1]
+                    };
+                    for &chain in system_chains {
+                        let load = Load { chain, ..load };
+                        let result = measure_as_users_do(program, system, &load);
+                        done += 1;
+                        let measurement = result.as_ref().map(|s| s.measurement.clone());
+                        progress(
+                            done,
+                            total,
+                            system,
+                            &load,
+                            &measurement.map_err(Clone::clone),
                         );
+                        if let Ok(s) = &result {
+                            eprintln!(
+                                "          peak RSS: server {:.1} MiB, client {:.1} MiB",
+                                s.server_peak_kib as f64 / 1024.0,
+                                s.client_peak_kib as f64 / 1024.0
+                            );
+                        }
+                        failed |= !matches!(&result, Ok(s) if s.measurement.errors == 0);
+                        runs.entry((system, chain)).or_default().push(result);
                     }
-                    failed |= !matches!(&result, Ok(s) if s.measurement.errors == 0);
-                    runs.entry(system).or_default().push(result);
                 }
+            }
+            let mut medians: BTreeMap<(System, ClientChain), Result<Sample, String>> = runs
+                .into_iter()
+                .map(|(key, results)| (key, median_sample(results)))
+                .collect();
+            if args.systems.contains(&System::Ours) && chains.len() > 1 {
+                chain_cells.push(ChainCell {
+                    payload,
+                    in_flight,
+                    results: chains
+                        .iter()
+                        .filter_map(|&c| {
+                            let sample = medians.get(&(System::Ours, c))?;
+                            Some((c, sample.clone().map(|s| s.measurement)))
+                        })
+                        .collect(),
+                });
             }
             cells.push(DefaultCell {
                 payload,
@@ -458,7 +501,7 @@ fn run_default(
                 results: args
                     .systems
                     .iter()
-                    .filter_map(|s| runs.remove(s).map(|r| (*s, median_sample(r))))
+                    .filter_map(|s| medians.remove(&(*s, chains[0])).map(|r| (*s, r)))
                     .collect(),
             });
         }
@@ -476,6 +519,10 @@ fn run_default(
     if let Some(targets) = targets_table(&cells) {
         println!();
         print!("{targets}");
+    }
+    if !chain_cells.is_empty() {
+        println!("\nClient filter chains (ours), each against no chain in the same run:\n");
+        print!("{}", chain_table(&chain_cells));
     }
     eprintln!("rpc-bench: took {:.0} s", began.elapsed().as_secs_f64());
     if failed {

@@ -92,6 +92,7 @@ pub fn measure_as_users_do(program: &Path, system: System, load: &Load) -> Resul
         .args(["--in-flight", &load.in_flight.to_string()])
         .args(["--warmup", &load.warmup.as_secs_f64().to_string()])
         .args(["--duration", &load.duration.as_secs_f64().to_string()])
+        .args(["--chain", load.chain.name()])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()

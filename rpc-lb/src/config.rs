@@ -30,6 +30,14 @@ pub struct Config {
     /// old samples fade and a shunned provider's estimate decays so it is
     /// probed again. Default 10 s, as in Finagle.
     pub latency_decay: Duration,
+    /// Keep every figure of each provider's
+    /// [`ProviderStats`](crate::ProviderStats) (calls in flight, the latency
+    /// estimate, success and failure counts) whatever the strategy, to read
+    /// them. Default `false`: each strategy keeps what it balances on
+    /// (least-connection the in-flight counts, adaptive those and the latency,
+    /// the others nothing), so its calls touch no shared counter and read no
+    /// clock they do not need.
+    pub track_stats: bool,
 }
 
 impl Default for Config {
@@ -38,6 +46,7 @@ impl Default for Config {
             warm_up: Duration::from_secs(10 * 60),
             ring_replicas: 160,
             latency_decay: Duration::from_secs(10),
+            track_stats: false,
         }
     }
 }
@@ -78,6 +87,12 @@ impl Config {
     /// ```
     pub fn latency_decay(mut self, latency_decay: Duration) -> Self {
         self.latency_decay = latency_decay;
+        self
+    }
+
+    /// Sets [`track_stats`](Self::track_stats).
+    pub fn track_stats(mut self, track_stats: bool) -> Self {
+        self.track_stats = track_stats;
         self
     }
 }

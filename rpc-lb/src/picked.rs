@@ -24,11 +24,12 @@ use crate::stats::ProviderStats;
 /// lb.update([Provider::new("127.0.0.1:20880".parse().unwrap())]);
 ///
 /// let picked = lb.pick(&PickContext::new())?;
-/// assert_eq!(picked.stats().in_flight(), 1);
+/// // Least-connection keeps the in-flight counts it balances on.
+/// let stats = picked.stats().expect("least-connection keeps stats").clone();
+/// assert_eq!(stats.in_flight(), 1);
 /// let started = Instant::now();
 /// // ... send the request to picked.addr() and await the reply ...
 /// picked.record_success(started.elapsed());
-/// let stats = picked.stats().clone();
 /// drop(picked);
 /// assert_eq!(stats.in_flight(), 0);
 /// # Ok::<(), rpc_lb::LbError>(())
@@ -38,17 +39,22 @@ pub struct Picked {
     /// Copied out of the set so the caller needs no lock to read it.
     addr: SocketAddr,
     /// Shared with the balancer: the guard decrements its in-flight count on
-    /// drop, and recordings land where the next picks read them.
-    stats: Arc<ProviderStats>,
+    /// drop, and recordings land where the next picks read them. `None` when the
+    /// strategy keeps no statistics (see [`ProviderStats`]): then a pick, its
+    /// recordings and its drop touch nothing shared at all.
+    stats: Option<Arc<ProviderStats>>,
 }
 
 impl Picked {
     /// Counts a new call in flight to the provider at `addr`.
     pub(crate) fn new(addr: SocketAddr, stats: &Arc<ProviderStats>) -> Self {
-        stats.acquire();
+        let kept = stats.tracks_load() || stats.tracks_latency();
         Self {
             addr,
-            stats: Arc::clone(stats),
+            stats: kept.then(|| {
+                stats.acquire();
+                Arc::clone(stats)
+            }),
         }
     }
 
@@ -57,43 +63,54 @@ impl Picked {
         self.addr
     }
 
-    /// The chosen provider's live statistics.
-    pub fn stats(&self) -> &Arc<ProviderStats> {
-        &self.stats
+    /// The chosen provider's live statistics, when the strategy keeps any
+    /// (least-connection, adaptive, or with
+    /// [`Config::track_stats`](crate::Config::track_stats)); `None` otherwise.
+    /// [`LoadBalancer::stats`](crate::LoadBalancer::stats) reads them by address
+    /// in any case.
+    pub fn stats(&self) -> Option<&Arc<ProviderStats>> {
+        self.stats.as_ref()
     }
 
     /// Records that the call succeeded after `latency`.
     pub fn record_success(&self, latency: Duration) {
-        self.stats.record_success(latency);
+        if let Some(stats) = &self.stats {
+            stats.record_success(latency);
+        }
     }
 
     /// Records that the call failed after `latency` (see
     /// [`ProviderStats::record_failure`]).
     pub fn record_failure(&self, latency: Duration) {
-        self.stats.record_failure(latency);
+        if let Some(stats) = &self.stats {
+            stats.record_failure(latency);
+        }
     }
 
     /// Records that the call, sent at `started`, succeeded just now; returns its
-    /// latency. One clock reading serves both the latency and the sample's time.
-    pub fn record_success_since(&self, started: Instant) -> Duration {
-        let now = Instant::now();
-        let latency = now.saturating_duration_since(started);
-        self.stats.record_success_at(now, latency);
-        latency
+    /// latency when the provider's latency is tracked (see [`ProviderStats`]), and
+    /// `None`, having read no clock, when it is not. One clock reading serves both
+    /// the latency and the sample's time.
+    pub fn record_success_since(&self, started: Instant) -> Option<Duration> {
+        self.stats.as_ref()?.record_success_since(started)
     }
 
     /// Records that the call, sent at `started`, failed just now; returns its latency.
     pub fn record_failure_since(&self, started: Instant) -> Duration {
         let now = Instant::now();
         let latency = now.saturating_duration_since(started);
-        self.stats.record_failure_at(now, latency);
+        if let Some(stats) = &self.stats {
+            stats.record_failure_at(now, latency);
+        }
         latency
     }
 }
 
 impl Drop for Picked {
     fn drop(&mut self) {
-        self.stats.release();
+        if let Some(stats) = &self.stats {
+            stats.release();
+        }
     }
 }
 
@@ -101,7 +118,7 @@ impl fmt::Debug for Picked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Picked")
             .field("addr", &self.addr)
-            .field("in_flight", &self.stats.in_flight())
+            .field("in_flight", &self.stats.as_ref().map(|s| s.in_flight()))
             .finish()
     }
 }

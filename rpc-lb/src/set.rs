@@ -258,7 +258,13 @@ impl<A: Algorithm> ProviderSet for Live<A> {
     fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked> {
         let snapshot = self.current.load();
         let view = View::new(&snapshot, ctx, self.config.warm_up, exclude);
-        let i = self.algorithm.pick(&view, ctx)?;
+        // One provider: every strategy picks it if it may take the call, so no
+        // algorithm (and no random draw or shared counter) is needed.
+        let i = if snapshot.entries.len() == 1 {
+            view.is_available(0).then_some(0)?
+        } else {
+            self.algorithm.pick(&view, ctx)?
+        };
         let entry = &snapshot.entries[i];
         Some(Picked::new(entry.spec.addr, &entry.stats))
     }
@@ -291,7 +297,12 @@ impl<A: Algorithm> ProviderSet for Live<A> {
             }
             let stats = match old_stats.get(&spec.addr) {
                 Some(stats) => Arc::clone(stats),
-                None => Arc::new(ProviderStats::new(self.epoch, self.config.latency_decay)),
+                None => Arc::new(ProviderStats::new(
+                    self.epoch,
+                    self.config.latency_decay,
+                    A::READS_LOAD || self.config.track_stats,
+                    A::READS_LATENCY || self.config.track_stats,
+                )),
             };
             position.insert(spec.addr, entries.len());
             entries.push(Entry {

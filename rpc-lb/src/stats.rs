@@ -19,6 +19,14 @@ use std::time::{Duration, Instant};
 /// (set through [`LoadBalancer`](crate::LoadBalancer)), so checking whether a
 /// provider may be picked and reading its load touch one cache line.
 ///
+/// Each figure is kept only when something reads it, so a strategy's calls
+/// touch no shared counter it does not need (on a multi-threaded runtime every
+/// such counter is a cache line bouncing between cores on every call): the
+/// in-flight count for least-connection (both kinds) and adaptive, the latency
+/// estimate for adaptive, the success and failure counts whenever either is
+/// kept; all of them with [`Config::track_stats`](crate::Config::track_stats).
+/// A figure not kept reads as zero ([`latency`](Self::latency) as `None`).
+///
 /// The latency estimate is Finagle's *peak EWMA*: a sample above the current
 /// estimate replaces it at once (a provider that slows down is noticed on the
 /// first slow reply), a lower one is blended in with weight
@@ -48,6 +56,10 @@ pub struct ProviderStats {
     epoch: Instant,
     /// The EWMA time constant in nanoseconds ([`Config::latency_decay`](crate::Config::latency_decay)).
     decay_nanos: f64,
+    /// Whether recorded calls feed the latency estimate.
+    tracks_latency: bool,
+    /// Whether picks count calls in flight.
+    tracks_load: bool,
     /// Calls recorded as successful, for observability.
     successes: AtomicU64,
     /// Calls recorded as failed, for observability.
@@ -55,8 +67,17 @@ pub struct ProviderStats {
 }
 
 impl ProviderStats {
-    pub(crate) fn new(epoch: Instant, decay: Duration) -> Self {
+    /// Stats counted from `epoch`, with calls in flight counted when `tracks_load`
+    /// and latency estimated with time constant `decay` when `tracks_latency`.
+    pub(crate) fn new(
+        epoch: Instant,
+        decay: Duration,
+        tracks_load: bool,
+        tracks_latency: bool,
+    ) -> Self {
         Self {
+            tracks_latency,
+            tracks_load,
             in_flight: AtomicUsize::new(0),
             cost: AtomicU64::new(0f64.to_bits()),
             stamp: AtomicU64::new(0),
@@ -69,24 +90,26 @@ impl ProviderStats {
         }
     }
 
-    /// Calls currently in flight to this provider.
+    /// Calls currently in flight to this provider (0 when not [tracked](Self::tracks_load)).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The current peak-EWMA latency estimate, or `None` before the first
-    /// recorded call.
+    /// recorded call (and always when latency is not tracked; see the type's docs).
     pub fn latency(&self) -> Option<Duration> {
         let cost = self.cost_at(Instant::now());
         (cost > 0.0).then(|| Duration::from_nanos(cost as u64))
     }
 
-    /// Calls recorded as successful so far.
+    /// Calls recorded as successful so far (0 when neither load nor latency is
+    /// tracked).
     pub fn successes(&self) -> u64 {
         self.successes.load(Ordering::Relaxed)
     }
 
-    /// Calls recorded as failed so far.
+    /// Calls recorded as failed so far (0 when neither load nor latency is
+    /// tracked).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
@@ -99,8 +122,12 @@ impl ProviderStats {
     /// Records a successful call that took `latency` and ended at `now` (saves a
     /// clock reading when the caller has one).
     pub fn record_success_at(&self, now: Instant, latency: Duration) {
-        self.successes.fetch_add(1, Ordering::Relaxed);
-        self.observe(now, latency.as_nanos() as f64, false);
+        if self.counts_outcomes() {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.tracks_latency {
+            self.observe(now, latency.as_nanos() as f64, false);
+        }
     }
 
     /// Records a failed call that took `latency`.
@@ -115,8 +142,46 @@ impl ProviderStats {
     /// Records a failed call that took `latency` and ended at `now` (see
     /// [`record_failure`](ProviderStats::record_failure)).
     pub fn record_failure_at(&self, now: Instant, latency: Duration) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        self.observe(now, latency.as_nanos() as f64, true);
+        if self.counts_outcomes() {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.tracks_latency {
+            self.observe(now, latency.as_nanos() as f64, true);
+        }
+    }
+
+    /// Whether recorded calls feed the latency estimate (the adaptive strategy, or
+    /// [`Config::track_stats`](crate::Config::track_stats)); when not, a caller
+    /// need not time its calls for this provider.
+    pub fn tracks_latency(&self) -> bool {
+        self.tracks_latency
+    }
+
+    /// Whether calls in flight are counted (least-connection, adaptive, or
+    /// [`Config::track_stats`](crate::Config::track_stats)).
+    pub fn tracks_load(&self) -> bool {
+        self.tracks_load
+    }
+
+    /// Whether successes and failures are counted: whenever load or latency is.
+    fn counts_outcomes(&self) -> bool {
+        self.tracks_load || self.tracks_latency
+    }
+
+    /// Records a successful call that started at `started`: timed (and its latency
+    /// returned) only when latency is tracked, so untracked providers cost no clock
+    /// reading.
+    pub(crate) fn record_success_since(&self, started: Instant) -> Option<Duration> {
+        if !self.tracks_latency {
+            if self.tracks_load {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started);
+        self.record_success_at(now, latency);
+        Some(latency)
     }
 
     /// Marks the provider down until `until`, or indefinitely for `None`.
@@ -159,11 +224,15 @@ impl ProviderStats {
     }
 
     pub(crate) fn acquire(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.tracks_load {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.tracks_load {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// The latency estimate at `now` in nanoseconds, decayed for the time
@@ -219,7 +288,7 @@ mod tests {
     use super::*;
 
     fn stats() -> ProviderStats {
-        ProviderStats::new(Instant::now(), Duration::from_secs(10))
+        ProviderStats::new(Instant::now(), Duration::from_secs(10), true, true)
     }
 
     #[test]

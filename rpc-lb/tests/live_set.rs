@@ -172,14 +172,57 @@ fn outcomes_recorded_since_a_start_count_and_measure_from_it() {
     let lb = balancer(Strategy::Adaptive, &[100]);
     let picked = lb.pick(&PickContext::new()).unwrap();
     let started = Instant::now() - Duration::from_millis(40);
-    let latency = picked.record_success_since(started);
+    let latency = picked
+        .record_success_since(started)
+        .expect("adaptive times calls");
     assert!(latency >= Duration::from_millis(40), "{latency:?}");
     let failed = picked.record_failure_since(Instant::now());
     assert!(failed < Duration::from_millis(40), "{failed:?}");
-    let stats = picked.stats();
+    let stats = picked.stats().expect("adaptive keeps stats");
     assert_eq!((stats.successes(), stats.failures()), (1, 1));
     let estimate = stats.latency().expect("a latency estimate");
     assert!(estimate >= Duration::from_millis(40), "{estimate:?}");
+}
+
+#[test]
+fn stats_are_kept_only_where_they_are_read() {
+    let started = Instant::now() - Duration::from_millis(40);
+    // Round-robin reads nothing: its calls touch no counter and read no clock.
+    let lb = balancer(Strategy::RoundRobin, &[100]);
+    let picked = lb.pick(&PickContext::new()).unwrap();
+    assert!(picked.stats().is_none(), "nothing to share");
+    let stats = lb.stats(picked.addr()).unwrap();
+    assert!(!stats.tracks_latency() && !stats.tracks_load());
+    assert_eq!(stats.in_flight(), 0);
+    assert_eq!(picked.record_success_since(started), None);
+    picked.record_failure(Duration::from_millis(5));
+    assert_eq!(
+        (stats.successes(), stats.failures(), stats.latency()),
+        (0, 0, None)
+    );
+    // Least-connection counts calls in flight (and outcomes), but times nothing.
+    let lb = balancer(Strategy::LeastConnection, &[100]);
+    let picked = lb.pick(&PickContext::new()).unwrap();
+    let stats = Arc::clone(picked.stats().unwrap());
+    assert!(stats.tracks_load() && !stats.tracks_latency());
+    assert_eq!(stats.in_flight(), 1);
+    assert_eq!(picked.record_success_since(started), None);
+    drop(picked);
+    assert_eq!((stats.in_flight(), stats.successes()), (0, 1));
+    assert_eq!(stats.latency(), None);
+    // Asked for, everything is kept whatever the strategy.
+    let lb = LoadBalancer::with_config(
+        "test.Service",
+        Strategy::RoundRobin,
+        Config::default().track_stats(true),
+    );
+    lb.update(providers(&[100]));
+    let picked = lb.pick(&PickContext::new()).unwrap();
+    let stats = Arc::clone(picked.stats().unwrap());
+    assert_eq!(stats.in_flight(), 1);
+    assert!(picked.record_success_since(started).is_some());
+    assert_eq!(stats.successes(), 1);
+    assert!(stats.latency().unwrap() >= Duration::from_millis(40));
 }
 
 #[test]

@@ -12,6 +12,7 @@ use rpc_core::filter::fallback::FallbackLayer;
 use rpc_core::filter::limit::LimitLayer;
 use rpc_core::filter::metrics::Metrics;
 use rpc_core::filter::trace::TraceLayer;
+use rpc_core::lb::Strategy;
 use rpc_core::{Blob, Client, ClientBuilder, RpcError, Server, ServerConfig};
 
 use super::LISTEN_ADDR;
@@ -164,6 +165,19 @@ pub(super) async fn drive(addr: SocketAddr, load: &Load, tls: bool) -> io::Resul
     if tls {
         builder = builder.tls(crate::BenchTls::client()?);
     }
+    let client = with_chain(builder, load.chain, addr)
+        .await
+        .map_err(io::Error::other)?;
+    Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
+}
+
+/// A client made by `builder` with the client chain `chain`, to `addr` (through a
+/// balancer over that one server for `lb` and `lb-full`).
+async fn with_chain(
+    builder: ClientBuilder,
+    chain: ClientChain,
+    addr: SocketAddr,
+) -> Result<Client, RpcError> {
     let full = |builder: ClientBuilder| -> Result<ClientBuilder, RpcError> {
         Ok(builder
             .layer(
@@ -174,23 +188,20 @@ pub(super) async fn drive(addr: SocketAddr, load: &Load, tls: bool) -> io::Resul
             .layer(failover()?)
             .layer(BreakerLayer::builder().build()?))
     };
-    let client = async {
-        match load.chain {
-            ClientChain::None => builder.connect(addr).await,
-            ClientChain::Failover => builder.layer(failover()?).connect(addr).await,
-            ClientChain::Breaker => {
-                builder
-                    .layer(BreakerLayer::builder().build()?)
-                    .connect(addr)
-                    .await
-            }
-            ClientChain::Full => full(builder)?.connect(addr).await,
-            ClientChain::Lb => balanced(builder, addr).await,
-            ClientChain::LbFull => balanced(full(builder)?, addr).await,
+    match chain {
+        ClientChain::None => builder.connect(addr).await,
+        ClientChain::Failover => builder.layer(failover()?).connect(addr).await,
+        ClientChain::Breaker => {
+            builder
+                .layer(BreakerLayer::builder().build()?)
+                .connect(addr)
+                .await
         }
-    };
-    let client = client.await.map_err(io::Error::other)?;
-    Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
+        ClientChain::Full => full(builder)?.connect(addr).await,
+        ClientChain::Lb => balanced(builder, addr).await,
+        ClientChain::LbFull => balanced(full(builder)?, addr).await,
+        ClientChain::LbAdaptive => balanced(builder.balancer(Strategy::Adaptive), addr).await,
+    }
 }
 
 /// A cluster layer retrying `echo` (marked idempotent) twice.
@@ -220,8 +231,14 @@ pub(super) async fn serve_defaults(ready: impl FnOnce(SocketAddr)) -> io::Result
 }
 
 /// Runs `load` through a client made by `Client::connect`, as a user's client does.
+/// With a client chain other than `none`, the same defaults (`Client::builder()`)
+/// with that chain.
 pub(super) async fn drive_defaults(addr: SocketAddr, load: &Load) -> io::Result<Measurement> {
-    let client = Client::connect(addr).await.map_err(io::Error::other)?;
+    let client = match load.chain {
+        ClientChain::None => Client::connect(addr).await,
+        chain => with_chain(Client::builder(), chain, addr).await,
+    }
+    .map_err(io::Error::other)?;
     Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
 }
 

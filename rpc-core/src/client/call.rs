@@ -517,9 +517,17 @@ enum CallState<A, T, E> {
         timeout: Duration,
         /// The method called, for errors.
         target: Target,
-        /// For a cluster: the provider picked, to record the outcome on and to fail
-        /// over from. Boxed, so that a single server's calls (`None`) stay small.
-        attempt: Option<Box<Attempt<A, T, E>>>,
+    },
+    /// Queued on a provider a balancer picked, waiting for the response: the fast
+    /// path of a cluster's call. The attempt is held in place (no allocation per
+    /// call), with the call itself in case it must fail over.
+    Balanced {
+        /// The call's slot on its connection.
+        reply: PendingReply,
+        /// The call's timeout, for errors.
+        timeout: Duration,
+        /// The provider picked and the call.
+        attempt: Attempt<A, T, E>,
     },
     /// Through the client's filter chain.
     Chain {
@@ -556,7 +564,7 @@ impl<A, T, E> fmt::Debug for CallFuture<A, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let stage = match &self.state {
             CallState::Start(_) => "not started",
-            CallState::Reply { .. } => {
+            CallState::Reply { .. } | CallState::Balanced { .. } => {
                 "queued (waiting for the response, or for the write if oneway)"
             }
             CallState::Chain { .. } | CallState::Run(_) => "running",
@@ -611,18 +619,21 @@ where
                     };
                     // A single server's call is dropped where it lies; a cluster's is
                     // kept in case it must fail over.
-                    let attempt = picked.map(|picked| {
-                        Box::new(Attempt {
-                            picked,
-                            started: Instant::now(),
-                            call: this.take_call(),
-                        })
-                    });
-                    this.state = CallState::Reply {
-                        reply,
-                        timeout,
-                        target,
-                        attempt,
+                    this.state = match picked {
+                        None => CallState::Reply {
+                            reply,
+                            timeout,
+                            target,
+                        },
+                        Some(picked) => CallState::Balanced {
+                            reply,
+                            timeout,
+                            attempt: Attempt {
+                                picked,
+                                started: Instant::now(),
+                                call: this.take_call(),
+                            },
+                        },
                     };
                     // Just queued: the response cannot be in yet.
                     return Poll::Pending;
@@ -631,39 +642,45 @@ where
                     reply,
                     timeout,
                     target,
-                    attempt,
                 } => {
                     let outcome = ready!(Pin::new(reply).poll(cx));
-                    let (timeout, target, attempt) = (*timeout, *target, attempt.take());
+                    let (timeout, target) = (*timeout, *target);
                     this.state = CallState::Done;
-                    let error = match (outcome, attempt) {
-                        (Ok(frame), attempt) => {
-                            if let Some(attempt) = attempt {
-                                attempt.picked.record_success_since(attempt.started);
-                            }
-                            return Poll::Ready(decode_outcome(frame, timeout, target));
-                        }
-                        (Err(e), None) => e,
-                        (Err(e), Some(attempt)) => {
-                            let Attempt {
-                                picked,
-                                started,
-                                mut call,
-                            } = *attempt;
-                            match call.client.fail_over(&picked, started, e) {
-                                Err(e) => e,
-                                Ok((spent, _)) => {
-                                    // The provider certainly did not run it: the
-                                    // general path tries the others, in the time left.
-                                    drop(picked);
-                                    call.timeout = Some(timeout.saturating_sub(spent));
-                                    this.state = CallState::Run(Box::pin(call.run(None)));
-                                    continue;
-                                }
-                            }
-                        }
+                    return Poll::Ready(match outcome {
+                        Ok(frame) => decode_outcome(frame, timeout, target),
+                        Err(e) => Err(e.widen()),
+                    });
+                }
+                CallState::Balanced { reply, .. } => {
+                    let outcome = ready!(Pin::new(reply).poll(cx));
+                    let CallState::Balanced {
+                        timeout, attempt, ..
+                    } = std::mem::replace(&mut this.state, CallState::Done)
+                    else {
+                        unreachable!("matched above")
                     };
-                    return Poll::Ready(Err(error.widen()));
+                    let Attempt {
+                        picked,
+                        started,
+                        mut call,
+                    } = attempt;
+                    let e = match outcome {
+                        Ok(frame) => {
+                            picked.record_success_since(started);
+                            return Poll::Ready(decode_outcome(frame, timeout, call.target()));
+                        }
+                        Err(e) => e,
+                    };
+                    match call.client.fail_over(&picked, started, e) {
+                        Err(e) => return Poll::Ready(Err(e.widen())),
+                        Ok((spent, _)) => {
+                            // The provider certainly did not run it: the general path
+                            // tries the others, in the time left.
+                            drop(picked);
+                            call.timeout = Some(timeout.saturating_sub(spent));
+                            this.state = CallState::Run(Box::pin(call.run(None)));
+                        }
+                    }
                 }
                 CallState::Chain {
                     call,

@@ -1,7 +1,6 @@
 //! Where a call goes: one server, or the provider a balancer picks per call; and the
 //! failover rule, in one place, for calls that certainly did not run.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
@@ -33,10 +32,38 @@ pub(super) struct Cluster {
     pub(super) balancer: LoadBalancer,
     /// Connections per provider address: a snapshot replaced whole on each update,
     /// so a call reads it with one lock-free load (provider sets change rarely).
-    endpoints: ArcSwap<HashMap<SocketAddr, Arc<Endpoint>>>,
+    endpoints: ArcSwap<Endpoints>,
     /// Serializes updates, so that two concurrent ones cannot lose each other's
     /// endpoints.
     updating: parking_lot::Mutex<()>,
+}
+
+/// Connections per provider address, sorted by address, so a call finds its
+/// provider's without hashing: a scan over a few, a binary search over many.
+#[derive(Default)]
+struct Endpoints(Box<[(SocketAddr, Arc<Endpoint>)]>);
+
+impl Endpoints {
+    /// Up to this many providers are scanned (cheaper than a search, and than
+    /// hashing a `SocketAddr`).
+    const SCAN: usize = 8;
+
+    /// The endpoints, sorted by address (an address listed twice keeps its first).
+    fn new(mut endpoints: Vec<(SocketAddr, Arc<Endpoint>)>) -> Endpoints {
+        endpoints.sort_by_key(|(addr, _)| *addr);
+        endpoints.dedup_by_key(|(addr, _)| *addr);
+        Endpoints(endpoints.into_boxed_slice())
+    }
+
+    /// The endpoint of `addr`.
+    fn get(&self, addr: &SocketAddr) -> Option<&Arc<Endpoint>> {
+        let found = if self.0.len() <= Self::SCAN {
+            self.0.iter().position(|(at, _)| at == addr)
+        } else {
+            self.0.binary_search_by(|(at, _)| at.cmp(addr)).ok()
+        };
+        found.map(|i| &self.0[i].1)
+    }
 }
 
 impl Cluster {
@@ -62,7 +89,7 @@ impl Client {
         let providers: Vec<Provider> = providers.into_iter().collect();
         let _updating = cluster.updating.lock();
         let current = cluster.endpoints.load();
-        let endpoints: HashMap<SocketAddr, Arc<Endpoint>> = providers
+        let endpoints = providers
             .iter()
             .map(|provider| {
                 let endpoint = current
@@ -72,7 +99,7 @@ impl Client {
                 (provider.addr, endpoint)
             })
             .collect();
-        cluster.endpoints.store(Arc::new(endpoints));
+        cluster.endpoints.store(Arc::new(Endpoints::new(endpoints)));
         cluster.balancer.update(providers);
     }
 
@@ -332,4 +359,32 @@ pub(crate) struct Ready {
     /// The provider picked, for a cluster: its in-flight count includes this call until
     /// this is dropped, and the call's outcome is recorded on it.
     pub(crate) picked: Option<Picked>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ClientConfig;
+
+    #[test]
+    fn endpoints_are_found_by_scan_and_by_search() {
+        let config = ClientConfig::default();
+        for count in [0, 1, Endpoints::SCAN, Endpoints::SCAN + 1, 40] {
+            let addrs: Vec<SocketAddr> = (0..count)
+                .map(|i| SocketAddr::from(([10, 0, (i % 3) as u8, 1], 7000 + (i * 7 % 40) as u16)))
+                .collect();
+            let endpoints = Endpoints::new(
+                addrs
+                    .iter()
+                    .rev()
+                    .map(|&addr| (addr, Arc::new(Endpoint::new(addr, &config))))
+                    .collect(),
+            );
+            for addr in &addrs {
+                assert_eq!(endpoints.get(addr).map(|e| e.addr), Some(*addr), "{count}");
+            }
+            let absent = SocketAddr::from(([10, 0, 9, 9], 1));
+            assert!(endpoints.get(&absent).is_none());
+        }
+    }
 }

@@ -33,6 +33,10 @@ pub(crate) struct Adaptive;
 impl Algorithm for Adaptive {
     type State = ();
 
+    const READS_LATENCY: bool = true;
+
+    const READS_LOAD: bool = true;
+
     fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
 
     fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {

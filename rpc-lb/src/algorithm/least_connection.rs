@@ -38,6 +38,8 @@ impl LeastConnection {
 impl Algorithm for LeastConnection {
     type State = ();
 
+    const READS_LOAD: bool = true;
+
     fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
 
     fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {

@@ -35,6 +35,14 @@ pub(crate) trait Algorithm: Send + Sync + fmt::Debug + 'static {
     /// What the algorithm derives from one provider list.
     type State: Send + Sync + fmt::Debug + 'static;
 
+    /// Whether picks read the providers' latency estimates, which then must be kept
+    /// up to date on every call.
+    const READS_LATENCY: bool = false;
+
+    /// Whether picks read the providers' in-flight counts, which then must be kept
+    /// up to date on every call.
+    const READS_LOAD: bool = false;
+
     /// Builds the state for `entries`; `previous` is the snapshot being
     /// replaced (`None` for the initial empty set), whose state may be carried
     /// over for providers that stay.
