@@ -46,12 +46,12 @@ pub struct Picked {
 }
 
 impl Picked {
-    /// Counts a new call in flight to the provider at `addr`.
-    pub(crate) fn new(addr: SocketAddr, stats: &Arc<ProviderStats>) -> Self {
-        let kept = stats.tracks_load() || stats.tracks_latency();
+    /// Counts a new call in flight to the provider at `addr`, whose `stats` are
+    /// held (and kept) only when its set `keeps` statistics.
+    pub(crate) fn new(addr: SocketAddr, stats: &Arc<ProviderStats>, keeps: bool) -> Self {
         Self {
             addr,
-            stats: kept.then(|| {
+            stats: keeps.then(|| {
                 stats.acquire();
                 Arc::clone(stats)
             }),

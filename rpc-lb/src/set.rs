@@ -254,6 +254,14 @@ impl<A: Algorithm> Live<A> {
     }
 }
 
+impl<A: Algorithm> Live<A> {
+    /// Whether this set's providers keep any statistics (known without reading
+    /// them, so a pick of a strategy that keeps none touches no shared line).
+    fn keeps_stats(&self) -> bool {
+        A::READS_LOAD || A::READS_LATENCY || self.config.track_stats
+    }
+}
+
 impl<A: Algorithm> ProviderSet for Live<A> {
     fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked> {
         let snapshot = self.current.load();
@@ -266,13 +274,21 @@ impl<A: Algorithm> ProviderSet for Live<A> {
             self.algorithm.pick(&view, ctx)?
         };
         let entry = &snapshot.entries[i];
-        Some(Picked::new(entry.spec.addr, &entry.stats))
+        Some(Picked::new(
+            entry.spec.addr,
+            &entry.stats,
+            self.keeps_stats(),
+        ))
     }
 
     fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
         let snapshot = self.current.load();
         let entry = snapshot.entries.iter().find(|e| e.spec.addr == addr)?;
-        Some(Picked::new(entry.spec.addr, &entry.stats))
+        Some(Picked::new(
+            entry.spec.addr,
+            &entry.stats,
+            self.keeps_stats(),
+        ))
     }
 
     fn update(&self, providers: Vec<Provider>) {

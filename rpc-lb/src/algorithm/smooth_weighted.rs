@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
 
 use super::Algorithm;
 use crate::config::Config;
@@ -25,7 +24,7 @@ pub(crate) struct SmoothWeighted;
 
 /// Current weights, by entry index.
 #[derive(Debug)]
-pub(crate) struct Current(Mutex<Vec<i64>>);
+pub(crate) struct Current(parking_lot::Mutex<Vec<i64>>);
 
 impl Algorithm for SmoothWeighted {
     type State = Current;
@@ -40,11 +39,7 @@ impl Algorithm for SmoothWeighted {
     ) -> Current {
         let mut current = vec![0; entries.len()];
         if let Some(previous) = previous {
-            let old = previous
-                .state
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let old = previous.state.0.lock();
             let old: HashMap<SocketAddr, i64> = previous
                 .entries
                 .iter()
@@ -55,15 +50,11 @@ impl Algorithm for SmoothWeighted {
                 *slot = old.get(&entry.spec.addr).copied().unwrap_or(0);
             }
         }
-        Current(Mutex::new(current))
+        Current(parking_lot::Mutex::new(current))
     }
 
     fn pick(&self, view: &View<'_, Current>, _: &PickContext) -> Option<usize> {
-        let mut current = view
-            .state()
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut current = view.state().0.lock();
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
         let mut best_current = i64::MIN;
