@@ -17,7 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rpc_examples::INVENTORY_SERVICE;
-use support::devtools::{chromium, Browser, Page};
+use support::chromium::chromium;
+use support::devtools::{Browser, Page};
 use support::{served, start_measured_provider, start_registry_with_dashboard, Reaper};
 
 const TOKEN: &str = "operator-token-for-the-browser-test";

@@ -11,7 +11,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,25 +20,11 @@ use std::time::{Duration, Instant};
 use rpc_core::filter::metrics::Metrics;
 use rpc_registry::{Consumer, Instance, Publisher};
 use support::admin::start_registry;
+use support::chromium::{chromium, HEADLESS};
 use support::http::http;
 use support::*;
 
 const TOKEN: &str = "browser-test-token";
-
-/// The Chromium binary, if one is installed.
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|name| {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {name}")])
-                .output()
-                .ok()?;
-            let path = String::from_utf8(found.stdout).ok()?;
-            let path = path.trim();
-            (found.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
-        })
-}
 
 /// Runs headless Chromium on `url` with `args` (`--dump-dom`, `--screenshot=...`),
 /// letting the page run for `budget` of virtual time; its stdout. Killed by PID after
@@ -51,21 +37,7 @@ fn run_chromium(
     args: &[&str],
 ) -> String {
     let mut child = Command::new(browser)
-        .args([
-            "--headless=new",
-            // Tests run as root in containers, where Chromium's sandbox cannot start.
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            // The machine's network is closed: no update checks, sync or QUIC.
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            "--hide-scrollbars",
-            "--window-size=1400,900",
-        ])
+        .args(HEADLESS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--virtual-time-budget={}", budget.as_millis()))
         .args(args)

@@ -5,7 +5,7 @@
 //! button is not clicked).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,15 +19,6 @@ use super::{Reaper, TempDir};
 
 /// The longest one DevTools command may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
-
-/// The Chromium binary, if one is installed.
-pub(crate) fn chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
 
 /// A headless Chromium process and the DevTools connection to it; the process is
 /// killed by PID and its profile removed when dropped.
@@ -48,20 +39,8 @@ impl Browser {
     pub(crate) async fn launch(binary: &Path) -> Browser {
         let profile = TempDir::new("chromium-profile");
         let mut child = Command::new(binary)
+            .args(super::chromium::HEADLESS)
             .args([
-                "--headless=new",
-                // Tests run as root in containers, where Chromium's sandbox cannot start.
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                // The machine's network is closed: no update checks, sync or QUIC.
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--hide-scrollbars",
-                "--window-size=1400,900",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
             ])

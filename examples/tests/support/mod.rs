@@ -24,6 +24,10 @@ pub(crate) mod zookeeper;
 #[path = "../../../rpc-registry/tests/support/http.rs"]
 pub(crate) mod http;
 
+// Finding Chromium, and its flags (one file with rpc-registry's tests).
+#[path = "../../../rpc-registry/tests/support/chromium.rs"]
+pub(crate) mod chromium;
+
 pub(crate) mod devtools;
 
 /// Kills the child by PID when dropped, so a failing test leaves no process behind.
@@ -84,24 +88,8 @@ fn after(lines: &mut impl Iterator<Item = std::io::Result<String>>, prefix: &str
 /// Starts `inventory-provider` registered with `registry` (a URL) at `weight` and
 /// with its metrics served over HTTP; returns it with its address and metrics URL.
 pub(crate) fn start_measured_provider(registry: &str, weight: u32) -> (Reaper, SocketAddr, String) {
-    let weight = weight.to_string();
-    let (provider, mut lines) = spawn_printing(
-        env!("CARGO_BIN_EXE_inventory-provider"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--registry",
-            registry,
-            "--weight",
-            &weight,
-            "--deregister-delay",
-            "300ms",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (provider, mut lines) =
+        spawn_registered(registry, weight, &["--metrics-listen", "127.0.0.1:0"]);
     let addr = after(&mut lines, "listening on ")
         .parse()
         .expect("an address");
@@ -209,6 +197,20 @@ pub(crate) fn start_registered_provider_with(
     weight: u32,
     extra: &[&str],
 ) -> (Reaper, SocketAddr) {
+    let (provider, mut lines) = spawn_registered(registry, weight, extra);
+    let addr = after(&mut lines, "listening on ")
+        .parse()
+        .expect("an address");
+    (provider, addr)
+}
+
+/// Starts `inventory-provider` on 127.0.0.1:0 with one worker, registered with
+/// `registry` at `weight`, with `extra` flags; returns it with its stdout's lines.
+fn spawn_registered(
+    registry: &str,
+    weight: u32,
+    extra: &[&str],
+) -> (Reaper, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let weight = weight.to_string();
     let mut args = vec![
         "--listen",
@@ -223,7 +225,7 @@ pub(crate) fn start_registered_provider_with(
         "300ms",
     ];
     args.extend_from_slice(extra);
-    spawn_provider(&args)
+    spawn_printing(env!("CARGO_BIN_EXE_inventory-provider"), &args)
 }
 
 /// Sends SIGTERM to the child by PID.

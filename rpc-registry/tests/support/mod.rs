@@ -5,6 +5,7 @@
 
 #[cfg(feature = "dashboard")]
 pub mod admin;
+pub mod chromium;
 pub mod http;
 pub mod zookeeper;
 
