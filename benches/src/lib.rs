@@ -95,6 +95,8 @@ pub use report::{
 };
 pub use server_process::{exit_when_stdin_closes, report_port, ServerProcess};
 pub use setup::{measure_as_users_do, peak_rss_kib, run_client_child, Sample, Setup};
-pub use systems::ours::{serve_with_in_flight_cap, Echo, EchoClient, EchoImpl, EchoServer};
+pub use systems::ours::{
+    drive_spread, serve_with_in_flight_cap, Echo, EchoClient, EchoImpl, EchoServer,
+};
 pub use systems::System;
 pub use tls_certs::BenchTls;

@@ -12,6 +12,13 @@
 //! ```text
 //! cargo run --release -p rpc-benches --bin rpc-bench -- --tls --systems ours --rounds 3
 //! ```
+//!
+//! `scaling` measures ours with 1, 2, 4 and 16 connections to one server and
+//! balanced over two servers, in the users' configuration:
+//!
+//! ```text
+//! cargo run --release -p rpc-benches --bin rpc-bench -- scaling --rounds 3
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +50,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Calls/s of ours with several connections per server and several servers:
+    /// servers as `#[tokio::main]` with `Server::builder()` defaults, each its own
+    /// process; the client on this process's multi-threaded runtime, balanced
+    /// round-robin over the servers.
+    Scaling(ScalingArgs),
     /// Runs one system's echo server on 127.0.0.1:0 and prints its port (the driver
     /// starts these itself). Exits when stdin closes.
     Server {
@@ -86,6 +98,33 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ClientChain::None)]
         chain: ClientChain,
     },
+}
+
+/// What `rpc-bench scaling` measures.
+#[derive(Debug, Args)]
+struct ScalingArgs {
+    /// Connections per server, one measurement each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 16])]
+    connections: Vec<usize>,
+    /// Server processes, one measurement each (balanced round-robin when more
+    /// than one).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    servers: Vec<usize>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 16)]
+    payload: usize,
+    /// Calls in flight (closed loop).
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Seconds measured per cell.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Seconds of warm-up before each measurement.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Repeat every cell this many times (interleaved) and report medians.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +182,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Scaling(args)) => scaling(&args),
         Some(Command::Server {
             system,
             cpu,
@@ -527,6 +567,124 @@ fn run_default(
     eprintln!("rpc-bench: took {:.0} s", began.elapsed().as_secs_f64());
     if failed {
         eprintln!("rpc-bench: some runs failed; see above");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `rpc-bench scaling`: every (servers, connections) cell, interleaved over the
+/// rounds, each against fresh server processes; then one table.
+fn scaling(args: &ScalingArgs) -> ExitCode {
+    let (Ok(warmup), Ok(duration)) = (
+        Duration::try_from_secs_f64(args.warmup),
+        Duration::try_from_secs_f64(args.duration),
+    ) else {
+        eprintln!("rpc-bench scaling: --warmup and --duration must be non-negative seconds");
+        return ExitCode::FAILURE;
+    };
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("rpc-bench: cannot find its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let load = Load {
+        in_flight: args.in_flight,
+        payload: args.payload,
+        warmup,
+        duration,
+        client_threads: cpus,
+        chain: ClientChain::None,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rpc-bench: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cells: Vec<(usize, usize)> = args
+        .servers
+        .iter()
+        .flat_map(|&s| args.connections.iter().map(move |&c| (s.max(1), c.max(1))))
+        .collect();
+    let mut runs: BTreeMap<(usize, usize), Vec<Result<Measurement, String>>> = BTreeMap::new();
+    let mut failed = false;
+    for _ in 0..args.rounds.max(1) {
+        for &(servers, connections) in &cells {
+            let result = (|| {
+                let processes = (0..servers)
+                    .map(|_| {
+                        let mut command = std::process::Command::new(&program);
+                        command.args(["server", "--system", "ours", "--config", "default"]);
+                        ServerProcess::start_command(command, "ours")
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let addrs: Vec<_> = processes.iter().map(ServerProcess::addr).collect();
+                runtime
+                    .block_on(rpc_benches::drive_spread(&addrs, connections, &load))
+                    .map_err(|e| e.to_string())
+            })();
+            match &result {
+                Ok(m) => eprintln!(
+                    "  {servers} server(s) x {connections} connection(s): {:.0} calls/s",
+                    m.calls_per_sec()
+                ),
+                Err(e) => eprintln!("  {servers} server(s) x {connections} connection(s): {e}"),
+            }
+            failed |= !matches!(&result, Ok(m) if m.errors == 0);
+            runs.entry((servers, connections)).or_default().push(result);
+        }
+    }
+    println!(
+        "rpc-bench scaling: ours, {} B x {} in flight, {:.2} s after {:.2} s warm-up per \
+         cell, {} round(s) (medians), {cpus} CPUs, no pinning; servers as `#[tokio::main]` \
+         with `Server::builder()` defaults, each its own process; the client on a \
+         multi-threaded runtime, round-robin over the servers.\n",
+        args.payload,
+        args.in_flight,
+        duration.as_secs_f64(),
+        warmup.as_secs_f64(),
+        args.rounds.max(1),
+    );
+    println!(
+        "| servers | connections per server | calls/s | vs 1 server x 1 connection | p50 / p99 / p999 µs |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let medians: BTreeMap<(usize, usize), Result<Measurement, String>> = runs
+        .into_iter()
+        .map(|(cell, results)| (cell, median(results)))
+        .collect();
+    let base = medians
+        .get(&(1, 1))
+        .and_then(|r| r.as_ref().ok())
+        .map(Measurement::calls_per_sec);
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    for &(servers, connections) in &cells {
+        match &medians[&(servers, connections)] {
+            Ok(m) => println!(
+                "| {servers} | {connections} | {:.0} | {} | {:.0} / {:.0} / {:.0} |",
+                m.calls_per_sec(),
+                base.map_or_else(
+                    || "–".to_owned(),
+                    |b| format!("{:.2}", m.calls_per_sec() / b)
+                ),
+                micros(m.p50),
+                micros(m.p99),
+                micros(m.p999),
+            ),
+            Err(e) => println!("| {servers} | {connections} | failed: {e} | | |"),
+        }
+    }
+    if failed {
+        eprintln!("rpc-bench scaling: some runs failed; see above");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

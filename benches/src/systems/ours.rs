@@ -242,6 +242,36 @@ pub(super) async fn drive_defaults(addr: SocketAddr, load: &Load) -> io::Result<
     Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
 }
 
+/// Runs `load` through one client with `Client::builder()` defaults but
+/// `connections` connections per server: to the one server at `addrs`, or balanced
+/// round-robin over all of them (`rpc-bench scaling`).
+///
+/// # Errors
+///
+/// No address, or the client cannot connect.
+pub async fn drive_spread(
+    addrs: &[SocketAddr],
+    connections: usize,
+    load: &Load,
+) -> io::Result<Measurement> {
+    let builder = Client::builder().connections(connections.max(1));
+    let client = match addrs {
+        [] => return Err(io::Error::other("no server to call")),
+        [one] => builder.connect(*one).await,
+        many => {
+            builder
+                .balancer(Strategy::RoundRobin)
+                .connect_providers(
+                    "bench.Echo",
+                    many.iter().map(|addr| rpc_core::lb::Provider::new(*addr)),
+                )
+                .await
+        }
+    }
+    .map_err(io::Error::other)?;
+    Ok(closed_loop(Caller(EchoClient::new(client)), load).await)
+}
+
 /// Calls through the generated stub, in future mode.
 #[derive(Debug, Clone)]
 struct Caller(EchoClient);
