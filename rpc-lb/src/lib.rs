@@ -4,7 +4,9 @@
 //! live provider list with [`LoadBalancer::update`]; every call asks it for a
 //! provider with [`LoadBalancer::pick`] and holds the returned [`Picked`]
 //! until the reply arrives, which counts the call as in flight and lets the
-//! client report the latency. The crate knows nothing about transports or
+//! client report the latency, where the strategy reads them (see
+//! [`ProviderStats`]: a strategy that reads neither keeps neither, and its
+//! picks touch nothing shared). The crate knows nothing about transports or
 //! registries: providers are socket addresses with a weight and some flags.
 //!
 //! Strategies ([`Strategy`], chosen by name from configuration):
@@ -28,7 +30,8 @@
 //! - `strategy`: [`Strategy`], the algorithm names and their parsing.
 //! - `provider`: [`Provider`], a provider as discovery describes it, and the
 //!   warm-up formula.
-//! - `stats`: [`ProviderStats`], calls in flight and latency per provider.
+//! - `stats`: [`ProviderStats`], calls in flight and latency per provider (kept
+//!   where read, or all with [`Config::track_stats`]).
 //! - `picked`: [`Picked`], the chosen provider and its in-flight guard.
 //! - `context`: [`PickContext`], the per-call affinity key and time.
 //! - `config`: [`Config`], warm-up period, ring size, latency decay.
