@@ -276,3 +276,36 @@ async fn round_robin_survivors_share_a_dead_providers_turns_equally() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A provider that stays through provider-set updates keeps its connections: the
+/// balancer carries the same pool for it, and its server sees one connection, not a
+/// new one per update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_that_stay_keep_their_connections_across_updates() {
+    let (a, b) = (
+        provider(Duration::ZERO).await,
+        provider(Duration::ZERO).await,
+    );
+    let client = Client::builder()
+        .connect_providers("test.Whoami", providers(&[&a]))
+        .await
+        .unwrap();
+    spread(&client, 10, 1).await;
+    let balancer = client.balancer().expect("a client over providers has a balancer");
+    let pool = balancer.carried(a.local_addr()).expect("a is in the set");
+    assert_eq!(pool.addr(), a.local_addr());
+    for set in [
+        providers(&[&a, &b]),
+        vec![Provider::new(a.local_addr()).weight(5)],
+        providers(&[&b, &a]),
+    ] {
+        client.update_providers(set);
+        let counts = spread(&client, 40, 2).await;
+        assert!(counts.contains_key(&a.local_addr().port()), "{counts:?}");
+        let now = balancer.carried(a.local_addr()).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&pool, &now), "a's pool was replaced");
+        assert_eq!(a.open_connections(), 1, "a new connection to a was opened");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

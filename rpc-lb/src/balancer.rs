@@ -47,14 +47,20 @@ use crate::strategy::Strategy;
 /// }
 /// # Ok::<(), LbError>(())
 /// ```
-pub struct LoadBalancer {
+///
+/// Each provider can carry a value of the owner's, `T` (a client's connections to
+/// it, say), handed over with the pick from the same snapshot, so a call finds its
+/// provider's connection without a lookup of its own: see
+/// [`carrying`](Self::carrying), [`update_carrying`](Self::update_carrying) and
+/// [`pick_with`](Self::pick_with). A plain `LoadBalancer` carries `()`.
+pub struct LoadBalancer<T = ()> {
     /// Named in [`LbError::NoProvider`] so an operator knows which service
     /// ran dry.
     service: Arc<str>,
     /// Kept to report it; the behaviour lives in `set`.
     strategy: Strategy,
     /// The set, balanced by the strategy's algorithm, behind one vtable.
-    set: Box<dyn ProviderSet>,
+    set: Box<dyn ProviderSet<T>>,
 }
 
 impl LoadBalancer {
@@ -76,7 +82,43 @@ impl LoadBalancer {
     /// assert_eq!(lb.config().warm_up, Duration::from_secs(30));
     /// ```
     pub fn with_config(service: impl Into<String>, strategy: Strategy, config: Config) -> Self {
-        let set: Box<dyn ProviderSet> = match strategy {
+        Self::carrying(service, strategy, config)
+    }
+
+    /// Replaces the provider set: providers join, leave, or change weight,
+    /// health or draining as discovery now says.
+    ///
+    /// A provider whose address was already in the set keeps its run-time
+    /// state: calls in flight and latency ([`ProviderStats`]), its
+    /// position in the smooth weighted round-robin sequence, and the client's
+    /// marks. A provider that leaves loses them, and comes back fresh. If an
+    /// address is listed twice, the later entry wins.
+    ///
+    /// Picks running concurrently finish on the previous set; picks that
+    /// start after `update` returns see the new one.
+    pub fn update(&self, providers: impl IntoIterator<Item = Provider>) {
+        self.update_carrying(providers.into_iter().map(|provider| (provider, ())));
+    }
+}
+
+impl<T: Send + Sync + 'static> LoadBalancer<T> {
+    /// A balancer for `service` using `strategy` and `config`, with no providers
+    /// yet, whose providers each carry a `T` (given with
+    /// [`update_carrying`](Self::update_carrying), handed out by
+    /// [`pick_with`](Self::pick_with)).
+    ///
+    /// ```
+    /// use rpc_lb::{Config, LoadBalancer, PickContext, Provider, Strategy};
+    ///
+    /// let lb = LoadBalancer::carrying("demo.Echo", Strategy::RoundRobin, Config::default());
+    /// let a = "10.0.0.1:20880".parse().unwrap();
+    /// lb.update_carrying([(Provider::new(a), "pool of a")]);
+    /// let (picked, pool) = lb.pick_with(&PickContext::new(), |pool| *pool)?;
+    /// assert_eq!((picked.addr(), pool), (a, "pool of a"));
+    /// # Ok::<(), rpc_lb::LbError>(())
+    /// ```
+    pub fn carrying(service: impl Into<String>, strategy: Strategy, config: Config) -> Self {
+        let set: Box<dyn ProviderSet<T>> = match strategy {
             Strategy::RoundRobin => Box::new(Live::new(RoundRobin::default(), config)),
             Strategy::WeightedRoundRobin => Box::new(Live::new(SmoothWeighted, config)),
             Strategy::LeastConnection => Box::new(Live::new(LeastConnection::new(false), config)),
@@ -106,9 +148,69 @@ impl LoadBalancer {
     /// available: the set is empty, or every provider has weight 0, is
     /// unhealthy or draining.
     pub fn pick(&self, ctx: &PickContext) -> Result<Picked, LbError> {
-        self.set.pick(ctx, &[]).ok_or_else(|| LbError::NoProvider {
+        self.set.pick(ctx, &[]).ok_or_else(|| self.no_provider())
+    }
+
+    /// Picks a provider for one call, as [`pick`](Self::pick) does, and returns what
+    /// `with` makes of the value the provider carries, read from the same provider
+    /// set as the pick (a provider that has just left cannot be paired with the
+    /// value of another).
+    ///
+    /// # Errors
+    ///
+    /// As [`pick`](Self::pick).
+    pub fn pick_with<R>(
+        &self,
+        ctx: &PickContext,
+        with: impl FnOnce(&T) -> R,
+    ) -> Result<(Picked, R), LbError> {
+        let mut with = Some(with);
+        let mut made = None;
+        let picked = self.set.pick_with(ctx, &mut |value| {
+            if let Some(with) = with.take() {
+                made = Some(with(value));
+            }
+        });
+        match (picked, made) {
+            (Some(picked), Some(made)) => Ok((picked, made)),
+            _ => Err(self.no_provider()),
+        }
+    }
+
+    /// A clone of the value the provider at `addr` carries, if it is in the set.
+    pub fn carried(&self, addr: SocketAddr) -> Option<T>
+    where
+        T: Clone,
+    {
+        let mut found = None;
+        self.set.with_attached(addr, &mut |value| found = Some(value.clone()));
+        found
+    }
+
+    /// Every provider's address and a clone of the value it carries, in the set's
+    /// order.
+    pub fn carried_all(&self) -> Vec<(SocketAddr, T)>
+    where
+        T: Clone,
+    {
+        let mut all = Vec::new();
+        self.set
+            .each_attached(&mut |addr, value| all.push((addr, value.clone())));
+        all
+    }
+
+    /// Replaces the provider set, as [`update`](LoadBalancer::update) does, each
+    /// provider with the value it carries from now on (a provider listed twice
+    /// carries its later value).
+    pub fn update_carrying(&self, providers: impl IntoIterator<Item = (Provider, T)>) {
+        self.set.update(providers.into_iter().collect());
+    }
+
+    /// The error for a pick that found no provider.
+    fn no_provider(&self) -> LbError {
+        LbError::NoProvider {
             service: self.service.to_string(),
-        })
+        }
     }
 
     /// Picks a provider for one call, as [`pick`](Self::pick) does, but never one
@@ -139,9 +241,7 @@ impl LoadBalancer {
     ) -> Result<Picked, LbError> {
         self.set
             .pick(ctx, exclude)
-            .ok_or_else(|| LbError::NoProvider {
-                service: self.service.to_string(),
-            })
+            .ok_or_else(|| self.no_provider())
     }
 
     /// The provider at `addr`, counted in flight for one call, whatever its health
@@ -149,21 +249,6 @@ impl LoadBalancer {
     /// `addr` is not in the set.
     pub fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
         self.set.pick_addr(addr)
-    }
-
-    /// Replaces the provider set: providers join, leave, or change weight,
-    /// health or draining as discovery now says.
-    ///
-    /// A provider whose address was already in the set keeps its run-time
-    /// state: calls in flight and latency ([`ProviderStats`]), its
-    /// position in the smooth weighted round-robin sequence, and the client's
-    /// marks. A provider that leaves loses them, and comes back fresh. If an
-    /// address is listed twice, the later entry wins.
-    ///
-    /// Picks running concurrently finish on the previous set; picks that
-    /// start after `update` returns see the new one.
-    pub fn update(&self, providers: impl IntoIterator<Item = Provider>) {
-        self.set.update(providers.into_iter().collect());
     }
 
     /// Marks the provider at `addr` healthy or unhealthy in the client's view
@@ -245,7 +330,7 @@ impl LoadBalancer {
     }
 }
 
-impl fmt::Debug for LoadBalancer {
+impl<T> fmt::Debug for LoadBalancer<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoadBalancer")
             .field("service", &self.service)

@@ -8,6 +8,10 @@
 //! [`ProviderStats`]: a strategy that reads neither keeps neither, and its
 //! picks touch nothing shared). The crate knows nothing about transports or
 //! registries: providers are socket addresses with a weight and some flags.
+//! Each provider can carry a value of the owner's (a client carries its
+//! connections to the provider), handed over with the pick from the same
+//! snapshot ([`LoadBalancer::carrying`], [`LoadBalancer::pick_with`]), so that a
+//! call needs no lookup of its own to find where to send.
 //!
 //! Strategies ([`Strategy`], chosen by name from configuration):
 //! `round-robin`, `weighted-round-robin` (nginx's smooth variant),
@@ -22,8 +26,9 @@
 //! # Layout
 //!
 //! - `balancer`: [`LoadBalancer`], the type users hold: pick, update, marks.
-//! - `set`: the live provider set: snapshots swapped atomically on update,
-//!   and the per-pick view of availability and warmed-up weights.
+//! - `set`: the live provider set: snapshots (with what each provider
+//!   carries) swapped atomically on update, and the per-pick view of
+//!   availability and warmed-up weights.
 //! - `algorithm/`: one file per algorithm behind a crate-private trait:
 //!   `round_robin`, `smooth_weighted`, `least_connection`, `ip_hash`,
 //!   `random`, `adaptive`.

@@ -217,22 +217,38 @@ impl<'a, S> View<'a, S> {
     }
 }
 
+/// A snapshot and what the balancer's owner attached to each of its providers
+/// (`attached[i]` belongs to `snapshot.entries[i]`), swapped in together so that a
+/// pick finds its provider's value with no second lookup.
+struct Current<S, T> {
+    snapshot: Snapshot<S>,
+    attached: Box<[T]>,
+}
+
 /// The type-erased face of a [`Live`] set, so that
 /// [`LoadBalancer`](crate::LoadBalancer) is one concrete type whatever the
 /// strategy.
-pub(crate) trait ProviderSet: Send + Sync + fmt::Debug {
+pub(crate) trait ProviderSet<T>: Send + Sync + fmt::Debug {
     fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked>;
+    /// A pick that also hands the picked provider's attached value to `with`,
+    /// read from the same snapshot.
+    fn pick_with(&self, ctx: &PickContext, with: &mut dyn FnMut(&T)) -> Option<Picked>;
     fn pick_addr(&self, addr: SocketAddr) -> Option<Picked>;
-    fn update(&self, providers: Vec<Provider>);
+    /// Hands the value attached to the provider at `addr` to `with`; `false` if
+    /// `addr` is not in the set.
+    fn with_attached(&self, addr: SocketAddr, with: &mut dyn FnMut(&T)) -> bool;
+    /// Hands every provider's address and attached value to `with`.
+    fn each_attached(&self, with: &mut dyn FnMut(SocketAddr, &T));
+    fn update(&self, providers: Vec<(Provider, T)>);
     fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>>;
     fn providers(&self) -> Vec<Provider>;
     fn config(&self) -> &Config;
 }
 
-/// A live provider set balanced by algorithm `A`.
-pub(crate) struct Live<A: Algorithm> {
+/// A live provider set balanced by algorithm `A`, each provider carrying a `T`.
+pub(crate) struct Live<A: Algorithm, T> {
     algorithm: A,
-    current: ArcSwap<Snapshot<A::State>>,
+    current: ArcSwap<Current<A::State, T>>,
     config: Config,
     /// Time zero for the providers' atomic timestamps.
     epoch: Instant,
@@ -241,11 +257,14 @@ pub(crate) struct Live<A: Algorithm> {
     writer: Mutex<()>,
 }
 
-impl<A: Algorithm> Live<A> {
+impl<A: Algorithm, T> Live<A, T> {
     pub(crate) fn new(algorithm: A, config: Config) -> Self {
         let state = algorithm.prepare(&[], None, &config);
         Self {
-            current: ArcSwap::from_pointee(Snapshot::new(Box::new([]), state, config.warm_up)),
+            current: ArcSwap::from_pointee(Current {
+                snapshot: Snapshot::new(Box::new([]), state, config.warm_up),
+                attached: Box::new([]),
+            }),
             algorithm,
             config,
             epoch: Instant::now(),
@@ -254,7 +273,7 @@ impl<A: Algorithm> Live<A> {
     }
 }
 
-impl<A: Algorithm> Live<A> {
+impl<A: Algorithm, T> Live<A, T> {
     /// Whether this set's providers keep any statistics (known without reading
     /// them, so a pick of a strategy that keeps none touches no shared line).
     fn keeps_stats(&self) -> bool {
@@ -262,38 +281,79 @@ impl<A: Algorithm> Live<A> {
     }
 }
 
-impl<A: Algorithm> ProviderSet for Live<A> {
-    fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked> {
-        let snapshot = self.current.load();
-        let view = View::new(&snapshot, ctx, self.config.warm_up, exclude);
+impl<A: Algorithm, T> Live<A, T> {
+    /// The index of the provider picked in `snapshot`.
+    fn pick_in(
+        &self,
+        snapshot: &Snapshot<A::State>,
+        ctx: &PickContext,
+        exclude: &[SocketAddr],
+    ) -> Option<usize> {
+        let view = View::new(snapshot, ctx, self.config.warm_up, exclude);
         // One provider: every strategy picks it if it may take the call, so no
         // algorithm (and no random draw or shared counter) is needed.
-        let i = if snapshot.entries.len() == 1 {
-            view.is_available(0).then_some(0)?
+        if snapshot.entries.len() == 1 {
+            view.is_available(0).then_some(0)
         } else {
-            self.algorithm.pick(&view, ctx)?
-        };
+            self.algorithm.pick(&view, ctx)
+        }
+    }
+
+    /// Entry `i` of `snapshot`, counted in flight for one call.
+    fn picked(&self, snapshot: &Snapshot<A::State>, i: usize) -> Picked {
         let entry = &snapshot.entries[i];
-        Some(Picked::new(
-            entry.spec.addr,
-            &entry.stats,
-            self.keeps_stats(),
-        ))
+        Picked::new(entry.spec.addr, &entry.stats, self.keeps_stats())
+    }
+}
+
+impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
+    fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked> {
+        let current = self.current.load();
+        let i = self.pick_in(&current.snapshot, ctx, exclude)?;
+        Some(self.picked(&current.snapshot, i))
+    }
+
+    fn pick_with(&self, ctx: &PickContext, with: &mut dyn FnMut(&T)) -> Option<Picked> {
+        let current = self.current.load();
+        let i = self.pick_in(&current.snapshot, ctx, &[])?;
+        with(&current.attached[i]);
+        Some(self.picked(&current.snapshot, i))
     }
 
     fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
-        let snapshot = self.current.load();
-        let entry = snapshot.entries.iter().find(|e| e.spec.addr == addr)?;
-        Some(Picked::new(
-            entry.spec.addr,
-            &entry.stats,
-            self.keeps_stats(),
-        ))
+        let current = self.current.load();
+        let snapshot = &current.snapshot;
+        let i = snapshot.entries.iter().position(|e| e.spec.addr == addr)?;
+        Some(self.picked(snapshot, i))
     }
 
-    fn update(&self, providers: Vec<Provider>) {
+    fn with_attached(&self, addr: SocketAddr, with: &mut dyn FnMut(&T)) -> bool {
+        let current = self.current.load();
+        let found = current
+            .snapshot
+            .entries
+            .iter()
+            .position(|e| e.spec.addr == addr);
+        match found {
+            Some(i) => {
+                with(&current.attached[i]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn each_attached(&self, with: &mut dyn FnMut(SocketAddr, &T)) {
+        let current = self.current.load();
+        for (entry, attached) in current.snapshot.entries.iter().zip(&*current.attached) {
+            with(entry.spec.addr, attached);
+        }
+    }
+
+    fn update(&self, providers: Vec<(Provider, T)>) {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = self.current.load_full();
+        let old_current = self.current.load_full();
+        let old = &old_current.snapshot;
         let old_stats: HashMap<SocketAddr, &Arc<ProviderStats>> = old
             .entries
             .iter()
@@ -304,11 +364,13 @@ impl<A: Algorithm> ProviderSet for Live<A> {
         // the first, so the set never holds one provider twice.
         let mut position: HashMap<SocketAddr, usize> = HashMap::with_capacity(providers.len());
         let mut entries: Vec<Entry> = Vec::with_capacity(providers.len());
-        for spec in providers {
+        let mut attached: Vec<T> = Vec::with_capacity(providers.len());
+        for (spec, value) in providers {
             let listed = spec.weight > 0 && spec.healthy && !spec.draining;
             if let Some(&at) = position.get(&spec.addr) {
                 entries[at].spec = spec;
                 entries[at].listed = listed;
+                attached[at] = value;
                 continue;
             }
             let stats = match old_stats.get(&spec.addr) {
@@ -326,22 +388,35 @@ impl<A: Algorithm> ProviderSet for Live<A> {
                 stats,
                 listed,
             });
+            attached.push(value);
         }
 
-        let state = self.algorithm.prepare(&entries, Some(&old), &self.config);
+        let state = self.algorithm.prepare(&entries, Some(old), &self.config);
         let snapshot = Snapshot::new(entries.into_boxed_slice(), state, self.config.warm_up);
-        self.current.store(Arc::new(snapshot));
+        self.current.store(Arc::new(Current {
+            snapshot,
+            attached: attached.into_boxed_slice(),
+        }));
     }
 
     fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>> {
-        let snapshot = self.current.load();
-        let entry = snapshot.entries.iter().find(|e| e.spec.addr == addr)?;
+        let current = self.current.load();
+        let entry = current
+            .snapshot
+            .entries
+            .iter()
+            .find(|e| e.spec.addr == addr)?;
         Some(Arc::clone(&entry.stats))
     }
 
     fn providers(&self) -> Vec<Provider> {
-        let snapshot = self.current.load();
-        snapshot.entries.iter().map(|e| e.spec.clone()).collect()
+        let current = self.current.load();
+        current
+            .snapshot
+            .entries
+            .iter()
+            .map(|e| e.spec.clone())
+            .collect()
     }
 
     fn config(&self) -> &Config {
@@ -349,12 +424,12 @@ impl<A: Algorithm> ProviderSet for Live<A> {
     }
 }
 
-impl<A: Algorithm> fmt::Debug for Live<A> {
+impl<A: Algorithm, T> fmt::Debug for Live<A, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let snapshot = self.current.load();
+        let current = self.current.load();
         f.debug_struct("Live")
             .field("algorithm", &self.algorithm)
-            .field("providers", &snapshot.entries.len())
+            .field("providers", &current.snapshot.entries.len())
             .finish_non_exhaustive()
     }
 }

@@ -403,3 +403,67 @@ fn concurrent_picks_during_updates() {
         }
     }
 }
+
+/// What a provider carries comes with its pick, from the same snapshot, for every
+/// strategy, and follows updates: a provider that stays keeps its state, carries
+/// the value of the latest update, and one listed twice carries its later value.
+#[test]
+fn picks_hand_over_what_the_picked_provider_carries() {
+    for strategy in Strategy::ALL {
+        let lb = LoadBalancer::carrying("test.Service", strategy, Config::default());
+        lb.update_carrying((0..4).map(|i| (Provider::new(addr(i)), i * 10)));
+        for key in 0..200u64 {
+            let ctx = PickContext::new().hash_key(key);
+            let (picked, carried) = lb.pick_with(&ctx, |value| *value).unwrap();
+            let index = (0..4).find(|&i| addr(i) == picked.addr()).unwrap();
+            assert_eq!(carried, index * 10, "{strategy}");
+        }
+        assert_eq!(lb.carried(addr(2)), Some(20));
+        assert_eq!(lb.carried(addr(9)), None);
+
+        // In flight across an update: the staying provider keeps its count.
+        let lb_stats = LoadBalancer::carrying(
+            "test.Service",
+            strategy,
+            Config::default().track_stats(true),
+        );
+        lb_stats.update_carrying([(Provider::new(addr(0)), "old")]);
+        let (held, _) = lb_stats.pick_with(&PickContext::new(), |v| *v).unwrap();
+        lb_stats.update_carrying([
+            (Provider::new(addr(0)), "new"),
+            (Provider::new(addr(1)), "first"),
+            (Provider::new(addr(1)), "later"),
+        ]);
+        assert_eq!(lb_stats.stats(addr(0)).unwrap().in_flight(), 1, "{strategy}");
+        drop(held);
+        assert_eq!(lb_stats.stats(addr(0)).unwrap().in_flight(), 0, "{strategy}");
+        assert_eq!(
+            lb_stats.carried_all(),
+            vec![(addr(0), "new"), (addr(1), "later")],
+            "{strategy}"
+        );
+
+        // No provider: no value is made.
+        let empty: LoadBalancer<u32> =
+            LoadBalancer::carrying("test.Empty", strategy, Config::default());
+        let mut made = false;
+        let err = empty
+            .pick_with(&PickContext::new(), |_| made = true)
+            .unwrap_err();
+        assert!(matches!(err, LbError::NoProvider { .. }));
+        assert!(!made);
+    }
+}
+
+/// A provider marked down is not picked, and so its value is not handed over:
+/// `pick_with` pairs a value only with the provider actually picked.
+#[test]
+fn pick_with_skips_what_unavailable_providers_carry() {
+    let lb = LoadBalancer::carrying("test.Service", Strategy::RoundRobin, Config::default());
+    lb.update_carrying([(Provider::new(addr(0)), 'a'), (Provider::new(addr(1)), 'b')]);
+    lb.set_healthy(addr(0), false);
+    for _ in 0..10 {
+        let (picked, carried) = lb.pick_with(&PickContext::new(), |v| *v).unwrap();
+        assert_eq!((picked.addr(), carried), (addr(1), 'b'));
+    }
+}

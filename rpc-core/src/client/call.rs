@@ -491,7 +491,8 @@ where
     /// future abandons the call.
     fn into_future(self) -> Self::IntoFuture {
         CallFuture {
-            state: CallState::Start(self),
+            call: Some(self),
+            state: CallState::Start,
         }
     }
 }
@@ -501,14 +502,19 @@ where
 /// discarded).
 #[must_use = "a call does nothing until its future is polled"]
 pub struct CallFuture<A, T, E = crate::error::NoError> {
+    /// The call, until it is made; on a cluster's fast path it stays here, where it
+    /// was built, while the response is awaited, in case it must fail over. It is
+    /// kept apart from the stage so that no stage change moves it: on the fast path
+    /// the call is encoded, queued and dropped (or kept) in place.
+    call: Option<Call<A, T, E>>,
     /// Where the call is.
-    state: CallState<A, T, E>,
+    state: CallState<T, E>,
 }
 
 /// The stages of a [`CallFuture`].
-enum CallState<A, T, E> {
+enum CallState<T, E> {
     /// Not polled yet.
-    Start(Call<A, T, E>),
+    Start,
     /// Queued on a connection, waiting for the response (the fast path).
     Reply {
         /// The call's slot on its connection.
@@ -519,15 +525,18 @@ enum CallState<A, T, E> {
         target: Target,
     },
     /// Queued on a provider a balancer picked, waiting for the response: the fast
-    /// path of a cluster's call. The attempt is held in place (no allocation per
-    /// call), with the call itself in case it must fail over.
+    /// path of a cluster's call. The call itself stays in [`CallFuture::call`] in
+    /// case it must fail over (no allocation per call).
     Balanced {
         /// The call's slot on its connection.
         reply: PendingReply,
         /// The call's timeout, for errors.
         timeout: Duration,
-        /// The provider picked and the call.
-        attempt: Attempt<A, T, E>,
+        /// The provider; counts the call in flight until dropped.
+        picked: Picked,
+        /// When the call was queued, for the latency recorded and the time a
+        /// failover has left.
+        started: Instant,
     },
     /// Through the client's filter chain.
     Chain {
@@ -546,24 +555,14 @@ enum CallState<A, T, E> {
     Done,
 }
 
-/// A call queued on a provider a balancer picked.
-struct Attempt<A, T, E> {
-    /// The provider; counts the call in flight until dropped.
-    picked: Picked,
-    /// When the call was queued, for the latency recorded.
-    started: Instant,
-    /// The call itself, to run elsewhere if this provider certainly did not run it.
-    call: Call<A, T, E>,
-}
-
-// No field is ever pinned in place: the call is moved out when it starts, and the
-// general path is a future of its own, pinned in its box.
+// No field is ever pinned in place: the call is moved out when it takes the general
+// path, which is a future of its own, pinned in its box.
 impl<A, T, E> Unpin for CallFuture<A, T, E> {}
 
 impl<A, T, E> fmt::Debug for CallFuture<A, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let stage = match &self.state {
-            CallState::Start(_) => "not started",
+            CallState::Start => "not started",
             CallState::Reply { .. } | CallState::Balanced { .. } => {
                 "queued (waiting for the response, or for the write if oneway)"
             }
@@ -575,12 +574,11 @@ impl<A, T, E> fmt::Debug for CallFuture<A, T, E> {
 }
 
 impl<A, T, E> CallFuture<A, T, E> {
-    /// Takes the call out of the `Start` state.
+    /// Takes the call out, for a path that needs it by value.
     fn take_call(&mut self) -> Call<A, T, E> {
-        match std::mem::replace(&mut self.state, CallState::Done) {
-            CallState::Start(call) => call,
-            _ => unreachable!("only called in the Start state"),
-        }
+        self.call
+            .take()
+            .expect("the call is taken once, when it leaves the fast path")
     }
 }
 
@@ -596,7 +594,10 @@ where
         let this = self.get_mut();
         loop {
             match &mut this.state {
-                CallState::Start(call) => {
+                CallState::Start => {
+                    let Some(call) = &this.call else {
+                        unreachable!("a call not started is in its future")
+                    };
                     if call.client.chain().is_some() {
                         let (call, timeout, target, oneway) = this.take_call().start_chain()?;
                         this.state = CallState::Chain {
@@ -607,8 +608,7 @@ where
                         };
                         continue;
                     }
-                    // Encoded where it lies: the call is not moved out for this.
-                    let target = call.target();
+                    // Encoded where it lies: the call is not moved for this.
                     let (reply, timeout, picked) = match call.try_queue(cx) {
                         Ok(queued) => queued,
                         Err(picked) => {
@@ -617,22 +617,24 @@ where
                             continue;
                         }
                     };
-                    // A single server's call is dropped where it lies; a cluster's is
-                    // kept in case it must fail over.
                     this.state = match picked {
-                        None => CallState::Reply {
-                            reply,
-                            timeout,
-                            target,
-                        },
+                        // A single server's call is done with: its arguments are
+                        // dropped where they lie.
+                        None => {
+                            let target = call.target();
+                            this.call = None;
+                            CallState::Reply {
+                                reply,
+                                timeout,
+                                target,
+                            }
+                        }
+                        // A cluster's is kept in case it must fail over.
                         Some(picked) => CallState::Balanced {
                             reply,
                             timeout,
-                            attempt: Attempt {
-                                picked,
-                                started: Instant::now(),
-                                call: this.take_call(),
-                            },
+                            picked,
+                            started: Instant::now(),
                         },
                     };
                     // Just queued: the response cannot be in yet.
@@ -651,32 +653,39 @@ where
                         Err(e) => Err(e.widen()),
                     });
                 }
-                CallState::Balanced { reply, .. } => {
+                CallState::Balanced {
+                    reply,
+                    timeout,
+                    picked,
+                    started,
+                } => {
                     let outcome = ready!(Pin::new(reply).poll(cx));
-                    let CallState::Balanced {
-                        timeout, attempt, ..
-                    } = std::mem::replace(&mut this.state, CallState::Done)
-                    else {
-                        unreachable!("matched above")
+                    let (timeout, started) = (*timeout, *started);
+                    let Some(call) = &this.call else {
+                        unreachable!("a balanced call is kept in its future until it ends")
                     };
-                    let Attempt {
-                        picked,
-                        started,
-                        mut call,
-                    } = attempt;
                     let e = match outcome {
                         Ok(frame) => {
                             picked.record_success_since(started);
-                            return Poll::Ready(decode_outcome(frame, timeout, call.target()));
+                            let target = call.target();
+                            this.state = CallState::Done;
+                            this.call = None;
+                            return Poll::Ready(decode_outcome(frame, timeout, target));
                         }
                         Err(e) => e,
                     };
-                    match call.client.fail_over(&picked, started, e) {
-                        Err(e) => return Poll::Ready(Err(e.widen())),
+                    match call.client.fail_over(picked, started, e) {
+                        Err(e) => {
+                            this.state = CallState::Done;
+                            this.call = None;
+                            return Poll::Ready(Err(e.widen()));
+                        }
                         Ok((spent, _)) => {
                             // The provider certainly did not run it: the general path
-                            // tries the others, in the time left.
-                            drop(picked);
+                            // tries the others, in the time left. The provider picked
+                            // is let go first (its in-flight count drops).
+                            this.state = CallState::Done;
+                            let mut call = this.take_call();
                             call.timeout = Some(timeout.saturating_sub(spent));
                             this.state = CallState::Run(Box::pin(call.run(None)));
                         }

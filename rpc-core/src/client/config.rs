@@ -323,7 +323,7 @@ impl ClientBuilder {
                 "connect_providers needs a service name".to_owned(),
             ));
         }
-        let cluster = Cluster::new(LoadBalancer::with_config(
+        let cluster = Cluster::new(LoadBalancer::carrying(
             service,
             self.strategy,
             self.balancer_config,

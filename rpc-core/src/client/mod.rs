@@ -56,9 +56,14 @@ use rpc_lb::LoadBalancer;
 use crate::error::RpcError;
 use crate::runtime::OwnedRuntime;
 pub(crate) use connection::PendingReply;
-use pool::Endpoint;
+pub use pool::Endpoint;
 pub(crate) use route::Placement;
 use route::Route;
+
+/// The balancer of a client over several providers ([`Client::balancer`]): each
+/// provider carries the client's connections to it ([`Endpoint`]), so a call's pick
+/// hands over the connection to use with no lookup of its own.
+pub type Balancer = LoadBalancer<Arc<Endpoint>>;
 
 /// A connection to one server, multiplexing any number of concurrent calls.
 #[derive(Clone)]
@@ -193,7 +198,7 @@ impl Client {
 
     /// The balancer of a client over several providers (its providers, their
     /// statistics, health marks); `None` for a single-server client.
-    pub fn balancer(&self) -> Option<&LoadBalancer> {
+    pub fn balancer(&self) -> Option<&Balancer> {
         match &self.inner.route {
             Route::Single(_) => None,
             Route::Cluster(cluster) => Some(&cluster.balancer),

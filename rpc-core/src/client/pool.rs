@@ -1,6 +1,7 @@
 //! The connections to one server: a small pool, each slot reconnecting with
 //! exponential backoff.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +16,10 @@ use super::ClientInner;
 use crate::error::RpcError;
 use crate::transport::ClientStream;
 
-/// One server address and its pooled connections.
-pub(super) struct Endpoint {
+/// One server address and the client's pooled connections to it: what each provider
+/// of a client's [`Balancer`](crate::Balancer) carries. Opaque; the client opens,
+/// reuses and reopens the connections itself.
+pub struct Endpoint {
     /// The server.
     pub(super) addr: SocketAddr,
     /// The connection pool.
@@ -46,7 +49,21 @@ struct Backoff {
     last_error: Option<Arc<io::Error>>,
 }
 
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("addr", &self.addr)
+            .field("connections", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Endpoint {
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub(super) fn new(addr: SocketAddr, config: &ClientConfig) -> Endpoint {
         Endpoint {
             addr,

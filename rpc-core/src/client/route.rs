@@ -1,16 +1,18 @@
 //! Where a call goes: one server, or the provider a balancer picks per call; and the
 //! failover rule, in one place, for calls that certainly did not run.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
-use rpc_lb::{LoadBalancer, PickContext, Picked, Provider};
+use rpc_lb::{PickContext, Picked, Provider};
+
+use super::Balancer;
 
 use super::connection::Connection;
 use super::pool::Endpoint;
@@ -28,50 +30,20 @@ pub(super) enum Route {
 
 /// Providers of a service and the balancer that picks among them.
 pub(super) struct Cluster {
-    /// Picks a provider per call; holds health, weights and in-flight counts.
-    pub(super) balancer: LoadBalancer,
-    /// Connections per provider address: a snapshot replaced whole on each update,
-    /// so a call reads it with one lock-free load (provider sets change rarely).
-    endpoints: ArcSwap<Endpoints>,
+    /// Picks a provider per call; holds health, weights and in-flight counts, and
+    /// carries each provider's connections, handed out with the pick (no lookup of
+    /// the provider's connections per call).
+    pub(super) balancer: Balancer,
     /// Serializes updates, so that two concurrent ones cannot lose each other's
-    /// endpoints.
+    /// connections.
     updating: parking_lot::Mutex<()>,
-}
-
-/// Connections per provider address, sorted by address, so a call finds its
-/// provider's without hashing: a scan over a few, a binary search over many.
-#[derive(Default)]
-struct Endpoints(Box<[(SocketAddr, Arc<Endpoint>)]>);
-
-impl Endpoints {
-    /// Up to this many providers are scanned (cheaper than a search, and than
-    /// hashing a `SocketAddr`).
-    const SCAN: usize = 8;
-
-    /// The endpoints, sorted by address (an address listed twice keeps its first).
-    fn new(mut endpoints: Vec<(SocketAddr, Arc<Endpoint>)>) -> Endpoints {
-        endpoints.sort_by_key(|(addr, _)| *addr);
-        endpoints.dedup_by_key(|(addr, _)| *addr);
-        Endpoints(endpoints.into_boxed_slice())
-    }
-
-    /// The endpoint of `addr`.
-    fn get(&self, addr: &SocketAddr) -> Option<&Arc<Endpoint>> {
-        let found = if self.0.len() <= Self::SCAN {
-            self.0.iter().position(|(at, _)| at == addr)
-        } else {
-            self.0.binary_search_by(|(at, _)| at.cmp(addr)).ok()
-        };
-        found.map(|i| &self.0[i].1)
-    }
 }
 
 impl Cluster {
     /// No providers yet, balanced by `balancer`.
-    pub(super) fn new(balancer: LoadBalancer) -> Cluster {
+    pub(super) fn new(balancer: Balancer) -> Cluster {
         Cluster {
             balancer,
-            endpoints: ArcSwap::default(),
             updating: parking_lot::Mutex::new(()),
         }
     }
@@ -88,19 +60,17 @@ impl Client {
         };
         let providers: Vec<Provider> = providers.into_iter().collect();
         let _updating = cluster.updating.lock();
-        let current = cluster.endpoints.load();
-        let endpoints = providers
-            .iter()
-            .map(|provider| {
-                let endpoint = current
-                    .get(&provider.addr)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(provider.addr, &self.inner.config)));
-                (provider.addr, endpoint)
-            })
-            .collect();
-        cluster.endpoints.store(Arc::new(Endpoints::new(endpoints)));
-        cluster.balancer.update(providers);
+        // Providers that stay keep their connections.
+        let current: HashMap<SocketAddr, Arc<Endpoint>> =
+            cluster.balancer.carried_all().into_iter().collect();
+        let carrying = providers.into_iter().map(|provider| {
+            let endpoint = current
+                .get(&provider.addr)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Endpoint::new(provider.addr, &self.inner.config)));
+            (provider, endpoint)
+        });
+        cluster.balancer.update_carrying(carrying);
     }
 
     /// Where a call can be queued right now with nothing to wait for: the fast path
@@ -120,12 +90,10 @@ impl Client {
                 if let Some(key) = hash_key {
                     ctx = ctx.hash_key(key);
                 }
-                let picked = cluster.balancer.pick(&ctx).map_err(|_| None)?;
-                let conn = cluster
-                    .endpoints
-                    .load()
-                    .get(&picked.addr())
-                    .and_then(|endpoint| endpoint.ready());
+                let (picked, conn) = cluster
+                    .balancer
+                    .pick_with(&ctx, |endpoint| endpoint.ready())
+                    .map_err(|_| None)?;
                 match conn {
                     Some(conn) => Ok(Ready {
                         conn,
@@ -251,8 +219,9 @@ impl Client {
                 error,
                 provider: Some(addr),
             };
-            let endpoint = cluster.endpoints.load().get(&addr).cloned();
-            let Some(endpoint) = endpoint else { continue };
+            let Some(endpoint) = cluster.balancer.carried(addr) else {
+                continue;
+            };
             if endpoint.is_draining() {
                 // It announced shutdown (GOAWAY): no new calls; try it again later.
                 cluster.balancer.mark_unhealthy_for(addr, pause);
@@ -301,7 +270,7 @@ pub(crate) struct Placement<'a> {
 impl Placement<'_> {
     /// The provider for the next attempt: the pinned one, or the balancer's pick
     /// outside `avoid` if there is one, else among all. `None` when there is none.
-    fn pick(&self, balancer: &LoadBalancer, ctx: &PickContext) -> Option<Picked> {
+    fn pick(&self, balancer: &Balancer, ctx: &PickContext) -> Option<Picked> {
         if let Some(addr) = self.pinned {
             return balancer.pick_addr(addr);
         }
@@ -359,32 +328,4 @@ pub(crate) struct Ready {
     /// The provider picked, for a cluster: its in-flight count includes this call until
     /// this is dropped, and the call's outcome is recorded on it.
     pub(crate) picked: Option<Picked>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::client::ClientConfig;
-
-    #[test]
-    fn endpoints_are_found_by_scan_and_by_search() {
-        let config = ClientConfig::default();
-        for count in [0, 1, Endpoints::SCAN, Endpoints::SCAN + 1, 40] {
-            let addrs: Vec<SocketAddr> = (0..count)
-                .map(|i| SocketAddr::from(([10, 0, (i % 3) as u8, 1], 7000 + (i * 7 % 40) as u16)))
-                .collect();
-            let endpoints = Endpoints::new(
-                addrs
-                    .iter()
-                    .rev()
-                    .map(|&addr| (addr, Arc::new(Endpoint::new(addr, &config))))
-                    .collect(),
-            );
-            for addr in &addrs {
-                assert_eq!(endpoints.get(addr).map(|e| e.addr), Some(*addr), "{count}");
-            }
-            let absent = SocketAddr::from(([10, 0, 9, 9], 1));
-            assert!(endpoints.get(&absent).is_none());
-        }
-    }
 }

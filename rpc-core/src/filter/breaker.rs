@@ -84,7 +84,7 @@ use super::{
 };
 use crate::error::RpcError;
 use crate::Client;
-use rpc_lb::LoadBalancer;
+use crate::client::Balancer;
 
 /// Builds a [`BreakerLayer`]; see the [module docs](self) for the semantics.
 #[derive(Debug, Clone)]
@@ -517,7 +517,7 @@ impl Breakers {
         provider: SocketAddr,
         verdict: Verdict,
         probe: bool,
-        balancer: Option<&LoadBalancer>,
+        balancer: Option<&Balancer>,
     ) {
         let now = Instant::now();
         let circuit = self.circuit(provider);
@@ -619,7 +619,7 @@ impl Breakers {
         phase: &mut Phase,
         provider: SocketAddr,
         now: Instant,
-        balancer: Option<&LoadBalancer>,
+        balancer: Option<&Balancer>,
     ) {
         phase.stage = Stage::Open {
             until: now + phase.cool_down,

@@ -231,7 +231,7 @@ impl ClientRequest {
 
     /// The balancer of the client making the call, for a client over several
     /// providers (`None` for a single-server client, or a request built by hand).
-    pub fn balancer(&self) -> Option<&rpc_lb::LoadBalancer> {
+    pub fn balancer(&self) -> Option<&crate::client::Balancer> {
         self.client.as_ref().and_then(Client::balancer)
     }
 
