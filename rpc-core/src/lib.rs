@@ -96,7 +96,9 @@ pub mod server;
 mod transport;
 
 pub use blob::Blob;
-pub use client::{Balancer, Call, CallFuture, Client, ClientBuilder, ClientConfig, Endpoint, RemoteCall};
+pub use client::{
+    Balancer, Call, CallFuture, Client, ClientBuilder, ClientConfig, Endpoint, RemoteCall,
+};
 #[cfg(feature = "json")]
 pub use client::{GenericError, JsonCall};
 

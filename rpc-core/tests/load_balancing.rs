@@ -291,7 +291,9 @@ async fn providers_that_stay_keep_their_connections_across_updates() {
         .await
         .unwrap();
     spread(&client, 10, 1).await;
-    let balancer = client.balancer().expect("a client over providers has a balancer");
+    let balancer = client
+        .balancer()
+        .expect("a client over providers has a balancer");
     let pool = balancer.carried(a.local_addr()).expect("a is in the set");
     assert_eq!(pool.addr(), a.local_addr());
     for set in [

@@ -183,7 +183,8 @@ impl<T: Send + Sync + 'static> LoadBalancer<T> {
         T: Clone,
     {
         let mut found = None;
-        self.set.with_attached(addr, &mut |value| found = Some(value.clone()));
+        self.set
+            .with_attached(addr, &mut |value| found = Some(value.clone()));
         found
     }
 

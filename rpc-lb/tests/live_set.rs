@@ -434,9 +434,17 @@ fn picks_hand_over_what_the_picked_provider_carries() {
             (Provider::new(addr(1)), "first"),
             (Provider::new(addr(1)), "later"),
         ]);
-        assert_eq!(lb_stats.stats(addr(0)).unwrap().in_flight(), 1, "{strategy}");
+        assert_eq!(
+            lb_stats.stats(addr(0)).unwrap().in_flight(),
+            1,
+            "{strategy}"
+        );
         drop(held);
-        assert_eq!(lb_stats.stats(addr(0)).unwrap().in_flight(), 0, "{strategy}");
+        assert_eq!(
+            lb_stats.stats(addr(0)).unwrap().in_flight(),
+            0,
+            "{strategy}"
+        );
         assert_eq!(
             lb_stats.carried_all(),
             vec![(addr(0), "new"), (addr(1), "later")],

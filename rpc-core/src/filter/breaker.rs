@@ -82,9 +82,9 @@ use super::window::SlidingWindow;
 use super::{
     is_provider_failure, provider_of, rpc_error_of, BoxError, ClientRequest, ClientResponse,
 };
+use crate::client::Balancer;
 use crate::error::RpcError;
 use crate::Client;
-use crate::client::Balancer;
 
 /// Builds a [`BreakerLayer`]; see the [module docs](self) for the semantics.
 #[derive(Debug, Clone)]
