@@ -52,6 +52,11 @@ pub(crate) struct Snapshot<S> {
 }
 
 impl<S> Snapshot<S> {
+    /// The index of the provider at `addr`, if it is in this snapshot.
+    fn position(&self, addr: SocketAddr) -> Option<usize> {
+        self.entries.iter().position(|e| e.spec.addr == addr)
+    }
+
     fn new(entries: Box<[Entry]>, state: S, warm_up: Duration) -> Self {
         let warm_until = entries
             .iter()
@@ -322,19 +327,13 @@ impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
 
     fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
         let current = self.current.load();
-        let snapshot = &current.snapshot;
-        let i = snapshot.entries.iter().position(|e| e.spec.addr == addr)?;
-        Some(self.picked(snapshot, i))
+        let i = current.snapshot.position(addr)?;
+        Some(self.picked(&current.snapshot, i))
     }
 
     fn with_attached(&self, addr: SocketAddr, with: &mut dyn FnMut(&T)) -> bool {
         let current = self.current.load();
-        let found = current
-            .snapshot
-            .entries
-            .iter()
-            .position(|e| e.spec.addr == addr);
-        match found {
+        match current.snapshot.position(addr) {
             Some(i) => {
                 with(&current.attached[i]);
                 true
@@ -401,12 +400,8 @@ impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
 
     fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>> {
         let current = self.current.load();
-        let entry = current
-            .snapshot
-            .entries
-            .iter()
-            .find(|e| e.spec.addr == addr)?;
-        Some(Arc::clone(&entry.stats))
+        let i = current.snapshot.position(addr)?;
+        Some(Arc::clone(&current.snapshot.entries[i].stats))
     }
 
     fn providers(&self) -> Vec<Provider> {

@@ -58,7 +58,6 @@ impl Client {
         let Route::Cluster(cluster) = &self.inner.route else {
             return;
         };
-        let providers: Vec<Provider> = providers.into_iter().collect();
         let _updating = cluster.updating.lock();
         // Providers that stay keep their connections.
         let current: HashMap<SocketAddr, Arc<Endpoint>> =
