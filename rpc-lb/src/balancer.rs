@@ -11,7 +11,7 @@ use crate::context::PickContext;
 use crate::error::LbError;
 use crate::picked::Picked;
 use crate::provider::Provider;
-use crate::set::{Live, ProviderSet};
+use crate::set::Live;
 use crate::stats::ProviderStats;
 use crate::strategy::Strategy;
 
@@ -59,8 +59,9 @@ pub struct LoadBalancer<T = ()> {
     service: Arc<str>,
     /// Kept to report it; the behaviour lives in `set`.
     strategy: Strategy,
-    /// The set, balanced by the strategy's algorithm, behind one vtable.
-    set: Box<dyn ProviderSet<T>>,
+    /// The set, balanced by the strategy's algorithm (behind a vtable only for
+    /// the algorithm's own choice among several providers).
+    set: Live<T>,
 }
 
 impl LoadBalancer {
@@ -118,17 +119,15 @@ impl<T: Send + Sync + 'static> LoadBalancer<T> {
     /// # Ok::<(), rpc_lb::LbError>(())
     /// ```
     pub fn carrying(service: impl Into<String>, strategy: Strategy, config: Config) -> Self {
-        let set: Box<dyn ProviderSet<T>> = match strategy {
-            Strategy::RoundRobin => Box::new(Live::new(RoundRobin::default(), config)),
-            Strategy::WeightedRoundRobin => Box::new(Live::new(SmoothWeighted, config)),
-            Strategy::LeastConnection => Box::new(Live::new(LeastConnection::new(false), config)),
-            Strategy::WeightedLeastConnection => {
-                Box::new(Live::new(LeastConnection::new(true), config))
-            }
-            Strategy::IpHash => Box::new(Live::new(IpHash, config)),
-            Strategy::Random => Box::new(Live::new(Random::new(false), config)),
-            Strategy::WeightedRandom => Box::new(Live::new(Random::new(true), config)),
-            Strategy::Adaptive => Box::new(Live::new(Adaptive, config)),
+        let set = match strategy {
+            Strategy::RoundRobin => Live::new(RoundRobin::default(), config),
+            Strategy::WeightedRoundRobin => Live::new(SmoothWeighted, config),
+            Strategy::LeastConnection => Live::new(LeastConnection::new(false), config),
+            Strategy::WeightedLeastConnection => Live::new(LeastConnection::new(true), config),
+            Strategy::IpHash => Live::new(IpHash, config),
+            Strategy::Random => Live::new(Random::new(false), config),
+            Strategy::WeightedRandom => Live::new(Random::new(true), config),
+            Strategy::Adaptive => Live::new(Adaptive, config),
         };
         Self {
             service: service.into().into(),
@@ -164,17 +163,9 @@ impl<T: Send + Sync + 'static> LoadBalancer<T> {
         ctx: &PickContext,
         with: impl FnOnce(&T) -> R,
     ) -> Result<(Picked, R), LbError> {
-        let mut with = Some(with);
-        let mut made = None;
-        let picked = self.set.pick_with(ctx, &mut |value| {
-            if let Some(with) = with.take() {
-                made = Some(with(value));
-            }
-        });
-        match (picked, made) {
-            (Some(picked), Some(made)) => Ok((picked, made)),
-            _ => Err(self.no_provider()),
-        }
+        self.set
+            .pick_with(ctx, with)
+            .ok_or_else(|| self.no_provider())
     }
 
     /// A clone of the value the provider at `addr` carries, if it is in the set.
@@ -182,10 +173,7 @@ impl<T: Send + Sync + 'static> LoadBalancer<T> {
     where
         T: Clone,
     {
-        let mut found = None;
-        self.set
-            .with_attached(addr, &mut |value| found = Some(value.clone()));
-        found
+        self.set.with_attached(addr, T::clone)
     }
 
     /// Every provider's address and a clone of the value it carries, in the set's
@@ -196,7 +184,7 @@ impl<T: Send + Sync + 'static> LoadBalancer<T> {
     {
         let mut all = Vec::new();
         self.set
-            .each_attached(&mut |addr, value| all.push((addr, value.clone())));
+            .each_attached(|addr, value| all.push((addr, value.clone())));
         all
     }
 
@@ -204,10 +192,11 @@ impl<T: Send + Sync + 'static> LoadBalancer<T> {
     /// provider with the value it carries from now on (a provider listed twice
     /// carries its later value).
     pub fn update_carrying(&self, providers: impl IntoIterator<Item = (Provider, T)>) {
-        self.set.update(providers.into_iter().collect());
+        self.set.update(providers);
     }
 
     /// The error for a pick that found no provider.
+    #[cold]
     fn no_provider(&self) -> LbError {
         LbError::NoProvider {
             service: self.service.to_string(),

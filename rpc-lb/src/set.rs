@@ -8,6 +8,7 @@
 //! atomics in each provider's shared [`ProviderStats`], so marking a provider
 //! needs no rebuild and is seen by the very next pick.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
@@ -38,12 +39,12 @@ pub(crate) struct Entry {
 }
 
 /// An immutable provider list plus the algorithm's state derived from it.
-#[derive(Debug)]
-pub(crate) struct Snapshot<S> {
+pub(crate) struct Snapshot {
     pub(crate) entries: Box<[Entry]>,
     /// What the algorithm precomputed for exactly these entries (the hash
-    /// ring, cumulative weights, smooth round-robin positions).
-    pub(crate) state: S,
+    /// ring, cumulative weights, smooth round-robin positions), of a type only
+    /// the algorithm knows (see [`Snapshot::state`]).
+    state: Box<dyn Any + Send + Sync>,
     /// The latest instant at which some entry is still warming up, if any.
     warm_until: Option<Instant>,
     /// Cleared by the first pick that reads the clock past `warm_until`, so
@@ -51,13 +52,19 @@ pub(crate) struct Snapshot<S> {
     warming: AtomicBool,
 }
 
-impl<S> Snapshot<S> {
+impl Snapshot {
     /// The index of the provider at `addr`, if it is in this snapshot.
     fn position(&self, addr: SocketAddr) -> Option<usize> {
         self.entries.iter().position(|e| e.spec.addr == addr)
     }
 
-    fn new(entries: Box<[Entry]>, state: S, warm_up: Duration) -> Self {
+    /// The algorithm's state for these entries, if it is an `S` (it always is
+    /// for the algorithm that prepared it).
+    pub(crate) fn state<S: 'static>(&self) -> Option<&S> {
+        self.state.downcast_ref()
+    }
+
+    fn new(entries: Box<[Entry]>, state: Box<dyn Any + Send + Sync>, warm_up: Duration) -> Self {
         let warm_until = entries
             .iter()
             .filter_map(|e| e.spec.started_at)
@@ -72,10 +79,21 @@ impl<S> Snapshot<S> {
     }
 }
 
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("entries", &self.entries)
+            .field("warm_until", &self.warm_until)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A snapshot as seen by one pick: availability and effective weights at one
 /// instant, read from the clock at most once.
 pub(crate) struct View<'a, S> {
-    snapshot: &'a Snapshot<S>,
+    snapshot: &'a Snapshot,
+    /// The algorithm's state, out of the snapshot.
+    state: &'a S,
     warm_up: Duration,
     /// The pick's time: from the context, or read lazily on first need.
     now: Cell<Option<Instant>>,
@@ -89,13 +107,15 @@ pub(crate) struct View<'a, S> {
 
 impl<'a, S> View<'a, S> {
     pub(crate) fn new(
-        snapshot: &'a Snapshot<S>,
+        snapshot: &'a Snapshot,
+        state: &'a S,
         ctx: &PickContext,
         warm_up: Duration,
         exclude: &'a [SocketAddr],
     ) -> Self {
         Self {
             snapshot,
+            state,
             warm_up,
             now: Cell::new(ctx.now),
             injected: ctx.now.is_some(),
@@ -114,7 +134,7 @@ impl<'a, S> View<'a, S> {
 
     /// The algorithm's state for this snapshot.
     pub(crate) fn state(&self) -> &'a S {
-        &self.snapshot.state
+        self.state
     }
 
     /// The pick's time.
@@ -225,131 +245,180 @@ impl<'a, S> View<'a, S> {
 /// A snapshot and what the balancer's owner attached to each of its providers
 /// (`attached[i]` belongs to `snapshot.entries[i]`), swapped in together so that a
 /// pick finds its provider's value with no second lookup.
-struct Current<S, T> {
-    snapshot: Snapshot<S>,
+struct Current<T> {
+    snapshot: Snapshot,
     attached: Box<[T]>,
 }
 
-/// The type-erased face of a [`Live`] set, so that
-/// [`LoadBalancer`](crate::LoadBalancer) is one concrete type whatever the
-/// strategy.
-pub(crate) trait ProviderSet<T>: Send + Sync + fmt::Debug {
-    fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked>;
-    /// A pick that also hands the picked provider's attached value to `with`,
-    /// read from the same snapshot.
-    fn pick_with(&self, ctx: &PickContext, with: &mut dyn FnMut(&T)) -> Option<Picked>;
-    fn pick_addr(&self, addr: SocketAddr) -> Option<Picked>;
-    /// Hands the value attached to the provider at `addr` to `with`; `false` if
-    /// `addr` is not in the set.
-    fn with_attached(&self, addr: SocketAddr, with: &mut dyn FnMut(&T)) -> bool;
-    /// Hands every provider's address and attached value to `with`.
-    fn each_attached(&self, with: &mut dyn FnMut(SocketAddr, &T));
-    fn update(&self, providers: Vec<(Provider, T)>);
-    fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>>;
-    fn providers(&self) -> Vec<Provider>;
-    fn config(&self) -> &Config;
+/// An [`Algorithm`] with its state's type erased, so that a [`Live`] set (and
+/// [`LoadBalancer`](crate::LoadBalancer)) is one concrete type whatever the
+/// strategy, and everything but the algorithm's own pick is inlined into the
+/// caller.
+pub(crate) trait Balance: Send + Sync + fmt::Debug {
+    /// [`Algorithm::prepare`], boxed.
+    fn prepare(
+        &self,
+        entries: &[Entry],
+        previous: Option<&Snapshot>,
+        config: &Config,
+    ) -> Box<dyn Any + Send + Sync>;
+
+    /// [`Algorithm::pick`] over `snapshot`, which this algorithm prepared.
+    fn pick(
+        &self,
+        snapshot: &Snapshot,
+        ctx: &PickContext,
+        warm_up: Duration,
+        exclude: &[SocketAddr],
+    ) -> Option<usize>;
 }
 
-/// A live provider set balanced by algorithm `A`, each provider carrying a `T`.
-pub(crate) struct Live<A: Algorithm, T> {
-    algorithm: A,
-    current: ArcSwap<Current<A::State, T>>,
+impl<A: Algorithm> Balance for A {
+    fn prepare(
+        &self,
+        entries: &[Entry],
+        previous: Option<&Snapshot>,
+        config: &Config,
+    ) -> Box<dyn Any + Send + Sync> {
+        Box::new(Algorithm::prepare(self, entries, previous, config))
+    }
+
+    fn pick(
+        &self,
+        snapshot: &Snapshot,
+        ctx: &PickContext,
+        warm_up: Duration,
+        exclude: &[SocketAddr],
+    ) -> Option<usize> {
+        let state = snapshot
+            .state::<A::State>()
+            .expect("a snapshot's state is prepared by the set's own algorithm");
+        let view = View::new(snapshot, state, ctx, warm_up, exclude);
+        Algorithm::pick(self, &view, ctx)
+    }
+}
+
+/// A live provider set balanced by one algorithm, each provider carrying a `T`.
+pub(crate) struct Live<T> {
+    algorithm: Box<dyn Balance>,
+    current: ArcSwap<Current<T>>,
     config: Config,
     /// Time zero for the providers' atomic timestamps.
     epoch: Instant,
+    /// Whether the algorithm reads the providers' in-flight counts (or the
+    /// config asks for statistics): then every provider counts them.
+    tracks_load: bool,
+    /// Whether the algorithm reads the providers' latency (or the config asks
+    /// for statistics): then every provider estimates it.
+    tracks_latency: bool,
     /// Serialises updates, so two racing updates cannot both carry over from
     /// the same old snapshot and lose one another's providers.
     writer: Mutex<()>,
 }
 
-impl<A: Algorithm, T> Live<A, T> {
-    pub(crate) fn new(algorithm: A, config: Config) -> Self {
-        let state = algorithm.prepare(&[], None, &config);
+impl<T> Live<T> {
+    pub(crate) fn new<A: Algorithm>(algorithm: A, config: Config) -> Self {
+        let state = Balance::prepare(&algorithm, &[], None, &config);
         Self {
             current: ArcSwap::from_pointee(Current {
                 snapshot: Snapshot::new(Box::new([]), state, config.warm_up),
                 attached: Box::new([]),
             }),
-            algorithm,
+            algorithm: Box::new(algorithm),
+            tracks_load: A::READS_LOAD || config.track_stats,
+            tracks_latency: A::READS_LATENCY || config.track_stats,
             config,
             epoch: Instant::now(),
             writer: Mutex::new(()),
         }
     }
-}
 
-impl<A: Algorithm, T> Live<A, T> {
     /// Whether this set's providers keep any statistics (known without reading
     /// them, so a pick of a strategy that keeps none touches no shared line).
+    #[inline]
     fn keeps_stats(&self) -> bool {
-        A::READS_LOAD || A::READS_LATENCY || self.config.track_stats
+        self.tracks_load || self.tracks_latency
     }
-}
 
-impl<A: Algorithm, T> Live<A, T> {
     /// The index of the provider picked in `snapshot`.
+    #[inline]
     fn pick_in(
         &self,
-        snapshot: &Snapshot<A::State>,
+        snapshot: &Snapshot,
         ctx: &PickContext,
         exclude: &[SocketAddr],
     ) -> Option<usize> {
-        let view = View::new(snapshot, ctx, self.config.warm_up, exclude);
         // One provider: every strategy picks it if it may take the call, so no
-        // algorithm (and no random draw or shared counter) is needed.
+        // algorithm (no call through its vtable, no random draw or shared
+        // counter) is needed.
         if snapshot.entries.len() == 1 {
-            view.is_available(0).then_some(0)
+            View::new(snapshot, &(), ctx, self.config.warm_up, exclude)
+                .is_available(0)
+                .then_some(0)
         } else {
-            self.algorithm.pick(&view, ctx)
+            self.algorithm
+                .pick(snapshot, ctx, self.config.warm_up, exclude)
         }
     }
 
     /// Entry `i` of `snapshot`, counted in flight for one call.
-    fn picked(&self, snapshot: &Snapshot<A::State>, i: usize) -> Picked {
+    #[inline]
+    fn picked(&self, snapshot: &Snapshot, i: usize) -> Picked {
         let entry = &snapshot.entries[i];
         Picked::new(entry.spec.addr, &entry.stats, self.keeps_stats())
     }
-}
 
-impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
-    fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked> {
+    /// Picks a provider outside `exclude`.
+    pub(crate) fn pick(&self, ctx: &PickContext, exclude: &[SocketAddr]) -> Option<Picked> {
         let current = self.current.load();
         let i = self.pick_in(&current.snapshot, ctx, exclude)?;
         Some(self.picked(&current.snapshot, i))
     }
 
-    fn pick_with(&self, ctx: &PickContext, with: &mut dyn FnMut(&T)) -> Option<Picked> {
+    /// A pick that also hands the picked provider's attached value to `with`,
+    /// read from the same snapshot.
+    #[inline]
+    pub(crate) fn pick_with<R>(
+        &self,
+        ctx: &PickContext,
+        with: impl FnOnce(&T) -> R,
+    ) -> Option<(Picked, R)> {
         let current = self.current.load();
         let i = self.pick_in(&current.snapshot, ctx, &[])?;
-        with(&current.attached[i]);
-        Some(self.picked(&current.snapshot, i))
+        let made = with(&current.attached[i]);
+        Some((self.picked(&current.snapshot, i), made))
     }
 
-    fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
+    /// The provider at `addr`, whatever its marks; `None` if it is not in the set.
+    pub(crate) fn pick_addr(&self, addr: SocketAddr) -> Option<Picked> {
         let current = self.current.load();
         let i = current.snapshot.position(addr)?;
         Some(self.picked(&current.snapshot, i))
     }
 
-    fn with_attached(&self, addr: SocketAddr, with: &mut dyn FnMut(&T)) -> bool {
+    /// What `with` makes of the value attached to the provider at `addr`; `None`
+    /// if `addr` is not in the set.
+    pub(crate) fn with_attached<R>(
+        &self,
+        addr: SocketAddr,
+        with: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
         let current = self.current.load();
-        match current.snapshot.position(addr) {
-            Some(i) => {
-                with(&current.attached[i]);
-                true
-            }
-            None => false,
-        }
+        let i = current.snapshot.position(addr)?;
+        Some(with(&current.attached[i]))
     }
 
-    fn each_attached(&self, with: &mut dyn FnMut(SocketAddr, &T)) {
+    /// Hands every provider's address and attached value to `with`.
+    pub(crate) fn each_attached(&self, mut with: impl FnMut(SocketAddr, &T)) {
         let current = self.current.load();
         for (entry, attached) in current.snapshot.entries.iter().zip(&*current.attached) {
             with(entry.spec.addr, attached);
         }
     }
 
-    fn update(&self, providers: Vec<(Provider, T)>) {
+    /// Replaces the provider set (see
+    /// [`LoadBalancer::update_carrying`](crate::LoadBalancer::update_carrying)).
+    pub(crate) fn update(&self, providers: impl IntoIterator<Item = (Provider, T)>) {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let old_current = self.current.load_full();
         let old = &old_current.snapshot;
@@ -361,9 +430,11 @@ impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
 
         // The same address listed twice: the later spec wins, at the place of
         // the first, so the set never holds one provider twice.
-        let mut position: HashMap<SocketAddr, usize> = HashMap::with_capacity(providers.len());
-        let mut entries: Vec<Entry> = Vec::with_capacity(providers.len());
-        let mut attached: Vec<T> = Vec::with_capacity(providers.len());
+        let providers = providers.into_iter();
+        let (capacity, _) = providers.size_hint();
+        let mut position: HashMap<SocketAddr, usize> = HashMap::with_capacity(capacity);
+        let mut entries: Vec<Entry> = Vec::with_capacity(capacity);
+        let mut attached: Vec<T> = Vec::with_capacity(capacity);
         for (spec, value) in providers {
             let listed = spec.weight > 0 && spec.healthy && !spec.draining;
             if let Some(&at) = position.get(&spec.addr) {
@@ -377,8 +448,8 @@ impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
                 None => Arc::new(ProviderStats::new(
                     self.epoch,
                     self.config.latency_decay,
-                    A::READS_LOAD || self.config.track_stats,
-                    A::READS_LATENCY || self.config.track_stats,
+                    self.tracks_load,
+                    self.tracks_latency,
                 )),
             };
             position.insert(spec.addr, entries.len());
@@ -398,13 +469,15 @@ impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
         }));
     }
 
-    fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>> {
+    /// The statistics of the provider at `addr`, if it is in the set.
+    pub(crate) fn stats(&self, addr: SocketAddr) -> Option<Arc<ProviderStats>> {
         let current = self.current.load();
         let i = current.snapshot.position(addr)?;
         Some(Arc::clone(&current.snapshot.entries[i].stats))
     }
 
-    fn providers(&self) -> Vec<Provider> {
+    /// The providers, as discovery last listed them.
+    pub(crate) fn providers(&self) -> Vec<Provider> {
         let current = self.current.load();
         current
             .snapshot
@@ -414,12 +487,12 @@ impl<A: Algorithm, T: Send + Sync + 'static> ProviderSet<T> for Live<A, T> {
             .collect()
     }
 
-    fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 }
 
-impl<A: Algorithm, T> fmt::Debug for Live<A, T> {
+impl<T> fmt::Debug for Live<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let current = self.current.load();
         f.debug_struct("Live")

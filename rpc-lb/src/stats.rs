@@ -126,7 +126,7 @@ impl ProviderStats {
             self.successes.fetch_add(1, Ordering::Relaxed);
         }
         if self.tracks_latency {
-            self.observe(now, latency.as_nanos() as f64, false);
+            self.observe(now, nanos_f64(latency), false);
         }
     }
 
@@ -146,7 +146,7 @@ impl ProviderStats {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
         if self.tracks_latency {
-            self.observe(now, latency.as_nanos() as f64, true);
+            self.observe(now, nanos_f64(latency), true);
         }
     }
 
@@ -182,6 +182,16 @@ impl ProviderStats {
         let latency = now.saturating_duration_since(started);
         self.record_success_at(now, latency);
         Some(latency)
+    }
+
+    /// Records a successful call sent at `sent` whose reply came at `at`: the latency is
+    /// worked out (and the estimate updated) only when latency is tracked.
+    pub fn record_success_between(&self, sent: Instant, at: Instant) {
+        if self.tracks_latency {
+            self.record_success_at(at, at.saturating_duration_since(sent));
+        } else if self.tracks_load {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Marks the provider down until `until`, or indefinitely for `None`.
@@ -275,9 +285,19 @@ impl ProviderStats {
     }
 
     fn nanos(&self, at: Instant) -> u64 {
-        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
-        u64::try_from(nanos).unwrap_or(u64::MAX)
+        // In u64 arithmetic: `as_nanos` is a u128, dearer to make and to convert.
+        let since = at.saturating_duration_since(self.epoch);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
     }
+}
+
+/// `duration` in nanoseconds, as an `f64` (without the u128 of `as_nanos`, whose
+/// conversion to `f64` is a software routine).
+fn nanos_f64(duration: Duration) -> f64 {
+    duration.as_secs() as f64 * 1e9 + f64::from(duration.subsec_nanos())
 }
 
 /// The draining bit of `ProviderStats::marks`.

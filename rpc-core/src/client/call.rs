@@ -5,7 +5,7 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -15,6 +15,7 @@ use serde::Serialize;
 use rpc_lb::Picked;
 
 use super::connection::PendingReply;
+use super::pending::Timing;
 use super::Client;
 use crate::error::RpcError;
 use crate::filter::client::ChainCall;
@@ -532,11 +533,10 @@ enum CallState<T, E> {
         reply: PendingReply,
         /// The call's timeout, for errors.
         timeout: Duration,
-        /// The provider; counts the call in flight until dropped.
+        /// The provider; counts the call in flight until dropped. The call's latency
+        /// and the time a failover has left come from the connection's clock
+        /// ([`PendingReply::poll_timed`]): the fast path reads none.
         picked: Picked,
-        /// When the call was queued, for the latency recorded and the time a
-        /// failover has left.
-        started: Instant,
     },
     /// Through the client's filter chain.
     Chain {
@@ -634,7 +634,6 @@ where
                             reply,
                             timeout,
                             picked,
-                            started: Instant::now(),
                         },
                     };
                     // Just queued: the response cannot be in yet.
@@ -657,16 +656,23 @@ where
                     reply,
                     timeout,
                     picked,
-                    started,
                 } => {
-                    let outcome = ready!(Pin::new(reply).poll(cx));
-                    let (timeout, started) = (*timeout, *started);
+                    let (outcome, timing) = ready!(reply.poll_timed(cx));
+                    let timeout = *timeout;
                     let Some(call) = &this.call else {
                         unreachable!("a balanced call is kept in its future until it ends")
                     };
                     let e = match outcome {
                         Ok(frame) => {
-                            picked.record_success_since(started);
+                            // A call answered was taken up by its connection, so its
+                            // timing is complete.
+                            if let Some(Timing {
+                                sent: Some(sent),
+                                at,
+                            }) = timing
+                            {
+                                picked.record_success_between(sent.into_std(), at.into_std());
+                            }
                             let target = call.target();
                             this.state = CallState::Done;
                             this.call = None;
@@ -674,7 +680,12 @@ where
                         }
                         Err(e) => e,
                     };
-                    match call.client.fail_over(picked, started, e) {
+                    // The time the call's clock ran, none if the connection never took
+                    // it up (its timeout had not started).
+                    let spent = timing
+                        .and_then(|timing| timing.sent)
+                        .map_or(Duration::ZERO, |sent| sent.elapsed());
+                    match call.client.fail_over(picked, spent, e) {
                         Err(e) => {
                             this.state = CallState::Done;
                             this.call = None;

@@ -34,7 +34,7 @@ use crate::error::RpcError;
 use crate::protocol::{encode_cancel, encode_heartbeat, Event, Flags, Frame, FrameCodec};
 use crate::transport::ClientStream;
 
-use super::pending::{Calls, Outcome};
+use super::pending::{Calls, Outcome, Timing};
 
 /// Reads are made into at least a quarter of this much free buffer space. Responses
 /// stay in the buffer until their callers take them, so a fresh chunk is allocated
@@ -250,25 +250,39 @@ pub(crate) struct PendingReply {
     taken: bool,
 }
 
+impl PendingReply {
+    /// Polls for the outcome, as the future does, and also says when it came and since
+    /// when the call had waited for it ([`Timing`], read by the connection task: no
+    /// clock is read here). The timing is `None` when the connection no longer knows
+    /// the call.
+    #[inline]
+    pub(crate) fn poll_timed(&mut self, cx: &Context<'_>) -> Poll<(Outcome, Option<Timing>)> {
+        if self.taken {
+            return Poll::Ready((
+                Err(RpcError::Internal(
+                    "a call's outcome was asked for after it was taken".to_owned(),
+                )),
+                None,
+            ));
+        }
+        let polled = self.conn.inner.lock().calls.poll(self.id, cx.waker());
+        let outcome = match polled {
+            Poll::Ready(Some((outcome, timing))) => (outcome, Some(timing)),
+            // Not a call of this connection (any more): it has been failed and taken.
+            Poll::Ready(None) => (Err(self.conn.lost()), None),
+            Poll::Pending => return Poll::Pending,
+        };
+        self.taken = true;
+        Poll::Ready(outcome)
+    }
+}
+
 impl Future for PendingReply {
     /// The response frame; `None` for a oneway request, once written.
     type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.taken {
-            return Poll::Ready(Err(RpcError::Internal(
-                "a call's outcome was asked for after it was taken".to_owned(),
-            )));
-        }
-        let polled = self.conn.inner.lock().calls.poll(self.id, cx.waker());
-        let outcome = match polled {
-            Poll::Ready(Some(outcome)) => outcome,
-            // Not a call of this connection (any more): it has been failed and taken.
-            Poll::Ready(None) => Err(self.conn.lost()),
-            Poll::Pending => return Poll::Pending,
-        };
-        self.taken = true;
-        Poll::Ready(outcome)
+        self.poll_timed(cx).map(|(outcome, _)| outcome)
     }
 }
 
@@ -469,8 +483,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
             let mut shared = self.handle.lock();
             schedule_deadlines(&mut shared);
             if self.writing.is_empty() {
-                for id in self.writing_oneway.drain(..) {
-                    self.wake.extend(shared.calls.complete(id, Ok(None)));
+                if !self.writing_oneway.is_empty() {
+                    let written = Instant::now();
+                    for id in self.writing_oneway.drain(..) {
+                        self.wake
+                            .extend(shared.calls.complete(id, Ok(None), written));
+                    }
                 }
                 if !shared.out.is_empty() {
                     // The written buffer becomes the callers' next output buffer:
@@ -535,7 +553,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
         let mut shared = self.handle.lock();
         let waiting = shared.calls.len();
         for frame in self.frames.drain(..) {
-            if let Err(reason) = on_frame(frame, &mut shared, self.handle, &mut self.wake) {
+            let read = self.last_read;
+            if let Err(reason) = on_frame(frame, read, &mut shared, self.handle, &mut self.wake) {
                 failure.get_or_insert(reason);
                 break;
             }
@@ -665,17 +684,18 @@ impl Ending {
             handle.closed.store(true, Ordering::Release);
             // Requests never written did not reach the server: say so, so that they
             // can be retried elsewhere without running twice.
+            let now = Instant::now();
             let unsent = std::mem::take(&mut shared.unsent);
             for id in unsent {
                 let outcome = Err(RpcError::NotSent {
                     addr: self.peer,
                     reason: reason.clone(),
                 });
-                wake.extend(shared.calls.complete(id, outcome));
+                wake.extend(shared.calls.complete(id, outcome, now));
             }
             // Everything else, oneway requests being written included, may have
             // reached the server.
-            shared.calls.fail_all(|_| closed.error(), &mut wake);
+            shared.calls.fail_all(|_| closed.error(), now, &mut wake);
             shared.written.clear();
             shared.out.clear();
         }
@@ -738,13 +758,14 @@ pub(crate) const RUNTIME_GONE: &str = "the tokio runtime this client's connectio
      has shut down (create the client on a runtime that outlives it, or with \
      Client::connect_blocking, which owns its runtime)";
 
-/// Routes one frame from the server.
+/// Routes one frame from the server, read at `read`.
 ///
 /// # Errors
 ///
 /// A frame a client must never receive; the connection is closed.
 fn on_frame(
     frame: Frame,
+    read: Instant,
     shared: &mut Shared,
     handle: &ConnHandle,
     wake: &mut Vec<Waker>,
@@ -768,7 +789,7 @@ fn on_frame(
     wake.extend(
         shared
             .calls
-            .complete(frame.header.request_id, Ok(Some(frame))),
+            .complete(frame.header.request_id, Ok(Some(frame)), read),
     );
     Ok(())
 }

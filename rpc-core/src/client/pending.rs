@@ -20,6 +20,20 @@ use crate::protocol::Frame;
 /// why there is none.
 pub(crate) type Outcome = Result<Option<Frame>, RpcError>;
 
+/// When a call's outcome came, and since when it had been waiting for it: both read
+/// by the connection task, one clock reading per batch of calls, so that a caller who
+/// wants its call's latency (a balancer's latency estimate, the time a failover has
+/// left) reads no clock of its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// When the connection took the call up and its timeout started (see
+    /// [`Calls::schedule`]); `None` if it never did.
+    pub(crate) sent: Option<Instant>,
+    /// When the outcome arrived: the read that brought the response, the write that
+    /// sent a oneway request, the deadline that passed, the end of the connection.
+    pub(crate) at: Instant,
+}
+
 /// What a call's slot holds.
 #[derive(Debug)]
 enum State {
@@ -29,10 +43,12 @@ enum State {
         waker: Option<Waker>,
         /// The call's timeout, for the error when it passes.
         timeout: Duration,
+        /// When its timeout started; `None` until [`Calls::schedule`].
+        sent: Option<Instant>,
     },
     /// The outcome, until the caller takes it: the response frame, or `None` for a
-    /// oneway request that has been written.
-    Done(Outcome),
+    /// oneway request that has been written; and when it came.
+    Done(Outcome, Timing),
 }
 
 /// One slab slot.
@@ -72,7 +88,11 @@ impl Calls {
         };
         let entry = &mut self.entries[index as usize];
         entry.generation = entry.generation.wrapping_add(1);
-        entry.state = Some(State::Waiting { waker, timeout });
+        entry.state = Some(State::Waiting {
+            waker,
+            timeout,
+            sent: None,
+        });
         self.waiting += 1;
         u64::from(entry.generation) << 32 | u64::from(index)
     }
@@ -80,12 +100,13 @@ impl Calls {
     /// Sets the deadline of call `id` to `start` plus its timeout, if it still waits.
     pub(crate) fn schedule(&mut self, id: u64, start: Instant) {
         let Some(Entry {
-            state: Some(State::Waiting { timeout, .. }),
+            state: Some(State::Waiting { timeout, sent, .. }),
             ..
         }) = self.entry_mut(id)
         else {
             return;
         };
+        *sent = Some(start);
         let deadline = start + *timeout;
         // Answered calls leave the queue only from its front, so behind one slow call
         // they pile up (a second's worth at a million calls a second). Sweep them out
@@ -103,24 +124,27 @@ impl Calls {
         }
     }
 
-    /// Gives call `id` its outcome if it still waits, and returns the waker to wake
-    /// (wake it after releasing the lock around these calls).
+    /// Gives call `id` its outcome, come `at`, if it still waits, and returns the waker
+    /// to wake (wake it after releasing the lock around these calls).
     #[must_use = "the caller must be woken"]
-    pub(crate) fn complete(&mut self, id: u64, outcome: Outcome) -> Option<Waker> {
+    pub(crate) fn complete(&mut self, id: u64, outcome: Outcome, at: Instant) -> Option<Waker> {
         let entry = self.entry_mut(id)?;
-        let Some(State::Waiting { waker, .. }) = &mut entry.state else {
+        let Some(State::Waiting { waker, sent, .. }) = &mut entry.state else {
             return None;
         };
         let waker = waker.take();
-        entry.state = Some(State::Done(outcome));
+        let timing = Timing { sent: *sent, at };
+        entry.state = Some(State::Done(outcome, timing));
         self.waiting -= 1;
         waker
     }
 
-    /// The caller's side: takes the outcome of call `id` if it has arrived (freeing the
-    /// slot), or records `waker` to be woken when it does. `Ready(None)` when there is
-    /// no such call (its slot was released: the connection forgot it).
-    pub(crate) fn poll(&mut self, id: u64, waker: &Waker) -> Poll<Option<Outcome>> {
+    /// The caller's side: takes the outcome of call `id` and when it came, if it has
+    /// arrived (freeing the slot), or records `waker` to be woken when it does.
+    /// `Ready(None)` when there is no such call (its slot was released: the connection
+    /// forgot it).
+    #[inline]
+    pub(crate) fn poll(&mut self, id: u64, waker: &Waker) -> Poll<Option<(Outcome, Timing)>> {
         let Some(entry) = self.entry_mut(id) else {
             return Poll::Ready(None);
         };
@@ -133,12 +157,12 @@ impl Calls {
                 *stored = Some(waker.clone());
                 Poll::Pending
             }
-            Some(State::Done(_)) => {
-                let Some(State::Done(outcome)) = entry.state.take() else {
+            Some(State::Done(..)) => {
+                let Some(State::Done(outcome, timing)) = entry.state.take() else {
                     unreachable!("matched Done just above");
                 };
                 self.release(id);
-                Poll::Ready(Some(outcome))
+                Poll::Ready(Some((outcome, timing)))
             }
             None => Poll::Ready(None),
         }
@@ -156,7 +180,7 @@ impl Calls {
                 self.waiting -= 1;
                 true
             }
-            Some(State::Done(_)) => false,
+            Some(State::Done(..)) => false,
             None => return false,
         };
         self.release(id);
@@ -188,7 +212,7 @@ impl Calls {
                 }) => *timeout,
                 _ => continue,
             };
-            wake.extend(self.complete(id, Err(RpcError::Timeout(timeout))));
+            wake.extend(self.complete(id, Err(RpcError::Timeout(timeout)), now));
         }
     }
 
@@ -203,19 +227,21 @@ impl Calls {
         None
     }
 
-    /// Gives every waiting call the outcome `outcome(id)`; wakers are pushed onto
-    /// `wake`. Used when the connection ends.
+    /// Gives every waiting call the outcome `outcome(id)`, come `at`; wakers are pushed
+    /// onto `wake`. Used when the connection ends.
     pub(crate) fn fail_all(
         &mut self,
         mut outcome: impl FnMut(u64) -> RpcError,
+        at: Instant,
         wake: &mut Vec<Waker>,
     ) {
         self.deadlines.clear();
         for (index, entry) in self.entries.iter_mut().enumerate() {
-            if let Some(State::Waiting { waker, .. }) = &mut entry.state {
+            if let Some(State::Waiting { waker, sent, .. }) = &mut entry.state {
                 let id = u64::from(entry.generation) << 32 | index as u64;
                 wake.extend(waker.take());
-                entry.state = Some(State::Done(Err(outcome(id))));
+                let timing = Timing { sent: *sent, at };
+                entry.state = Some(State::Done(Err(outcome(id)), timing));
             }
         }
         self.waiting = 0;
@@ -292,13 +318,13 @@ mod tests {
         let id = calls.insert(SECOND, Some(w.clone()));
         assert!(calls.poll(id, &w).is_pending());
         let woken = calls
-            .complete(id, Ok(Some(frame(id))))
+            .complete(id, Ok(Some(frame(id))), Instant::now())
             .expect("a waker to wake");
         woken.wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(calls.is_empty(), "no call waits once its outcome is in");
         match calls.poll(id, &w) {
-            Poll::Ready(Some(Ok(Some(f)))) => assert_eq!(f.header.request_id, id),
+            Poll::Ready(Some((Ok(Some(f)), _))) => assert_eq!(f.header.request_id, id),
             other => panic!("expected the frame, got {other:?}"),
         }
         assert!(
@@ -316,7 +342,9 @@ mod tests {
         let id_b = calls.insert(SECOND, None);
         assert_ne!(id_a, id_b, "a reused slot gets a new generation");
         assert!(
-            calls.complete(id_a, Ok(Some(frame(id_a)))).is_none(),
+            calls
+                .complete(id_a, Ok(Some(frame(id_a))), Instant::now())
+                .is_none(),
             "a late reply to the old call misses"
         );
         assert!(
@@ -343,7 +371,7 @@ mod tests {
         calls.expire(now + Duration::from_secs(2), &mut wake);
         assert!(matches!(
             calls.poll(early, &w),
-            Poll::Ready(Some(Err(RpcError::Timeout(t)))) if t == SECOND
+            Poll::Ready(Some((Err(RpcError::Timeout(t)), _))) if t == SECOND
         ));
         assert!(calls.poll(late, &w).is_pending(), "not yet");
         assert_eq!(calls.next_deadline(), Some(now + Duration::from_secs(10)));
@@ -357,7 +385,7 @@ mod tests {
         let cancelled = calls.insert(SECOND, None);
         calls.schedule(answered, now);
         calls.schedule(cancelled, now);
-        let _ = calls.complete(answered, Ok(Some(frame(answered))));
+        let _ = calls.complete(answered, Ok(Some(frame(answered))), Instant::now());
         calls.cancel(cancelled);
         assert_eq!(calls.next_deadline(), None);
         assert!(calls.deadlines.is_empty());
@@ -375,7 +403,7 @@ mod tests {
         for i in 0..100_000 {
             let fast = calls.insert(SECOND, None);
             calls.schedule(fast, now + Duration::from_micros(i));
-            let _ = calls.complete(fast, Ok(None));
+            let _ = calls.complete(fast, Ok(None), Instant::now());
             assert!(calls.poll(fast, &w).is_ready());
             assert_eq!(calls.next_deadline(), Some(now + SECOND));
         }
@@ -393,13 +421,14 @@ mod tests {
         let (count, w) = waker();
         let a = calls.insert(SECOND, Some(w.clone()));
         let b = calls.insert(SECOND, Some(w.clone()));
-        let _ = calls.complete(b, Ok(Some(frame(b))));
+        let _ = calls.complete(b, Ok(Some(frame(b))), Instant::now());
         let mut wake = Vec::new();
         calls.fail_all(
             |_| RpcError::ConnectionLost {
                 reason: "gone".into(),
                 source: None,
             },
+            Instant::now(),
             &mut wake,
         );
         assert_eq!(wake.len(), 1, "only the call still waiting");
@@ -407,11 +436,39 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(matches!(
             calls.poll(a, &w),
-            Poll::Ready(Some(Err(RpcError::ConnectionLost { .. })))
+            Poll::Ready(Some((Err(RpcError::ConnectionLost { .. }), _)))
         ));
         assert!(
-            matches!(calls.poll(b, &w), Poll::Ready(Some(Ok(Some(_))))),
+            matches!(calls.poll(b, &w), Poll::Ready(Some((Ok(Some(_)), _)))),
             "an outcome already in stays"
         );
+    }
+
+    #[test]
+    fn an_outcome_comes_with_when_its_call_was_sent_and_answered() {
+        let mut calls = Calls::default();
+        let (_, w) = waker();
+        let sent = Instant::now();
+        let answered = sent + Duration::from_millis(3);
+        let id = calls.insert(SECOND, None);
+        calls.schedule(id, sent);
+        let _ = calls.complete(id, Ok(Some(frame(id))), answered);
+        match calls.poll(id, &w) {
+            Poll::Ready(Some((Ok(Some(_)), timing))) => {
+                assert_eq!(timing.sent, Some(sent));
+                assert_eq!(timing.at, answered);
+            }
+            other => panic!("expected the frame, got {other:?}"),
+        }
+        // A call failed before the connection took it up: its clock never ran.
+        let unsent = calls.insert(SECOND, None);
+        let _ = calls.complete(unsent, Ok(None), answered);
+        match calls.poll(unsent, &w) {
+            Poll::Ready(Some((_, timing))) => {
+                assert_eq!(timing.sent, None);
+                assert_eq!(timing.at, answered);
+            }
+            other => panic!("expected the outcome, got {other:?}"),
+        }
     }
 }

@@ -241,7 +241,9 @@ impl Client {
                     return Ok((frame, Some(addr)));
                 }
                 Err(e) => {
-                    let (_, e) = self.fail_over(&picked, started, e).map_err(failed)?;
+                    let (_, e) = self
+                        .fail_over(&picked, started.elapsed(), e)
+                        .map_err(failed)?;
                     last_error = Some(failed(e));
                 }
             }
@@ -299,8 +301,8 @@ impl Client {
     /// [`RpcError::is_safe_to_retry`]) may go to another provider, and this one is
     /// skipped for a while; any other error is the call's outcome.
     ///
-    /// Returns how long the attempt took and the error, when another provider may be
-    /// tried.
+    /// `spent` is how long the attempt took; it is returned with the error when another
+    /// provider may be tried.
     ///
     /// # Errors
     ///
@@ -308,10 +310,10 @@ impl Client {
     pub(crate) fn fail_over(
         &self,
         picked: &Picked,
-        started: std::time::Instant,
+        spent: Duration,
         error: RpcError,
     ) -> Result<(Duration, RpcError), RpcError> {
-        let spent = picked.record_failure_since(started);
+        picked.record_failure(spent);
         if !error.is_safe_to_retry() {
             return Err(error);
         }

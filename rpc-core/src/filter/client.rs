@@ -476,9 +476,6 @@ enum Stage {
         picked: Option<Picked>,
         /// The provider or server the call went to.
         addr: Option<SocketAddr>,
-        /// When it was queued, for a picked provider's latency (a single server's
-        /// call reads no clock).
-        started: Option<std::time::Instant>,
     },
     /// Everything else: the general path of [`Client::call_frame_at`].
     Run(Pin<Box<dyn Future<Output = Result<ClientResponse, BoxError>> + Send>>),
@@ -519,20 +516,25 @@ impl Future for TransportFuture {
                     reply,
                     picked,
                     addr,
-                    started,
                 } => {
-                    let outcome = std::task::ready!(Pin::new(reply).poll(cx));
+                    // The latency and the time spent come from the connection's clock
+                    // (see `CallState::Balanced` in `client::call`): none is read here.
+                    let (outcome, timing) = std::task::ready!(reply.poll_timed(cx));
                     let addr = *addr;
-                    let error = match (outcome, picked.take(), *started) {
-                        (Ok(frame), picked, started) => {
-                            if let (Some(picked), Some(started)) = (picked, started) {
-                                picked.record_success_since(started);
+                    let sent = timing.and_then(|timing| timing.sent);
+                    let error = match (outcome, picked.take()) {
+                        (Ok(frame), picked) => {
+                            if let (Some(picked), Some(sent), Some(timing)) = (picked, sent, timing)
+                            {
+                                picked
+                                    .record_success_between(sent.into_std(), timing.at.into_std());
                             }
                             this.stage = Stage::Done;
                             return Poll::Ready(response(frame, addr, this.request.timeout));
                         }
-                        (Err(e), Some(picked), Some(started)) => {
-                            match this.client.fail_over(&picked, started, e) {
+                        (Err(e), Some(picked)) => {
+                            let spent = sent.map_or(Duration::ZERO, |sent| sent.elapsed());
+                            match this.client.fail_over(&picked, spent, e) {
                                 Err(e) => e,
                                 Ok((spent, _)) => {
                                     // The provider certainly did not run it: the general
@@ -545,7 +547,7 @@ impl Future for TransportFuture {
                                 }
                             }
                         }
-                        (Err(e), _, _) => e,
+                        (Err(e), None) => e,
                     };
                     this.stage = Stage::Done;
                     return Poll::Ready(Err(failed(error, addr)));
@@ -589,12 +591,10 @@ fn queue(client: &Client, request: &ClientRequest, cx: &Context<'_>) -> Stage {
                             Some(picked) => Some(picked.addr()),
                             None => client.addr(),
                         };
-                        let started = ready.picked.as_ref().map(|_| std::time::Instant::now());
                         return Stage::Reply {
                             reply,
                             picked: ready.picked,
                             addr,
-                            started,
                         };
                     }
                     // The connection just closed, or the request cannot be encoded:

@@ -37,7 +37,7 @@ impl Algorithm for Adaptive {
 
     const READS_LOAD: bool = true;
 
-    fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
+    fn prepare(&self, _: &[Entry], _: Option<&Snapshot>, _: &Config) {}
 
     fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {
         let n = view.len();

@@ -46,7 +46,7 @@ pub(crate) struct Ring {
 impl Algorithm for IpHash {
     type State = Ring;
 
-    fn prepare(&self, entries: &[Entry], _: Option<&Snapshot<Ring>>, config: &Config) -> Ring {
+    fn prepare(&self, entries: &[Entry], _: Option<&Snapshot>, config: &Config) -> Ring {
         let replicas = u64::from(config.ring_replicas.max(1));
         let mut nodes: Vec<(u64, u32)> = Vec::new();
         for (owner, entry) in entries.iter().enumerate() {

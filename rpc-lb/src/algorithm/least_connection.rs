@@ -40,7 +40,7 @@ impl Algorithm for LeastConnection {
 
     const READS_LOAD: bool = true;
 
-    fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
+    fn prepare(&self, _: &[Entry], _: Option<&Snapshot>, _: &Config) {}
 
     fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {
         let entries = view.entries();

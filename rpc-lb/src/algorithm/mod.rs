@@ -1,5 +1,6 @@
 //! The balancing algorithms, one file each, behind the crate-private
-//! [`Algorithm`] trait that [`Live`](crate::set::Live) drives.
+//! [`Algorithm`] trait that [`Live`](crate::set::Live) drives (through
+//! [`Balance`](crate::set::Balance), which erases the state's type).
 //!
 //! An algorithm sees the provider set through a [`View`], which answers
 //! "may entry `i` take a call now?" and "what is its weight now?" (warm-up
@@ -44,12 +45,13 @@ pub(crate) trait Algorithm: Send + Sync + fmt::Debug + 'static {
     const READS_LOAD: bool = false;
 
     /// Builds the state for `entries`; `previous` is the snapshot being
-    /// replaced (`None` for the initial empty set), whose state may be carried
-    /// over for providers that stay.
+    /// replaced (`None` for the initial empty set), whose state (this
+    /// algorithm's, see [`Snapshot::state`]) may be carried over for providers
+    /// that stay.
     fn prepare(
         &self,
         entries: &[Entry],
-        previous: Option<&Snapshot<Self::State>>,
+        previous: Option<&Snapshot>,
         config: &Config,
     ) -> Self::State;
 

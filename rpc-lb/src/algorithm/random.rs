@@ -47,12 +47,7 @@ impl Cumulative {
 impl Algorithm for Random {
     type State = Cumulative;
 
-    fn prepare(
-        &self,
-        entries: &[Entry],
-        _: Option<&Snapshot<Cumulative>>,
-        _: &Config,
-    ) -> Cumulative {
+    fn prepare(&self, entries: &[Entry], _: Option<&Snapshot>, _: &Config) -> Cumulative {
         let mut sum = 0;
         let sums = entries
             .iter()

@@ -21,7 +21,7 @@ pub(crate) struct RoundRobin {
 impl Algorithm for RoundRobin {
     type State = ();
 
-    fn prepare(&self, _: &[Entry], _: Option<&Snapshot<()>>, _: &Config) {}
+    fn prepare(&self, _: &[Entry], _: Option<&Snapshot>, _: &Config) {}
 
     fn pick(&self, view: &View<'_, ()>, _: &PickContext) -> Option<usize> {
         view.turn(self.next.fetch_add(1, Ordering::Relaxed), &self.spill)

@@ -31,17 +31,12 @@ impl Algorithm for SmoothWeighted {
 
     /// Carries each staying provider's current weight over by address, so a
     /// discovery update does not restart the sequence.
-    fn prepare(
-        &self,
-        entries: &[Entry],
-        previous: Option<&Snapshot<Current>>,
-        _: &Config,
-    ) -> Current {
+    fn prepare(&self, entries: &[Entry], previous: Option<&Snapshot>, _: &Config) -> Current {
         let mut current = vec![0; entries.len()];
-        if let Some(previous) = previous {
-            let old = previous.state.0.lock();
-            let old: HashMap<SocketAddr, i64> = previous
-                .entries
+        let carried = previous.and_then(|p| Some((&p.entries, p.state::<Current>()?)));
+        if let Some((old_entries, old_state)) = carried {
+            let old = old_state.0.lock();
+            let old: HashMap<SocketAddr, i64> = old_entries
                 .iter()
                 .zip(old.iter())
                 .map(|(e, &c)| (e.spec.addr, c))
