@@ -81,6 +81,7 @@
 
 mod algorithm;
 mod balancer;
+mod clock;
 mod config;
 mod context;
 mod error;
@@ -91,6 +92,7 @@ mod stats;
 mod strategy;
 
 pub use balancer::LoadBalancer;
+pub use clock::Timestamp;
 pub use config::Config;
 pub use context::PickContext;
 pub use error::{LbError, ParseStrategyError};

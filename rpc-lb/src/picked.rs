@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::Timestamp;
 use crate::stats::ProviderStats;
 
 /// The provider chosen for one call.
@@ -97,25 +98,27 @@ impl Picked {
 
     /// Records that the call succeeded: it was sent at `sent` and its reply came at
     /// `at`, as the caller's transport saw them (a connection reads its clock once per
-    /// batch of calls, not once per call), so no clock is read here. The latency,
-    /// `at - sent`, is worked out only when the provider's latency is tracked.
+    /// batch of calls, not once per call, and converts it once), so no clock is read
+    /// here. The latency, `at - sent`, is worked out only when the provider's latency
+    /// is tracked.
     ///
     /// ```
-    /// use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy};
+    /// use rpc_lb::{LoadBalancer, PickContext, Provider, Strategy, Timestamp};
     /// use std::time::{Duration, Instant};
     ///
     /// let lb = LoadBalancer::new("demo.Echo", Strategy::Adaptive);
     /// lb.update([Provider::new("127.0.0.1:20880".parse().unwrap())]);
     /// let picked = lb.pick(&PickContext::new())?;
     /// let sent = Instant::now();
-    /// picked.record_success_between(sent, sent + Duration::from_millis(2));
+    /// let answered = sent + Duration::from_millis(2);
+    /// picked.record_success_between(Timestamp::of(sent), Timestamp::of(answered));
     /// let stats = picked.stats().expect("adaptive keeps stats");
     /// assert_eq!(stats.successes(), 1);
     /// assert!(stats.latency().unwrap() <= Duration::from_millis(2));
     /// # Ok::<(), rpc_lb::LbError>(())
     /// ```
     #[inline]
-    pub fn record_success_between(&self, sent: Instant, at: Instant) {
+    pub fn record_success_between(&self, sent: Timestamp, at: Timestamp) {
         if let Some(stats) = &self.stats {
             stats.record_success_between(sent, at);
         }

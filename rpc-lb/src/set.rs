@@ -303,8 +303,6 @@ pub(crate) struct Live<T> {
     algorithm: Box<dyn Balance>,
     current: ArcSwap<Current<T>>,
     config: Config,
-    /// Time zero for the providers' atomic timestamps.
-    epoch: Instant,
     /// Whether the algorithm reads the providers' in-flight counts (or the
     /// config asks for statistics): then every provider counts them.
     tracks_load: bool,
@@ -318,6 +316,8 @@ pub(crate) struct Live<T> {
 
 impl<T> Live<T> {
     pub(crate) fn new<A: Algorithm>(algorithm: A, config: Config) -> Self {
+        // Fix the epoch of the providers' timestamps now, before any call is timed.
+        crate::clock::epoch();
         let state = Balance::prepare(&algorithm, &[], None, &config);
         Self {
             current: ArcSwap::from_pointee(Current {
@@ -328,7 +328,6 @@ impl<T> Live<T> {
             tracks_load: A::READS_LOAD || config.track_stats,
             tracks_latency: A::READS_LATENCY || config.track_stats,
             config,
-            epoch: Instant::now(),
             writer: Mutex::new(()),
         }
     }
@@ -446,7 +445,6 @@ impl<T> Live<T> {
             let stats = match old_stats.get(&spec.addr) {
                 Some(stats) => Arc::clone(stats),
                 None => Arc::new(ProviderStats::new(
-                    self.epoch,
                     self.config.latency_decay,
                     self.tracks_load,
                     self.tracks_latency,

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::clock::Timestamp;
+
 /// Live statistics about one provider: calls in flight and a peak-EWMA of
 /// latency.
 ///
@@ -40,7 +42,7 @@ pub struct ProviderStats {
     /// The client's marks, in one word so that checking a provider on the
     /// pick path is one load and one compare: the [`DRAINING`] bit, and below
     /// it the unhealthy mark: 0 for none, [`DOWN_INDEFINITELY`] until cleared,
-    /// otherwise the end of a backoff in nanoseconds since `epoch`.
+    /// otherwise the end of a backoff, a [`Timestamp`] in nanoseconds.
     marks: AtomicU64,
     /// Calls picked for this provider whose [`Picked`](crate::Picked) guard
     /// is still alive. Least-connection and adaptive read it on every pick.
@@ -48,12 +50,10 @@ pub struct ProviderStats {
     /// The peak-EWMA latency estimate in nanoseconds, as `f64` bits; 0 until
     /// the first sample.
     cost: AtomicU64,
-    /// When `cost` was last updated, in nanoseconds since `epoch`, so the
-    /// decay can be computed without a lock around two fields.
+    /// When `cost` was last updated, a [`Timestamp`] in nanoseconds (an
+    /// `Instant` does not fit in an atomic), so the decay can be computed
+    /// without a lock around two fields.
     stamp: AtomicU64,
-    /// Time zero for `stamp` and the backoff end: an `Instant` does not fit
-    /// in an atomic.
-    epoch: Instant,
     /// The EWMA time constant in nanoseconds ([`Config::latency_decay`](crate::Config::latency_decay)).
     decay_nanos: f64,
     /// Whether recorded calls feed the latency estimate.
@@ -67,14 +67,9 @@ pub struct ProviderStats {
 }
 
 impl ProviderStats {
-    /// Stats counted from `epoch`, with calls in flight counted when `tracks_load`
-    /// and latency estimated with time constant `decay` when `tracks_latency`.
-    pub(crate) fn new(
-        epoch: Instant,
-        decay: Duration,
-        tracks_load: bool,
-        tracks_latency: bool,
-    ) -> Self {
+    /// Stats with calls in flight counted when `tracks_load` and latency estimated
+    /// with time constant `decay` when `tracks_latency`.
+    pub(crate) fn new(decay: Duration, tracks_load: bool, tracks_latency: bool) -> Self {
         Self {
             tracks_latency,
             tracks_load,
@@ -84,7 +79,6 @@ impl ProviderStats {
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             marks: AtomicU64::new(0),
-            epoch,
             // At least 1 ns so the decay exponent is never a division by zero.
             decay_nanos: (decay.as_nanos() as f64).max(1.0),
         }
@@ -185,12 +179,15 @@ impl ProviderStats {
     }
 
     /// Records a successful call sent at `sent` whose reply came at `at`: the latency is
-    /// worked out (and the estimate updated) only when latency is tracked.
-    pub fn record_success_between(&self, sent: Instant, at: Instant) {
-        if self.tracks_latency {
-            self.record_success_at(at, at.saturating_duration_since(sent));
-        } else if self.tracks_load {
+    /// worked out (and the estimate updated) only when latency is tracked, with no
+    /// clock reading and no conversion of an `Instant`.
+    pub fn record_success_between(&self, sent: Timestamp, at: Timestamp) {
+        if self.counts_outcomes() {
             self.successes.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.tracks_latency {
+            let rtt = at.as_nanos().saturating_sub(sent.as_nanos());
+            self.observe_at(at.as_nanos(), rtt as f64, false);
         }
     }
 
@@ -260,7 +257,11 @@ impl ProviderStats {
 
     /// Folds a sample of `rtt` nanoseconds taken at `now` into the estimate.
     pub(crate) fn observe(&self, now: Instant, rtt: f64, failed: bool) {
-        let now = self.nanos(now);
+        self.observe_at(Timestamp::of(now).as_nanos(), rtt, failed);
+    }
+
+    /// [`observe`](Self::observe) at `now`, a [`Timestamp`] in nanoseconds.
+    fn observe_at(&self, now: u64, rtt: f64, failed: bool) {
         let elapsed = now.saturating_sub(self.stamp.swap(now, Ordering::Relaxed));
         let x = elapsed as f64 / self.decay_nanos;
         // Under load samples are microseconds apart against a decay of seconds:
@@ -285,12 +286,7 @@ impl ProviderStats {
     }
 
     fn nanos(&self, at: Instant) -> u64 {
-        // In u64 arithmetic: `as_nanos` is a u128, dearer to make and to convert.
-        let since = at.saturating_duration_since(self.epoch);
-        since
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(since.subsec_nanos()))
+        Timestamp::of(at).as_nanos()
     }
 }
 
@@ -312,7 +308,7 @@ mod tests {
     use super::*;
 
     fn stats() -> ProviderStats {
-        ProviderStats::new(Instant::now(), Duration::from_secs(10), true, true)
+        ProviderStats::new(Duration::from_secs(10), true, true)
     }
 
     #[test]
@@ -369,7 +365,7 @@ mod tests {
         s.mark_up();
         assert!(s.accepts_calls(|| unreachable!()));
         // A deadline already in the past is no mark at all.
-        s.mark_down(Some(s.epoch));
+        s.mark_down(Some(crate::clock::epoch()));
         assert!(s.accepts_calls(|| unreachable!()));
     }
 

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use rpc_lb::Picked;
+use rpc_lb::{Picked, Timestamp};
 
 use super::connection::PendingReply;
 use super::pending::Timing;
@@ -671,7 +671,7 @@ where
                                 at,
                             }) = timing
                             {
-                                picked.record_success_between(sent.into_std(), at.into_std());
+                                picked.record_success_between(sent, at);
                             }
                             let target = call.target();
                             this.state = CallState::Done;
@@ -684,7 +684,7 @@ where
                     // it up (its timeout had not started).
                     let spent = timing
                         .and_then(|timing| timing.sent)
-                        .map_or(Duration::ZERO, |sent| sent.elapsed());
+                        .map_or(Duration::ZERO, |sent| Timestamp::now().since(sent));
                     match call.client.fail_over(picked, spent, e) {
                         Err(e) => {
                             this.state = CallState::Done;

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::{Mutex, MutexGuard};
+use rpc_lb::Timestamp;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Interval, Sleep};
@@ -484,7 +485,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
             schedule_deadlines(&mut shared);
             if self.writing.is_empty() {
                 if !self.writing_oneway.is_empty() {
-                    let written = Instant::now();
+                    let written = Timestamp::now();
                     for id in self.writing_oneway.drain(..) {
                         self.wake
                             .extend(shared.calls.complete(id, Ok(None), written));
@@ -550,10 +551,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Task<'_, '_, R, W> {
                 }
             }
         }
+        // The responses' arrival on the balancer's clock, converted once for the batch.
+        let read = Timestamp::of(self.last_read.into_std());
         let mut shared = self.handle.lock();
         let waiting = shared.calls.len();
         for frame in self.frames.drain(..) {
-            let read = self.last_read;
             if let Err(reason) = on_frame(frame, read, &mut shared, self.handle, &mut self.wake) {
                 failure.get_or_insert(reason);
                 break;
@@ -684,7 +686,7 @@ impl Ending {
             handle.closed.store(true, Ordering::Release);
             // Requests never written did not reach the server: say so, so that they
             // can be retried elsewhere without running twice.
-            let now = Instant::now();
+            let now = Timestamp::now();
             let unsent = std::mem::take(&mut shared.unsent);
             for id in unsent {
                 let outcome = Err(RpcError::NotSent {
@@ -765,7 +767,7 @@ pub(crate) const RUNTIME_GONE: &str = "the tokio runtime this client's connectio
 /// A frame a client must never receive; the connection is closed.
 fn on_frame(
     frame: Frame,
-    read: Instant,
+    read: Timestamp,
     shared: &mut Shared,
     handle: &ConnHandle,
     wake: &mut Vec<Waker>,
@@ -801,6 +803,7 @@ fn schedule_deadlines(shared: &mut Shared) {
         return;
     }
     let now = Instant::now();
+    let stamp = Timestamp::of(now.into_std());
     let Shared {
         calls,
         unsent,
@@ -808,7 +811,7 @@ fn schedule_deadlines(shared: &mut Shared) {
         ..
     } = shared;
     for &id in &unsent[*scheduled..] {
-        calls.schedule(id, now);
+        calls.schedule(id, now, stamp);
     }
     *scheduled = unsent.len();
 }

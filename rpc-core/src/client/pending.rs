@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use rpc_lb::Timestamp;
 use tokio::time::Instant;
 
 use crate::error::RpcError;
@@ -21,17 +22,18 @@ use crate::protocol::Frame;
 pub(crate) type Outcome = Result<Option<Frame>, RpcError>;
 
 /// When a call's outcome came, and since when it had been waiting for it: both read
-/// by the connection task, one clock reading per batch of calls, so that a caller who
-/// wants its call's latency (a balancer's latency estimate, the time a failover has
-/// left) reads no clock of its own.
+/// by the connection task, one clock reading (and one conversion to the balancer's
+/// [`Timestamp`]) per batch of calls, so that a caller who wants its call's latency (a
+/// balancer's latency estimate, the time a failover has left) reads no clock of its
+/// own.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timing {
     /// When the connection took the call up and its timeout started (see
     /// [`Calls::schedule`]); `None` if it never did.
-    pub(crate) sent: Option<Instant>,
+    pub(crate) sent: Option<Timestamp>,
     /// When the outcome arrived: the read that brought the response, the write that
     /// sent a oneway request, the deadline that passed, the end of the connection.
-    pub(crate) at: Instant,
+    pub(crate) at: Timestamp,
 }
 
 /// What a call's slot holds.
@@ -44,7 +46,7 @@ enum State {
         /// The call's timeout, for the error when it passes.
         timeout: Duration,
         /// When its timeout started; `None` until [`Calls::schedule`].
-        sent: Option<Instant>,
+        sent: Option<Timestamp>,
     },
     /// The outcome, until the caller takes it: the response frame, or `None` for a
     /// oneway request that has been written; and when it came.
@@ -97,8 +99,9 @@ impl Calls {
         u64::from(entry.generation) << 32 | u64::from(index)
     }
 
-    /// Sets the deadline of call `id` to `start` plus its timeout, if it still waits.
-    pub(crate) fn schedule(&mut self, id: u64, start: Instant) {
+    /// Sets the deadline of call `id` to `start` (`stamp` on the balancer's clock) plus
+    /// its timeout, if it still waits.
+    pub(crate) fn schedule(&mut self, id: u64, start: Instant, stamp: Timestamp) {
         let Some(Entry {
             state: Some(State::Waiting { timeout, sent, .. }),
             ..
@@ -106,7 +109,7 @@ impl Calls {
         else {
             return;
         };
-        *sent = Some(start);
+        *sent = Some(stamp);
         let deadline = start + *timeout;
         // Answered calls leave the queue only from its front, so behind one slow call
         // they pile up (a second's worth at a million calls a second). Sweep them out
@@ -127,7 +130,7 @@ impl Calls {
     /// Gives call `id` its outcome, come `at`, if it still waits, and returns the waker
     /// to wake (wake it after releasing the lock around these calls).
     #[must_use = "the caller must be woken"]
-    pub(crate) fn complete(&mut self, id: u64, outcome: Outcome, at: Instant) -> Option<Waker> {
+    pub(crate) fn complete(&mut self, id: u64, outcome: Outcome, at: Timestamp) -> Option<Waker> {
         let entry = self.entry_mut(id)?;
         let Some(State::Waiting { waker, sent, .. }) = &mut entry.state else {
             return None;
@@ -200,6 +203,8 @@ impl Calls {
     /// Fails every call whose deadline is not after `now` with a timeout; their wakers
     /// are pushed onto `wake`.
     pub(crate) fn expire(&mut self, now: Instant, wake: &mut Vec<Waker>) {
+        // Converted only if some call's time is up.
+        let mut stamp = None;
         while let Some(&(deadline, id)) = self.deadlines.front() {
             if deadline > now {
                 break;
@@ -212,7 +217,8 @@ impl Calls {
                 }) => *timeout,
                 _ => continue,
             };
-            wake.extend(self.complete(id, Err(RpcError::Timeout(timeout)), now));
+            let at = *stamp.get_or_insert_with(|| Timestamp::of(now.into_std()));
+            wake.extend(self.complete(id, Err(RpcError::Timeout(timeout)), at));
         }
     }
 
@@ -232,7 +238,7 @@ impl Calls {
     pub(crate) fn fail_all(
         &mut self,
         mut outcome: impl FnMut(u64) -> RpcError,
-        at: Instant,
+        at: Timestamp,
         wake: &mut Vec<Waker>,
     ) {
         self.deadlines.clear();
@@ -318,7 +324,7 @@ mod tests {
         let id = calls.insert(SECOND, Some(w.clone()));
         assert!(calls.poll(id, &w).is_pending());
         let woken = calls
-            .complete(id, Ok(Some(frame(id))), Instant::now())
+            .complete(id, Ok(Some(frame(id))), Timestamp::now())
             .expect("a waker to wake");
         woken.wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
@@ -343,7 +349,7 @@ mod tests {
         assert_ne!(id_a, id_b, "a reused slot gets a new generation");
         assert!(
             calls
-                .complete(id_a, Ok(Some(frame(id_a))), Instant::now())
+                .complete(id_a, Ok(Some(frame(id_a))), Timestamp::now())
                 .is_none(),
             "a late reply to the old call misses"
         );
@@ -364,8 +370,8 @@ mod tests {
         let (_, w) = waker();
         let late = calls.insert(Duration::from_secs(10), None);
         let early = calls.insert(SECOND, None);
-        calls.schedule(late, now);
-        calls.schedule(early, now);
+        calls.schedule(late, now, Timestamp::of((now).into_std()));
+        calls.schedule(early, now, Timestamp::of((now).into_std()));
         assert_eq!(calls.next_deadline(), Some(now + SECOND));
         let mut wake = Vec::new();
         calls.expire(now + Duration::from_secs(2), &mut wake);
@@ -383,9 +389,9 @@ mod tests {
         let now = Instant::now();
         let answered = calls.insert(SECOND, None);
         let cancelled = calls.insert(SECOND, None);
-        calls.schedule(answered, now);
-        calls.schedule(cancelled, now);
-        let _ = calls.complete(answered, Ok(Some(frame(answered))), Instant::now());
+        calls.schedule(answered, now, Timestamp::of((now).into_std()));
+        calls.schedule(cancelled, now, Timestamp::of((now).into_std()));
+        let _ = calls.complete(answered, Ok(Some(frame(answered))), Timestamp::now());
         calls.cancel(cancelled);
         assert_eq!(calls.next_deadline(), None);
         assert!(calls.deadlines.is_empty());
@@ -397,13 +403,17 @@ mod tests {
         let now = Instant::now();
         // A call that is taking its time, at the front of the queue...
         let slow = calls.insert(SECOND, None);
-        calls.schedule(slow, now);
+        calls.schedule(slow, now, Timestamp::of((now).into_std()));
         // ...and many answered calls behind it, as the connection task sees them.
         let (_, w) = waker();
         for i in 0..100_000 {
             let fast = calls.insert(SECOND, None);
-            calls.schedule(fast, now + Duration::from_micros(i));
-            let _ = calls.complete(fast, Ok(None), Instant::now());
+            calls.schedule(
+                fast,
+                now + Duration::from_micros(i),
+                Timestamp::of((now + Duration::from_micros(i)).into_std()),
+            );
+            let _ = calls.complete(fast, Ok(None), Timestamp::now());
             assert!(calls.poll(fast, &w).is_ready());
             assert_eq!(calls.next_deadline(), Some(now + SECOND));
         }
@@ -421,14 +431,14 @@ mod tests {
         let (count, w) = waker();
         let a = calls.insert(SECOND, Some(w.clone()));
         let b = calls.insert(SECOND, Some(w.clone()));
-        let _ = calls.complete(b, Ok(Some(frame(b))), Instant::now());
+        let _ = calls.complete(b, Ok(Some(frame(b))), Timestamp::now());
         let mut wake = Vec::new();
         calls.fail_all(
             |_| RpcError::ConnectionLost {
                 reason: "gone".into(),
                 source: None,
             },
-            Instant::now(),
+            Timestamp::now(),
             &mut wake,
         );
         assert_eq!(wake.len(), 1, "only the call still waiting");
@@ -448,15 +458,16 @@ mod tests {
     fn an_outcome_comes_with_when_its_call_was_sent_and_answered() {
         let mut calls = Calls::default();
         let (_, w) = waker();
-        let sent = Instant::now();
-        let answered = sent + Duration::from_millis(3);
+        let start = Instant::now();
+        let sent = Timestamp::of(start.into_std());
+        let answered = Timestamp::of((start + Duration::from_millis(3)).into_std());
         let id = calls.insert(SECOND, None);
-        calls.schedule(id, sent);
+        calls.schedule(id, start, sent);
         let _ = calls.complete(id, Ok(Some(frame(id))), answered);
         match calls.poll(id, &w) {
             Poll::Ready(Some((Ok(Some(_)), timing))) => {
                 assert_eq!(timing.sent, Some(sent));
-                assert_eq!(timing.at, answered);
+                assert_eq!(timing.at.since(sent), Duration::from_millis(3));
             }
             other => panic!("expected the frame, got {other:?}"),
         }

@@ -27,7 +27,7 @@ use crate::error::RpcError;
 use crate::protocol::metadata::TraceContext;
 use crate::protocol::{encode_raw_request, Frame, RequestTarget, Status};
 use crate::Client;
-use rpc_lb::Picked;
+use rpc_lb::{Picked, Timestamp};
 
 /// A call as a client filter sees it. The arguments are already encoded (a cheap
 /// [`Bytes`] to clone), so a filter can send the same call again, to another provider
@@ -526,14 +526,14 @@ impl Future for TransportFuture {
                         (Ok(frame), picked) => {
                             if let (Some(picked), Some(sent), Some(timing)) = (picked, sent, timing)
                             {
-                                picked
-                                    .record_success_between(sent.into_std(), timing.at.into_std());
+                                picked.record_success_between(sent, timing.at);
                             }
                             this.stage = Stage::Done;
                             return Poll::Ready(response(frame, addr, this.request.timeout));
                         }
                         (Err(e), Some(picked)) => {
-                            let spent = sent.map_or(Duration::ZERO, |sent| sent.elapsed());
+                            let spent =
+                                sent.map_or(Duration::ZERO, |sent| Timestamp::now().since(sent));
                             match this.client.fail_over(&picked, spent, e) {
                                 Err(e) => e,
                                 Ok((spent, _)) => {
