@@ -311,3 +311,45 @@ async fn providers_that_stay_keep_their_connections_across_updates() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// Makes `calls` sequential calls to a lone adaptive provider that takes 30 ms each,
+/// and returns what its balancer recorded: the connection times each call (no clock
+/// is read by the caller), on the fast path or through a filter chain.
+async fn adaptive_record(client: Client, calls: u64) -> (u64, Duration) {
+    let stub = WhoamiClient::new(client.clone());
+    for _ in 0..calls {
+        stub.who().await.expect("call failed");
+    }
+    let balancer = client.balancer().expect("a cluster client");
+    let addr = balancer.providers()[0].addr;
+    let stats = balancer.stats(addr).expect("the provider is in the set");
+    let latency = stats.latency().expect("adaptive estimates latency");
+    (stats.successes(), latency)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balanced_calls_latency_is_timed_by_its_connection_on_both_paths() {
+    let slow = provider(Duration::from_millis(30)).await;
+    let fast_path = Client::builder()
+        .balancer(Strategy::Adaptive)
+        .connect_providers("test.Whoami", providers(&[&slow]))
+        .await
+        .unwrap();
+    let chained = Client::builder()
+        .balancer(Strategy::Adaptive)
+        .layer(tower::layer::util::Identity::new())
+        .connect_providers("test.Whoami", providers(&[&slow]))
+        .await
+        .unwrap();
+    for (path, client) in [("fast path", fast_path), ("filter chain", chained)] {
+        let (successes, latency) = adaptive_record(client, 5).await;
+        assert_eq!(successes, 5, "{path}: every call recorded");
+        // From the write that carried the request to the read that brought the reply:
+        // at least the handler's 30 ms, and not some unrelated span of time.
+        assert!(
+            latency >= Duration::from_millis(29) && latency < Duration::from_secs(2),
+            "{path}: latency estimate {latency:?}"
+        );
+    }
+    slow.shutdown().await.unwrap();
+}
