@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use rpc_lb::{Picked, Timestamp};
+use rpc_lb::Picked;
 
 use super::connection::PendingReply;
 use super::pending::Timing;
@@ -664,15 +664,7 @@ where
                     };
                     let e = match outcome {
                         Ok(frame) => {
-                            // A call answered was taken up by its connection, so its
-                            // timing is complete.
-                            if let Some(Timing {
-                                sent: Some(sent),
-                                at,
-                            }) = timing
-                            {
-                                picked.record_success_between(sent, at);
-                            }
+                            Timing::record_success(timing, picked);
                             let target = call.target();
                             this.state = CallState::Done;
                             this.call = None;
@@ -680,12 +672,7 @@ where
                         }
                         Err(e) => e,
                     };
-                    // The time the call's clock ran, none if the connection never took
-                    // it up (its timeout had not started).
-                    let spent = timing
-                        .and_then(|timing| timing.sent)
-                        .map_or(Duration::ZERO, |sent| Timestamp::now().since(sent));
-                    match call.client.fail_over(picked, spent, e) {
+                    match call.client.fail_over(picked, Timing::spent(timing), e) {
                         Err(e) => {
                             this.state = CallState::Done;
                             this.call = None;

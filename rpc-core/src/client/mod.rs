@@ -56,6 +56,7 @@ use rpc_lb::LoadBalancer;
 use crate::error::RpcError;
 use crate::runtime::OwnedRuntime;
 pub(crate) use connection::PendingReply;
+pub(crate) use pending::Timing;
 pub use pool::Endpoint;
 pub(crate) use route::Placement;
 use route::Route;

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use rpc_lb::Timestamp;
+use rpc_lb::{Picked, Timestamp};
 use tokio::time::Instant;
 
 use crate::error::RpcError;
@@ -34,6 +34,31 @@ pub(crate) struct Timing {
     /// When the outcome arrived: the read that brought the response, the write that
     /// sent a oneway request, the deadline that passed, the end of the connection.
     pub(crate) at: Timestamp,
+}
+
+impl Timing {
+    /// Records a call that succeeded on `picked`, timed by `timing`. A call answered
+    /// was taken up by its connection, so its timing is complete; one without (which
+    /// cannot happen) is not recorded.
+    #[inline]
+    pub(crate) fn record_success(timing: Option<Timing>, picked: &Picked) {
+        if let Some(Timing {
+            sent: Some(sent),
+            at,
+        }) = timing
+        {
+            picked.record_success_between(sent, at);
+        }
+    }
+
+    /// How long the clock of a call timed by `timing` has run by now: zero if its
+    /// connection never took it up (its timeout had not started) or no longer knows it.
+    #[cold]
+    pub(crate) fn spent(timing: Option<Timing>) -> Duration {
+        timing
+            .and_then(|timing| timing.sent)
+            .map_or(Duration::ZERO, |sent| Timestamp::now().since(sent))
+    }
 }
 
 /// What a call's slot holds.
@@ -129,6 +154,7 @@ impl Calls {
 
     /// Gives call `id` its outcome, come `at`, if it still waits, and returns the waker
     /// to wake (wake it after releasing the lock around these calls).
+    #[inline]
     #[must_use = "the caller must be woken"]
     pub(crate) fn complete(&mut self, id: u64, outcome: Outcome, at: Timestamp) -> Option<Waker> {
         let entry = self.entry_mut(id)?;
@@ -370,8 +396,8 @@ mod tests {
         let (_, w) = waker();
         let late = calls.insert(Duration::from_secs(10), None);
         let early = calls.insert(SECOND, None);
-        calls.schedule(late, now, Timestamp::of((now).into_std()));
-        calls.schedule(early, now, Timestamp::of((now).into_std()));
+        calls.schedule(late, now, Timestamp::of(now.into_std()));
+        calls.schedule(early, now, Timestamp::of(now.into_std()));
         assert_eq!(calls.next_deadline(), Some(now + SECOND));
         let mut wake = Vec::new();
         calls.expire(now + Duration::from_secs(2), &mut wake);
@@ -389,8 +415,8 @@ mod tests {
         let now = Instant::now();
         let answered = calls.insert(SECOND, None);
         let cancelled = calls.insert(SECOND, None);
-        calls.schedule(answered, now, Timestamp::of((now).into_std()));
-        calls.schedule(cancelled, now, Timestamp::of((now).into_std()));
+        calls.schedule(answered, now, Timestamp::of(now.into_std()));
+        calls.schedule(cancelled, now, Timestamp::of(now.into_std()));
         let _ = calls.complete(answered, Ok(Some(frame(answered))), Timestamp::now());
         calls.cancel(cancelled);
         assert_eq!(calls.next_deadline(), None);
@@ -403,7 +429,7 @@ mod tests {
         let now = Instant::now();
         // A call that is taking its time, at the front of the queue...
         let slow = calls.insert(SECOND, None);
-        calls.schedule(slow, now, Timestamp::of((now).into_std()));
+        calls.schedule(slow, now, Timestamp::of(now.into_std()));
         // ...and many answered calls behind it, as the connection task sees them.
         let (_, w) = waker();
         for i in 0..100_000 {

@@ -22,12 +22,12 @@ use bytes::{Bytes, BytesMut};
 use tower::util::BoxCloneSyncService;
 
 use super::{status_of, BoxError};
-use crate::client::{PendingReply, Placement};
+use crate::client::{PendingReply, Placement, Timing};
 use crate::error::RpcError;
 use crate::protocol::metadata::TraceContext;
 use crate::protocol::{encode_raw_request, Frame, RequestTarget, Status};
 use crate::Client;
-use rpc_lb::{Picked, Timestamp};
+use rpc_lb::Picked;
 
 /// A call as a client filter sees it. The arguments are already encoded (a cheap
 /// [`Bytes`] to clone), so a filter can send the same call again, to another provider
@@ -521,20 +521,16 @@ impl Future for TransportFuture {
                     // (see `CallState::Balanced` in `client::call`): none is read here.
                     let (outcome, timing) = std::task::ready!(reply.poll_timed(cx));
                     let addr = *addr;
-                    let sent = timing.and_then(|timing| timing.sent);
                     let error = match (outcome, picked.take()) {
                         (Ok(frame), picked) => {
-                            if let (Some(picked), Some(sent), Some(timing)) = (picked, sent, timing)
-                            {
-                                picked.record_success_between(sent, timing.at);
+                            if let Some(picked) = &picked {
+                                Timing::record_success(timing, picked);
                             }
                             this.stage = Stage::Done;
                             return Poll::Ready(response(frame, addr, this.request.timeout));
                         }
                         (Err(e), Some(picked)) => {
-                            let spent =
-                                sent.map_or(Duration::ZERO, |sent| Timestamp::now().since(sent));
-                            match this.client.fail_over(&picked, spent, e) {
+                            match this.client.fail_over(&picked, Timing::spent(timing), e) {
                                 Err(e) => e,
                                 Ok((spent, _)) => {
                                     // The provider certainly did not run it: the general

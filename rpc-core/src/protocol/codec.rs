@@ -82,6 +82,7 @@ impl FrameCodec {
     /// # Errors
     ///
     /// As [`Decoder::decode`]: the stream is corrupt and must end.
+    #[inline]
     pub fn peek(&mut self, src: &mut BytesMut) -> Result<Option<Header>, CodecError> {
         let header = match self.pending {
             Some(header) => header,
