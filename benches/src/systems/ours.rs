@@ -147,11 +147,10 @@ pub(super) async fn drive_chain(
     let builder = Client::builder().connections(1);
     let builder = match chain {
         Chain::Noop => builder.layer(tower::layer::util::Identity::new()),
-        Chain::Production => builder.auth_token(TOKEN).layer(
-            tower::ServiceBuilder::new()
-                .layer(Metrics::new().client_layer())
-                .layer(TraceLayer::client()),
-        ),
+        Chain::Production => builder
+            .auth_token(TOKEN)
+            .layer(Metrics::new().client_layer())
+            .layer(TraceLayer::client()),
     };
     let client = builder.connect(addr).await.map_err(io::Error::other)?;
     Ok(closed_loop(Caller(EchoClient::new(client)), load).await)

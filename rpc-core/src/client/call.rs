@@ -19,7 +19,9 @@ use super::pending::Timing;
 use super::Client;
 use crate::error::RpcError;
 use crate::filter::client::ChainCall;
+use crate::filter::inline::ClientWatch;
 use crate::filter::{into_rpc_error, ClientRequest};
+use crate::protocol::metadata::TraceContext;
 use crate::protocol::{
     encode_args, encode_request, EncodeError, Frame, ProtocolError, RequestTarget, Status,
     SERIALIZATION_MSGPACK,
@@ -67,6 +69,9 @@ pub struct Call<A, T, E = crate::error::NoError> {
     attachments: Vec<(String, Vec<u8>)>,
     /// Affinity key for the `ip-hash` balancer.
     hash_key: Option<u64>,
+    /// The call's span, sent in its metadata, when the client traces its calls
+    /// without a chain.
+    trace: Option<TraceContext>,
     /// The result and error types.
     _result: PhantomData<fn() -> (T, E)>,
 }
@@ -100,6 +105,7 @@ where
             oneway: false,
             attachments: Vec::new(),
             hash_key: None,
+            trace: None,
             _result: PhantomData,
         }
     }
@@ -142,6 +148,7 @@ where
             oneway: true,
             attachments: self.attachments,
             hash_key: self.hash_key,
+            trace: self.trace,
             _result: PhantomData,
         }
     }
@@ -206,7 +213,7 @@ where
             service: self.service,
             method: self.method,
             timeout: Some(timeout),
-            trace: None,
+            trace: self.trace.as_ref(),
             auth_token: config.auth_token.as_deref(),
             attachments: &self.attachments,
         };
@@ -295,6 +302,7 @@ where
         request.set_oneway(self.oneway);
         request.set_hash_key(self.hash_key);
         request.set_attachments(self.attachments);
+        request.set_trace(self.trace);
         let call = crate::filter::client::start(&self.client, request)
             .ok_or_else(|| RpcError::Internal("the client has no filter chain".to_owned()))?;
         Ok((call, timeout, target, self.oneway))
@@ -494,6 +502,7 @@ where
         CallFuture {
             call: Some(self),
             state: CallState::Start,
+            watch: None,
         }
     }
 }
@@ -510,6 +519,9 @@ pub struct CallFuture<A, T, E = crate::error::NoError> {
     call: Option<Call<A, T, E>>,
     /// Where the call is.
     state: CallState<T, E>,
+    /// What the client's filters that run without a chain keep of the call, if it
+    /// has any.
+    watch: Option<ClientWatch>,
 }
 
 /// The stages of a [`CallFuture`].
@@ -592,6 +604,57 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if this.watch.is_none() {
+            match (&this.state, &mut this.call) {
+                (CallState::Start, Some(call)) if call.client.filters().is_some() => {
+                    this.watch = Some(call.start_filters());
+                }
+                _ => return this.poll_call(cx),
+            }
+        }
+        let span = this.watch.as_ref().and_then(ClientWatch::span).cloned();
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        let outcome = ready!(this.poll_call(cx));
+        if let Some(watch) = this.watch.take() {
+            watch.finish(match &outcome {
+                Ok(_) => "ok",
+                Err(e) => crate::filter::error_label(e),
+            });
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+impl<A, T, E> Call<A, T, E>
+where
+    A: Serialize + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    /// Runs the client's filters that need no chain over this call, as it starts.
+    #[cold]
+    fn start_filters(&mut self) -> ClientWatch {
+        let Some(filters) = self.client.filters() else {
+            unreachable!("called for a client with filters")
+        };
+        let (watch, trace) = filters.start(self.service, self.method);
+        if trace.is_some() {
+            self.trace = trace;
+        }
+        watch
+    }
+}
+
+impl<A, T, E> CallFuture<A, T, E>
+where
+    A: Serialize + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: DeserializeOwned + Send + 'static,
+{
+    /// Drives the call (what [`poll`](Future::poll) does, less the filters).
+    #[inline]
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, RpcError<E>>> {
+        let this = self;
         loop {
             match &mut this.state {
                 CallState::Start => {
@@ -599,6 +662,9 @@ where
                         unreachable!("a call not started is in its future")
                     };
                     if call.client.chain().is_some() {
+                        if let Some(watch) = &mut this.watch {
+                            watch.left_fast_path(Duration::ZERO);
+                        }
                         let (call, timeout, target, oneway) = this.take_call().start_chain()?;
                         this.state = CallState::Chain {
                             call,
@@ -612,6 +678,9 @@ where
                     let (reply, timeout, picked) = match call.try_queue(cx) {
                         Ok(queued) => queued,
                         Err(picked) => {
+                            if let Some(watch) = &mut this.watch {
+                                watch.left_fast_path(Duration::ZERO);
+                            }
                             let call = this.take_call();
                             this.state = CallState::Run(Box::pin(call.run(picked)));
                             continue;
@@ -644,7 +713,10 @@ where
                     timeout,
                     target,
                 } => {
-                    let outcome = ready!(Pin::new(reply).poll(cx));
+                    let (outcome, timing) = ready!(reply.poll_timed(cx));
+                    if let Some(watch) = &mut this.watch {
+                        watch.timed(timing);
+                    }
                     let (timeout, target) = (*timeout, *target);
                     this.state = CallState::Done;
                     return Poll::Ready(match outcome {
@@ -658,6 +730,9 @@ where
                     picked,
                 } => {
                     let (outcome, timing) = ready!(reply.poll_timed(cx));
+                    if let Some(watch) = &mut this.watch {
+                        watch.timed(timing);
+                    }
                     let timeout = *timeout;
                     let Some(call) = &this.call else {
                         unreachable!("a balanced call is kept in its future until it ends")
@@ -683,6 +758,9 @@ where
                             // tries the others, in the time left. The provider picked
                             // is let go first (its in-flight count drops).
                             this.state = CallState::Done;
+                            if let Some(watch) = &mut this.watch {
+                                watch.left_fast_path(spent);
+                            }
                             let mut call = this.take_call();
                             call.timeout = Some(timeout.saturating_sub(spent));
                             this.state = CallState::Run(Box::pin(call.run(None)));

@@ -137,6 +137,9 @@ pub struct ClientBuilder {
     balancer_config: rpc_lb::Config,
     /// Filter layers, outermost first.
     layers: Vec<ErasedLayer>,
+    /// The framework's own filters added before any other layer, run without a
+    /// chain.
+    inline: crate::filter::inline::ClientFilters,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -146,6 +149,7 @@ impl fmt::Debug for ClientBuilder {
             .field("strategy", &self.strategy)
             .field("balancer_config", &self.balancer_config)
             .field("layers", &self.layers.len())
+            .field("inline", &self.inline)
             .finish()
     }
 }
@@ -329,7 +333,7 @@ impl ClientBuilder {
             self.balancer_config,
         ));
         let client = Client::with_route(Route::Cluster(cluster), self.config, runtime, owned)
-            .with_layers(&self.layers);
+            .with_layers(&self.inline, &self.layers);
         client.update_providers(providers);
         Ok(client)
     }
@@ -362,8 +366,14 @@ impl ClientBuilder {
             + 'static,
         <L::Service as tower::Service<ClientRequest>>::Future: Send + 'static,
     {
-        self.layers
-            .push(Arc::new(move |inner| ClientChain::new(layer.layer(inner))));
+        let mut slot = Some(layer);
+        if self.layers.is_empty() {
+            self.inline.take(&mut slot);
+        }
+        if let Some(layer) = slot {
+            self.layers
+                .push(Arc::new(move |inner| ClientChain::new(layer.layer(inner))));
+        }
         self
     }
 
@@ -394,7 +404,8 @@ impl ClientBuilder {
         let runtime = current_runtime("ClientBuilder::connect")?;
         let shown = format!("{addr:?}");
         let addr = resolve(shown, tokio::net::lookup_host(addr).await)?;
-        let client = Client::single(addr, self.config, runtime, None).with_layers(&self.layers);
+        let client = Client::single(addr, self.config, runtime, None)
+            .with_layers(&self.inline, &self.layers);
         client.first_connection().await?;
         Ok(client)
     }
@@ -414,8 +425,8 @@ impl ClientBuilder {
         let addr = resolve(format!("{addr:?}"), addr.to_socket_addrs())?;
         let runtime = start_runtime()?;
         let handle = runtime.handle().clone();
-        let client =
-            Client::single(addr, self.config, handle, Some(runtime)).with_layers(&self.layers);
+        let client = Client::single(addr, self.config, handle, Some(runtime))
+            .with_layers(&self.inline, &self.layers);
         // The connect attempt times out by itself; this only guards against its task
         // never running.
         let limit = client.inner.config.connect_timeout + Duration::from_secs(1);

@@ -35,7 +35,7 @@ mod config;
 mod connection;
 #[cfg(feature = "json")]
 mod generic;
-mod pending;
+pub(crate) mod pending;
 mod pool;
 mod route;
 mod sync;
@@ -74,6 +74,9 @@ pub struct Client {
     /// The filter chain calls pass through, when layers were added; its
     /// [`Transport`](crate::filter::Transport) holds this client without it.
     chain: Option<Arc<crate::filter::client::ChainPool>>,
+    /// The framework's own filters added before any other layer, which calls run
+    /// without a chain (outside it, if there is one too).
+    filters: Option<Arc<crate::filter::inline::ClientFilters>>,
 }
 
 struct ClientInner {
@@ -156,12 +159,20 @@ impl Client {
                 owned,
             }),
             chain: None,
+            filters: None,
         }
     }
 
-    /// This client with a chain made of `layers` (outermost first) around its
-    /// transport; unchanged when there are none.
-    fn with_layers(mut self, layers: &[crate::filter::client::ErasedLayer]) -> Client {
+    /// This client with `filters` (run without a chain) and a chain made of `layers`
+    /// (outermost first) around its transport; unchanged when there are none.
+    fn with_layers(
+        mut self,
+        filters: &crate::filter::inline::ClientFilters,
+        layers: &[crate::filter::client::ErasedLayer],
+    ) -> Client {
+        if !filters.is_empty() {
+            self.filters = Some(Arc::new(filters.clone()));
+        }
         if layers.is_empty() {
             return self;
         }
@@ -180,7 +191,13 @@ impl Client {
         Client {
             inner: Arc::clone(&self.inner),
             chain: None,
+            filters: None,
         }
+    }
+
+    /// The filters calls run without a chain, if any.
+    pub(crate) fn filters(&self) -> Option<&crate::filter::inline::ClientFilters> {
+        self.filters.as_deref()
     }
 
     /// The filter chain, if layers were added.

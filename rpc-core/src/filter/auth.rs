@@ -41,6 +41,9 @@ type Validator = Arc<dyn Fn(&[u8], &ServerRequest) -> bool + Send + Sync>;
 pub struct TokenAuthLayer {
     /// Decides whether a token lets a call through.
     validator: Validator,
+    /// The tokens of a [`TokenAuthLayer::tokens`] layer, which the server can check
+    /// without a chain (the validator then needs no request).
+    tokens: Option<Arc<[Vec<u8>]>>,
 }
 
 impl fmt::Debug for TokenAuthLayer {
@@ -58,12 +61,22 @@ impl TokenAuthLayer {
         T: AsRef<[u8]>,
     {
         let tokens: HashSet<Vec<u8>> = tokens.into_iter().map(|t| t.as_ref().to_vec()).collect();
-        let tokens: Vec<Vec<u8>> = tokens.into_iter().collect();
-        TokenAuthLayer::with(move |token, _| {
-            // Every candidate is compared, so the time does not say which matched.
-            tokens
-                .iter()
-                .fold(false, |found, t| found | constant_time_eq(t, token))
+        let tokens: Arc<[Vec<u8>]> = tokens.into_iter().collect();
+        let set = Arc::clone(&tokens);
+        let mut layer = TokenAuthLayer::with(move |token, _| accepts(&set, token));
+        layer.tokens = Some(tokens);
+        layer
+    }
+
+    /// The refusal of a call carrying `token` (`None`: it carried none) by a
+    /// [`tokens`](Self::tokens) layer, or `Ok` if it may pass; `None` for a layer with
+    /// a closure, which needs the whole request.
+    pub(crate) fn check_token(&self, token: Option<&[u8]>) -> Option<Result<(), &'static str>> {
+        let tokens = self.tokens.as_ref()?;
+        Some(match token {
+            None => Err(NO_TOKEN),
+            Some(token) if !accepts(tokens, token) => Err(REFUSED),
+            Some(_) => Ok(()),
         })
     }
 
@@ -75,6 +88,7 @@ impl TokenAuthLayer {
     {
         TokenAuthLayer {
             validator: Arc::new(validator),
+            tokens: None,
         }
     }
 }
@@ -121,10 +135,8 @@ where
 
     fn call(&mut self, request: ServerRequest) -> Self::Future {
         let refusal = match request.context().auth_token.as_deref() {
-            None => Some("this server needs an authentication token; the call carried none"),
-            Some(token) if !(self.validator)(token, &request) => {
-                Some("the call's authentication token was refused")
-            }
+            None => Some(NO_TOKEN),
+            Some(token) if !(self.validator)(token, &request) => Some(REFUSED),
             Some(_) => None,
         };
         match refusal {
@@ -144,6 +156,21 @@ where
             }
         }
     }
+}
+
+/// Why a call without a token is refused.
+pub(crate) const NO_TOKEN: &str =
+    "this server needs an authentication token; the call carried none";
+
+/// Why a call with a token the validator refused is refused.
+pub(crate) const REFUSED: &str = "the call's authentication token was refused";
+
+/// Whether `token` is one of `tokens`. Every candidate is compared, so the time does
+/// not say which matched.
+fn accepts(tokens: &[Vec<u8>], token: &[u8]) -> bool {
+    tokens
+        .iter()
+        .fold(false, |found, t| found | constant_time_eq(t, token))
 }
 
 /// Whether `a` and `b` are equal, in a time that depends only on their lengths.

@@ -171,7 +171,7 @@ impl ServiceLimits {
 
 /// The live counters of one limited method.
 #[derive(Debug)]
-struct MethodLimit {
+pub(crate) struct MethodLimit {
     /// The concurrency cap.
     max_running: Option<usize>,
     /// Calls running now.
@@ -211,9 +211,19 @@ impl MethodLimit {
 
     /// Admits a call, or says which limit refused it.
     fn admit(self: &Arc<Self>) -> Result<Option<Running>, &'static str> {
+        self.admit_at(Instant::now())
+    }
+
+    /// Admits a call at `now` (a clock reading the caller shares with other work; a
+    /// reading a little old refills the bucket a little late, never early), or says
+    /// which limit refused it.
+    pub(crate) fn admit_at(
+        self: &Arc<Self>,
+        now: Instant,
+    ) -> Result<Option<Running>, &'static str> {
         if let Some(bucket) = &self.bucket {
             let mut bucket = bucket.lock();
-            let now = Instant::now();
+            let now = now.max(bucket.updated);
             let refill = now.duration_since(bucket.updated).as_secs_f64() * bucket.rate;
             bucket.tokens = (bucket.tokens + refill).min(bucket.burst);
             bucket.updated = now;
@@ -236,7 +246,7 @@ impl MethodLimit {
 
 /// A call counted against a concurrency limit, until dropped.
 #[derive(Debug)]
-struct Running(Arc<MethodLimit>);
+pub(crate) struct Running(Arc<MethodLimit>);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -255,6 +265,14 @@ impl LimitLayer {
     /// Starts collecting limits.
     pub fn builder() -> LimitBuilder {
         LimitBuilder::default()
+    }
+
+    /// The counters of `service.method` (`method` one of the service's own names),
+    /// if it is limited.
+    pub(crate) fn limit_of(&self, service: &str, method: &'static str) -> Option<Arc<MethodLimit>> {
+        self.services
+            .get(service)
+            .and_then(|limits| limits.of(method))
     }
 }
 

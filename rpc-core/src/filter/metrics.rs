@@ -46,6 +46,7 @@ use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
 use super::{outcome_label, BoxError, CallInfo, ReplyStatus};
+use crate::protocol::Status;
 
 /// Every label `outcome` can take, in a fixed order (an outcome is counted by its
 /// index here).
@@ -101,7 +102,7 @@ impl Side {
 
 /// The live numbers of one method on one side.
 #[derive(Debug)]
-struct MethodStats {
+pub(crate) struct MethodStats {
     /// Calls by outcome (indexes into [`OUTCOMES`]).
     outcomes: Vec<AtomicU64>,
     /// Calls running now.
@@ -124,11 +125,39 @@ impl MethodStats {
         }
     }
 
-    fn record(&self, outcome: &'static str, elapsed: Duration) {
+    /// Counts a call that ended as `outcome` (one of [`OUTCOMES`]) after `elapsed`.
+    pub(crate) fn record_label(&self, outcome: &'static str, elapsed: Duration) {
         let index = OUTCOMES
             .iter()
             .position(|o| *o == outcome)
             .unwrap_or(OUTCOMES.len() - 1);
+        self.record_index(index, elapsed);
+    }
+
+    /// Counts a call that ended with the reply status `status` after `elapsed`, as
+    /// [`record`](Self::record) does with its label: the server's fast path, which
+    /// knows the status and not a chain's result.
+    pub(crate) fn record_status(&self, status: Status, elapsed: Duration) {
+        // The first entries of OUTCOMES are the statuses, in code order (checked by a
+        // test below); an unknown status is `unknown_status`.
+        let index = match status {
+            Status::Unknown(_) => 10,
+            known => usize::from(known.code()).min(9),
+        };
+        self.record_index(index, elapsed);
+    }
+
+    /// One call counted in `in_flight` started.
+    pub(crate) fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One call counted in `in_flight` ended (its outcome recorded or not).
+    pub(crate) fn stopped(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn record_index(&self, index: usize, elapsed: Duration) {
         self.outcomes[index].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = BUCKETS_MICROS.partition_point(|bound| *bound < micros);
@@ -646,21 +675,34 @@ impl<S: fmt::Debug> fmt::Debug for Measured<S> {
     }
 }
 
-impl<S> Measured<S> {
-    /// The series of `service.method`, made on first use.
-    fn stats(&mut self, service: &str, method: &str) -> Arc<MethodStats> {
-        if let Some(last) = &self.last {
-            if &*last.0 == service && &*last.1 == method {
-                return Arc::clone(&last.2);
-            }
-        }
-        let table = self.table.side(self.side);
+impl MetricsLayer {
+    /// Whether this is a server's layer ([`Metrics::server_layer`]).
+    pub(crate) fn is_server(&self) -> bool {
+        self.side == Side::Server
+    }
+
+    /// Whether `other` counts into the same [`Metrics`] as this layer, on the same
+    /// side.
+    pub(crate) fn same_as(&self, other: &MetricsLayer) -> bool {
+        Arc::ptr_eq(&self.table, &other.table) && self.side == other.side
+    }
+
+    /// The series of `service.method` on this layer's side, made on first use.
+    pub(crate) fn stats(&self, service: &str, method: &str) -> Arc<MethodStats> {
+        self.table.stats(self.side, service, method)
+    }
+}
+
+impl Table {
+    /// The series of `service.method` on `side`, made on first use.
+    fn stats(&self, side: Side, service: &str, method: &str) -> Arc<MethodStats> {
+        let table = self.side(side);
         let found = table
             .read()
             .get(service)
             .and_then(|methods| methods.get(method))
             .cloned();
-        let stats = match found {
+        match found {
             Some(stats) => stats,
             None => Arc::clone(
                 table
@@ -670,7 +712,19 @@ impl<S> Measured<S> {
                     .entry(method.to_owned())
                     .or_insert_with(|| Arc::new(MethodStats::new())),
             ),
-        };
+        }
+    }
+}
+
+impl<S> Measured<S> {
+    /// The series of `service.method`, made on first use.
+    fn stats(&mut self, service: &str, method: &str) -> Arc<MethodStats> {
+        if let Some(last) = &self.last {
+            if &*last.0 == service && &*last.1 == method {
+                return Arc::clone(&last.2);
+            }
+        }
+        let stats = self.table.stats(self.side, service, method);
         self.last = Some(Arc::new((
             service.into(),
             method.into(),
@@ -746,7 +800,7 @@ where
         let output = std::task::ready!(this.inner.poll(cx));
         if let Some(call) = this.call.take() {
             call.stats
-                .record(outcome_label(&output), call.started.elapsed());
+                .record_label(outcome_label(&output), call.started.elapsed());
         }
         Poll::Ready(output)
     }
@@ -783,13 +837,13 @@ mod tests {
             registry: Arc::new(parking_lot::Mutex::new(Registry::default())),
         };
         for _ in 0..100 {
-            stats.record("ok", Duration::from_micros(40));
+            stats.record_label("ok", Duration::from_micros(40));
         }
         let before = metrics.snapshot().remove(0);
         for _ in 0..9 {
-            stats.record("ok", Duration::from_millis(3));
+            stats.record_label("ok", Duration::from_millis(3));
         }
-        stats.record("timeout", Duration::from_millis(3));
+        stats.record_label("timeout", Duration::from_millis(3));
         let now = metrics.snapshot().remove(0);
         assert_eq!(now.calls, 110);
         assert_eq!(now.p50, Duration::from_micros(50));
@@ -804,10 +858,25 @@ mod tests {
 
     #[test]
     fn every_outcome_label_has_a_slot() {
-        use crate::protocol::Status;
         for code in 0..=10u8 {
             let label = super::super::status_label(Status::from_code(code));
             assert!(OUTCOMES.contains(&label), "{label}");
+        }
+    }
+
+    #[test]
+    fn a_status_is_counted_under_its_own_label() {
+        for code in 0..=255u8 {
+            let status = Status::from_code(code);
+            let stats = MethodStats::new();
+            stats.record_status(status, Duration::from_micros(1));
+            let counted: Vec<&str> = OUTCOMES
+                .iter()
+                .zip(&stats.outcomes)
+                .filter(|(_, n)| n.load(Ordering::Relaxed) > 0)
+                .map(|(label, _)| *label)
+                .collect();
+            assert_eq!(counted, [super::super::status_label(status)], "{status:?}");
         }
     }
 }

@@ -87,6 +87,7 @@ pub(crate) mod client;
 pub mod cluster;
 pub mod fallback;
 pub mod fault;
+pub(crate) mod inline;
 pub mod isolation;
 pub mod limit;
 pub mod metrics;
@@ -189,9 +190,9 @@ pub fn status_label(status: Status) -> &'static str {
 }
 
 /// The label of a client-side error.
-fn error_label(error: &RpcError) -> &'static str {
+pub(crate) fn error_label<E>(error: &RpcError<E>) -> &'static str {
     match error {
-        RpcError::Application(never) => match *never {},
+        RpcError::Application(_) => "application_error",
         RpcError::Timeout(_) => "timeout",
         RpcError::NoProvider { .. } => "no_provider",
         RpcError::Connect { .. } | RpcError::Resolve { .. } => "connect_failed",

@@ -55,14 +55,14 @@ pub async fn with_trace<F: IntoFuture>(trace: TraceContext, future: F) -> F::Out
 }
 
 /// The span a call made now should be a child of, if any.
-fn current_parent() -> Option<TraceContext> {
+pub(crate) fn current_parent() -> Option<TraceContext> {
     CallContext::with_current(|ctx| ctx.and_then(|c| c.span.or(c.trace)))
         .or_else(|| TRACE.try_with(|t| *t).ok())
 }
 
 /// Which side a [`TraceLayer`] traces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub(crate) enum Side {
     Server,
     Client,
 }
@@ -83,6 +83,11 @@ impl TraceLayer {
     /// The layer for a client's chain.
     pub fn client() -> TraceLayer {
         TraceLayer { side: Side::Client }
+    }
+
+    /// Whether this is a server's layer ([`TraceLayer::server`]).
+    pub(crate) fn is_server(self) -> bool {
+        self.side == Side::Server
     }
 }
 
@@ -119,7 +124,7 @@ impl<S: fmt::Debug> fmt::Debug for Traced<S> {
 /// context: a child of `parent` (or a new root). With the `otel` feature and an
 /// OpenTelemetry layer installed, the OpenTelemetry span is made a child of `parent`
 /// and its ids become the call's, so exported spans and the ids on the wire agree.
-fn start_span(
+pub(crate) fn start_span(
     side: Side,
     service: &str,
     method: &str,

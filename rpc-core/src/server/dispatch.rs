@@ -18,6 +18,7 @@ use super::in_flight::{
     not_started, panicked, poll_guarded, run_on_pool, InFlight, Outcome, PoolCall,
 };
 use super::{CallContext, DispatchError, Reply, ServerShared, Service};
+use crate::filter::inline::{Admitted, ConnectionFilters};
 use crate::filter::{self, server::ServerChain, ServerRequest};
 use crate::protocol::metadata::RequestMeta;
 use crate::protocol::{
@@ -65,6 +66,8 @@ pub(super) struct Dispatch<'a> {
     running: HashMap<u64, Arc<CancelSignal>>,
     /// This connection's copy of the server's filter chain, if it has one.
     chain: Option<ServerChain>,
+    /// The server's filters run without a chain, if it has any.
+    filters: Option<ConnectionFilters<'a>>,
 }
 
 impl<'a> Dispatch<'a> {
@@ -88,6 +91,7 @@ impl<'a> Dispatch<'a> {
             since_clock: 0,
             running: HashMap::new(),
             chain: shared.chain.clone(),
+            filters: shared.filters.as_ref().map(ConnectionFilters::new),
         }
     }
 
@@ -178,7 +182,7 @@ impl<'a> Dispatch<'a> {
                 return Ok(());
             }
         };
-        let Some(service) = self.service(meta.service) else {
+        let Some((name, service)) = self.service(meta.service) else {
             let message = format!(
                 "no service `{}` here; this server hosts: {}",
                 meta.service, self.shared.service_names
@@ -192,13 +196,28 @@ impl<'a> Dispatch<'a> {
             return Ok(());
         }
         let timeout = meta.timeout;
-        let context =
+        let mut context =
             CallContext::from_request((self.peer, &self.peer_identity), self.received, &meta);
+        let admitted = match &mut self.filters {
+            None => None,
+            Some(filters) => {
+                match filters.admit(name, service, meta.method, &mut context, self.now) {
+                    None => None,
+                    Some(Ok(admitted)) => Some(admitted),
+                    Some(Err((admitted, status, message))) => {
+                        self.write_reply(id, oneway, &Reply::error(status, &message));
+                        self.finish(admitted, status);
+                        return Ok(());
+                    }
+                }
+            }
+        };
         let (mut call, context, cancel) = match &mut self.chain {
             None => match service.call(meta.method, body) {
                 Ok(call) => (call, Some(context), None),
                 Err(e) => {
                     self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
+                    self.finish_opt(admitted, e.status());
                     return Ok(());
                 }
             },
@@ -209,6 +228,7 @@ impl<'a> Dispatch<'a> {
                         method: meta.method.to_owned(),
                     };
                     self.write_reply(id, oneway, &Reply::error(e.status(), &e.to_string()));
+                    self.finish_opt(admitted, e.status());
                     return Ok(());
                 };
                 // The context moves into the request: the cancel signal is made now,
@@ -223,10 +243,12 @@ impl<'a> Dispatch<'a> {
                     Ok(Ok(call)) => (call, None, Some(cancel)),
                     Ok(Err((status, message))) => {
                         self.write_reply(id, oneway, &Reply::error(status, &message));
+                        self.finish_opt(admitted, status);
                         return Ok(());
                     }
                     Err(panic) => {
                         self.write_reply(id, oneway, &panicked(&*panic));
+                        self.finish_opt(admitted, Status::InternalError);
                         return Ok(());
                     }
                 }
@@ -238,9 +260,22 @@ impl<'a> Dispatch<'a> {
                 // away, straight into the write buffer.
                 let mut context = context;
                 let mut cx = Context::from_waker(std::task::Waker::noop());
-                match poll_guarded(&mut call, &mut context, &mut cx) {
-                    Ok(Poll::Ready(())) => self.write_outcome(id, oneway, Outcome::Finished(call)),
+                let polled = {
+                    let _entered = admitted
+                        .as_ref()
+                        .and_then(Admitted::span)
+                        .map(tracing::Span::enter);
+                    poll_guarded(&mut call, &mut context, &mut cx)
+                };
+                match polled {
+                    Ok(Poll::Ready(())) => {
+                        let status = self.write_outcome(id, oneway, Outcome::Finished(call));
+                        self.finish_opt(admitted, status.unwrap_or(Status::Ok));
+                    }
                     Ok(Poll::Pending) => {
+                        if let Some(admitted) = admitted.filter(|a| !a.is_idle()) {
+                            call = admitted.watch(call);
+                        }
                         let cancel = cancel.unwrap_or_else(|| {
                             context
                                 .as_ref()
@@ -261,10 +296,16 @@ impl<'a> Dispatch<'a> {
                             cancel,
                         });
                     }
-                    Err(reply) => self.write_reply(id, oneway, &reply),
+                    Err(reply) => {
+                        self.write_reply(id, oneway, &reply);
+                        self.finish_opt(admitted, reply.status);
+                    }
                 }
             }
             Some(pool) => {
+                if let Some(admitted) = admitted.filter(|a| !a.is_idle()) {
+                    call = admitted.watch(call);
+                }
                 let cancel = (!oneway).then(|| {
                     cancel.unwrap_or_else(|| {
                         context
@@ -303,16 +344,45 @@ impl<'a> Dispatch<'a> {
         }
     }
 
+    /// The filters' call `admitted` ended with a reply of `status`: counted with a
+    /// fresh clock reading, which the next call's deadline check and start time use
+    /// too (one reading per call, where the filters count calls).
+    fn finish(&mut self, admitted: Admitted, status: Status) {
+        if !admitted.is_measured() {
+            return;
+        }
+        let now = Instant::now();
+        self.now = now;
+        self.since_clock = 0;
+        admitted.finish(status, now);
+    }
+
+    /// [`finish`](Self::finish), for a call the filters may not have seen.
+    fn finish_opt(&mut self, admitted: Option<Admitted>, status: Status) {
+        if let Some(admitted) = admitted {
+            self.finish(admitted, status);
+        }
+    }
+
     /// Writes the response for a call that ended, encoding a finished handler's result
-    /// straight into the write buffer.
-    pub(super) fn write_outcome(&mut self, id: u64, oneway: bool, outcome: Outcome) {
+    /// straight into the write buffer. Returns the status sent (`None` for a cancelled
+    /// call, which gets no reply; `Ok` for a oneway call that finished).
+    pub(super) fn write_outcome(
+        &mut self,
+        id: u64,
+        oneway: bool,
+        outcome: Outcome,
+    ) -> Option<Status> {
         let mut call = match outcome {
-            Outcome::Failed(reply) => return self.write_reply(id, oneway, &reply),
-            Outcome::Cancelled => return,
+            Outcome::Failed(reply) => {
+                self.write_reply(id, oneway, &reply);
+                return Some(reply.status);
+            }
+            Outcome::Cancelled => return None,
             Outcome::Finished(call) => call,
         };
         if oneway {
-            return;
+            return Some(Status::Ok);
         }
         let max = self.shared.config.max_frame_len;
         let encoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -321,25 +391,29 @@ impl<'a> Dispatch<'a> {
             })
         }));
         let failure = match encoded {
-            Ok(Ok(_)) => return,
+            Ok(Ok(status)) => return Some(status),
             Ok(Err(ResponseError::Body(e))) => e.to_string(),
             Ok(Err(ResponseError::Frame(e))) => format!("the response could not be sent: {e}"),
-            Err(panic) => return self.write_reply(id, oneway, &panicked(&*panic)),
+            Err(panic) => {
+                self.write_reply(id, oneway, &panicked(&*panic));
+                return Some(Status::InternalError);
+            }
         };
         tracing::error!(peer = %self.peer, %failure, "cannot send response");
         self.write_reply(id, oneway, &Reply::error(Status::InternalError, &failure));
+        Some(Status::InternalError)
     }
 
-    /// The service named `name`.
-    fn service(&mut self, name: &str) -> Option<&'a Arc<dyn Service>> {
+    /// The service named `name`, with its name as the server holds it.
+    fn service(&mut self, name: &str) -> Option<(&'a str, &'a Arc<dyn Service>)> {
         if let Some((last, service)) = self.last_service {
             if last == name {
-                return Some(service);
+                return Some((last, service));
             }
         }
         let (name, service) = self.shared.services.get_key_value(name)?;
         self.last_service = Some((name.as_str(), service));
-        Some(service)
+        Some((name.as_str(), service))
     }
 
     /// Encodes the response to call `id` into the write buffer.

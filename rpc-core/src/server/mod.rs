@@ -84,6 +84,9 @@ pub(crate) struct ServerShared {
     /// The filter chain every call passes through, when layers were added; each
     /// connection works on a clone of it.
     pub(crate) chain: Option<crate::filter::server::ServerChain>,
+    /// The framework's own filters the connections run without a chain, if any were
+    /// added (outside the chain).
+    pub(crate) filters: Option<crate::filter::inline::ServerFilters>,
     /// Comma-separated service names, for "service not found" messages.
     pub(crate) service_names: String,
     /// The server's settings.
@@ -146,6 +149,8 @@ pub struct Server {
     services: HashMap<String, Arc<dyn Service>>,
     /// The filter chain, when layers were added.
     chain: Option<crate::filter::server::ServerChain>,
+    /// The filters run without a chain, if any.
+    filters: Option<crate::filter::inline::ServerFilters>,
     /// Open connections, shared with the running server.
     connections: Arc<AtomicUsize>,
 }
@@ -230,6 +235,7 @@ impl Server {
             service_names,
             services: self.services,
             chain: self.chain,
+            filters: self.filters,
             pool: pool.as_ref().map(|p| p.handle().clone()),
             shutdown,
             connections: self.connections,
