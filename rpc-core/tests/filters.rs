@@ -1,6 +1,10 @@
 //! The server's filters end to end over TCP: token authentication, per-method limits
 //! with load shedding, fault injection, metrics (scraped over HTTP), a user's own
 //! tower layer on both sides, and a tower limiter that would queue.
+//!
+//! The framework's own filters run two ways: added first, the server (or client)
+//! runs them itself without a chain; behind another layer, they run in the tower
+//! chain. Each of their tests runs both ways ([`Path`]).
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +55,36 @@ pub trait WrongShop {
     async fn take(&self, n: String) -> u32;
 }
 
+/// How a test's filters run.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// Added first: run by the server (client) itself, without a chain.
+    Inline,
+    /// Behind a do-nothing tower layer: in the chain, as tower services.
+    Chain,
+}
+
+/// A spawned server of [`ShopImpl`] behind these layers, run as `$path` says.
+macro_rules! serve_shop {
+    ($path:expr, $($layer:expr),+ $(,)?) => {{
+        let builder = Server::builder().workers(1);
+        let bound = match $path {
+            Path::Inline => builder
+                $(.layer($layer))+
+                .add_service(ShopServer::new(ShopImpl::default()))
+                .bind("127.0.0.1:0")
+                .await,
+            Path::Chain => builder
+                .layer(tower::layer::util::Identity::new())
+                $(.layer($layer))+
+                .add_service(ShopServer::new(ShopImpl::default()))
+                .bind("127.0.0.1:0")
+                .await,
+        };
+        bound.unwrap().spawn()
+    }};
+}
+
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(Duration::from_secs(30), f)
         .await
@@ -63,15 +97,17 @@ async fn client(server: &ServerHandle) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_without_a_valid_token_is_refused_before_its_arguments_are_decoded() {
+    token_auth(Path::Inline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_a_valid_token_is_refused_in_a_chain_too() {
+    token_auth(Path::Chain).await;
+}
+
+async fn token_auth(path: Path) {
     bounded(async {
-        let server = Server::builder()
-            .workers(1)
-            .layer(TokenAuthLayer::tokens(["good-token"]))
-            .add_service(ShopServer::new(ShopImpl::default()))
-            .bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .spawn();
+        let server = serve_shop!(path, TokenAuthLayer::tokens(["good-token"]));
         let addr = server.local_addr();
 
         let anonymous = ShopClient::new(client(&server).await);
@@ -155,19 +191,21 @@ async fn a_token_closure_sees_the_method() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_over_a_concurrency_limit_are_shed_at_once_and_other_methods_go_on() {
+    concurrency_limit(Path::Inline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_a_concurrency_limit_are_shed_in_a_chain_too() {
+    concurrency_limit(Path::Chain).await;
+}
+
+async fn concurrency_limit(path: Path) {
     bounded(async {
         let limits = LimitLayer::builder()
             .concurrency("test.Shop", "slow", 2)
             .build()
             .unwrap();
-        let server = Server::builder()
-            .workers(1)
-            .layer(limits)
-            .add_service(ShopServer::new(ShopImpl::default()))
-            .bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .spawn();
+        let server = serve_shop!(path, limits);
         let shop = ShopClient::new(client(&server).await);
         let started = Instant::now();
         let calls: Vec<_> = (0..10)
@@ -199,19 +237,21 @@ async fn calls_over_a_concurrency_limit_are_shed_at_once_and_other_methods_go_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_over_a_rate_limit_are_shed() {
+    rate_limit(Path::Inline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_a_rate_limit_are_shed_in_a_chain_too() {
+    rate_limit(Path::Chain).await;
+}
+
+async fn rate_limit(path: Path) {
     bounded(async {
         let limits = LimitLayer::builder()
             .rate_with_burst("test.Shop", "*", 5.0, 5.0)
             .build()
             .unwrap();
-        let server = Server::builder()
-            .workers(1)
-            .layer(limits)
-            .add_service(ShopServer::new(ShopImpl::default()))
-            .bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .spawn();
+        let server = serve_shop!(path, limits);
         let shop = ShopClient::new(client(&server).await);
         let mut ok = 0;
         let mut shed = 0;
@@ -482,26 +522,30 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 #[cfg(feature = "metrics-http")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_by_outcome_and_are_scraped_over_http() {
+    metrics_scraped(Path::Inline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_by_outcome_in_a_chain_too() {
+    metrics_scraped(Path::Chain).await;
+}
+
+async fn metrics_scraped(path: Path) {
     use rpc_core::filter::metrics::Metrics;
     bounded(async {
         let server_metrics = Metrics::new();
         let client_metrics = Metrics::new();
-        let server = Server::builder()
-            .workers(1)
-            .layer(server_metrics.server_layer())
-            .layer(
-                LimitLayer::builder()
-                    .concurrency("test.Shop", "slow", 1)
-                    .build()
-                    .unwrap(),
-            )
-            .add_service(ShopServer::new(ShopImpl::default()))
-            .bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .spawn();
+        let limits = LimitLayer::builder()
+            .concurrency("test.Shop", "slow", 1)
+            .build()
+            .unwrap();
+        let server = serve_shop!(path, server_metrics.server_layer(), limits);
         let endpoint = server_metrics.serve("127.0.0.1:0").await.unwrap();
-        let client = Client::builder()
+        let client = match path {
+            Path::Inline => Client::builder(),
+            Path::Chain => Client::builder().layer(tower::layer::util::Identity::new()),
+        };
+        let client = client
             .layer(client_metrics.client_layer())
             .connect(server.local_addr())
             .await

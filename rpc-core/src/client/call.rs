@@ -521,7 +521,8 @@ pub struct CallFuture<A, T, E = crate::error::NoError> {
     state: CallState<T, E>,
     /// What the client's filters that run without a chain keep of the call, if it
     /// has any.
-    watch: Option<ClientWatch>,
+    /// (Boxed: a call without such filters carries one word for it.)
+    watch: Option<Box<ClientWatch>>,
 }
 
 /// The stages of a [`CallFuture`].
@@ -604,24 +605,23 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        if this.watch.is_none() {
-            match (&this.state, &mut this.call) {
-                (CallState::Start, Some(call)) if call.client.filters().is_some() => {
-                    this.watch = Some(call.start_filters());
-                }
-                _ => return this.poll_call(cx),
-            }
+        if this.watch.is_some() {
+            return this.poll_watched(cx);
         }
-        let span = this.watch.as_ref().and_then(ClientWatch::span).cloned();
-        let _entered = span.as_ref().map(tracing::Span::enter);
         let outcome = ready!(this.poll_call(cx));
+        // A call that failed in its first poll, its filters just started.
         if let Some(watch) = this.watch.take() {
-            watch.finish(match &outcome {
-                Ok(_) => "ok",
-                Err(e) => crate::filter::error_label(e),
-            });
+            watch.finish(outcome_label(&outcome));
         }
         Poll::Ready(outcome)
+    }
+}
+
+/// The outcome label of a call's result, for its filters.
+fn outcome_label<T, E>(outcome: &Result<T, RpcError<E>>) -> &'static str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(e) => crate::filter::error_label(e),
     }
 }
 
@@ -633,7 +633,7 @@ where
 {
     /// Runs the client's filters that need no chain over this call, as it starts.
     #[cold]
-    fn start_filters(&mut self) -> ClientWatch {
+    fn start_filters(&mut self) -> Box<ClientWatch> {
         let Some(filters) = self.client.filters() else {
             unreachable!("called for a client with filters")
         };
@@ -641,7 +641,7 @@ where
         if trace.is_some() {
             self.trace = trace;
         }
-        watch
+        Box::new(watch)
     }
 }
 
@@ -651,16 +651,32 @@ where
     T: DeserializeOwned + Send + 'static,
     E: DeserializeOwned + Send + 'static,
 {
+    /// [`poll`](Future::poll) for a call the client's filters watch: inside the
+    /// call's span, if it has one; its outcome counted when it ends.
+    #[inline(never)]
+    fn poll_watched(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, RpcError<E>>> {
+        let span = self.watch.as_ref().and_then(|w| w.span()).cloned();
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        let outcome = ready!(self.poll_call(cx));
+        if let Some(watch) = self.watch.take() {
+            watch.finish(outcome_label(&outcome));
+        }
+        Poll::Ready(outcome)
+    }
+
     /// Drives the call (what [`poll`](Future::poll) does, less the filters).
-    #[inline]
+    #[inline(always)]
     fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, RpcError<E>>> {
         let this = self;
         loop {
             match &mut this.state {
                 CallState::Start => {
-                    let Some(call) = &this.call else {
+                    let Some(call) = &mut this.call else {
                         unreachable!("a call not started is in its future")
                     };
+                    if call.client.filters().is_some() && this.watch.is_none() {
+                        this.watch = Some(call.start_filters());
+                    }
                     if call.client.chain().is_some() {
                         if let Some(watch) = &mut this.watch {
                             watch.left_fast_path(Duration::ZERO);
@@ -713,10 +729,14 @@ where
                     timeout,
                     target,
                 } => {
-                    let (outcome, timing) = ready!(reply.poll_timed(cx));
-                    if let Some(watch) = &mut this.watch {
-                        watch.timed(timing);
-                    }
+                    let outcome = match &mut this.watch {
+                        None => ready!(Pin::new(reply).poll(cx)),
+                        Some(watch) => {
+                            let (outcome, timing) = ready!(reply.poll_timed(cx));
+                            watch.timed(timing);
+                            outcome
+                        }
+                    };
                     let (timeout, target) = (*timeout, *target);
                     this.state = CallState::Done;
                     return Poll::Ready(match outcome {
