@@ -149,19 +149,35 @@ impl Relay for RelayImpl {
     }
 }
 
-async fn relay_server(name: &str, next: Option<RelayClient>) -> rpc_core::ServerHandle {
-    Server::builder()
-        .workers(1)
-        .layer(AccessLogLayer::new())
-        .layer(TraceLayer::server())
-        .add_service(RelayServer::new(RelayImpl {
-            name: name.to_owned(),
-            next,
-        }))
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .spawn()
+/// A relay server with an access log and tracing: the tracing layer first (the
+/// server runs it itself, without a chain) when `trace_first`, else behind the access
+/// log (in the chain).
+async fn relay_server(
+    name: &str,
+    next: Option<RelayClient>,
+    trace_first: bool,
+) -> rpc_core::ServerHandle {
+    let relay = RelayServer::new(RelayImpl {
+        name: name.to_owned(),
+        next,
+    });
+    let builder = Server::builder().workers(1);
+    let bound = if trace_first {
+        builder
+            .layer(TraceLayer::server())
+            .layer(AccessLogLayer::new())
+            .add_service(relay)
+            .bind("127.0.0.1:0")
+            .await
+    } else {
+        builder
+            .layer(AccessLogLayer::new())
+            .layer(TraceLayer::server())
+            .add_service(relay)
+            .bind("127.0.0.1:0")
+            .await
+    };
+    bound.unwrap().spawn()
 }
 
 async fn traced_client(addr: std::net::SocketAddr) -> RelayClient {
@@ -176,21 +192,29 @@ async fn traced_client(addr: std::net::SocketAddr) -> RelayClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hops_share_one_trace_with_correct_parent_links() {
+    three_hops(false, "4bf92f3577b34da6a3ce929d0e0e4736").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hops_share_one_trace_when_the_servers_trace_without_a_chain() {
+    three_hops(true, "0af7651916cd43dd8448eb211c80319c").await;
+}
+
+/// The three-hop check; the servers trace first (without a chain) if `trace_first`;
+/// the incoming trace is `trace` (each test its own, as they share the recorder).
+async fn three_hops(trace_first: bool, trace: &'static str) {
     let (spans, events) = recorded();
     tokio::time::timeout(Duration::from_secs(30), async {
-        let b = relay_server("B", None).await;
-        let a = relay_server("A", Some(traced_client(b.local_addr()).await)).await;
+        let b = relay_server("B", None, trace_first).await;
+        let a = relay_server("A", Some(traced_client(b.local_addr()).await), trace_first).await;
         let consumer = traced_client(a.local_addr()).await;
 
         // The consumer continues a trace it got from elsewhere.
-        let incoming = TraceContext::from_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .unwrap();
+        let incoming =
+            TraceContext::from_traceparent(&format!("00-{trace}-00f067aa0ba902b7-01")).unwrap();
         let hops = with_trace(incoming, consumer.relay()).await.unwrap();
         assert_eq!(hops.len(), 2);
         let (hop_a, hop_b) = (&hops[0], &hops[1]);
-        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
         assert_eq!(hop_a.trace.as_deref(), Some(trace));
         assert_eq!(hop_b.trace.as_deref(), Some(trace));
 

@@ -511,3 +511,76 @@ impl Drop for ClientWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::metrics::Metrics;
+
+    #[test]
+    fn a_server_takes_its_own_filters_once_each_and_leaves_the_others() {
+        let metrics = Metrics::new();
+        let mut filters = ServerFilters::default();
+        let mut take = |taken: bool, f: &mut dyn FnMut(&mut ServerFilters) -> bool| {
+            assert_eq!(f(&mut filters), taken);
+        };
+        fn offer<N: 'static>(filters: &mut ServerFilters, layer: N) -> bool {
+            let mut slot = Some(layer);
+            filters.take(&mut slot);
+            slot.is_none()
+        }
+        take(true, &mut |f| offer(f, metrics.server_layer()));
+        // A second of a kind, a client's layer, a closure validator, any other layer:
+        // left for the chain.
+        take(false, &mut |f| offer(f, metrics.server_layer()));
+        take(false, &mut |f| offer(f, metrics.client_layer()));
+        take(false, &mut |f| offer(f, TraceLayer::client()));
+        take(false, &mut |f| offer(f, TokenAuthLayer::with(|_, _| true)));
+        take(false, &mut |f| {
+            offer(f, tower::layer::util::Identity::new())
+        });
+        take(true, &mut |f| offer(f, TraceLayer::server()));
+        take(true, &mut |f| offer(f, TokenAuthLayer::tokens(["t"])));
+        let limits = LimitLayer::builder()
+            .concurrency("s", "m", 1)
+            .build()
+            .unwrap();
+        take(true, &mut |f| offer(f, limits.clone()));
+        let kinds: Vec<u8> = filters.filters.iter().map(Builtin::kind).collect();
+        assert_eq!(kinds, [0, 1, 2, 3], "in the order added");
+    }
+
+    #[test]
+    fn a_client_takes_its_metrics_and_trace_once_each() {
+        let metrics = Metrics::new();
+        let mut filters = ClientFilters::default();
+        fn offer<N: 'static>(filters: &mut ClientFilters, layer: N) -> bool {
+            let mut slot = Some(layer);
+            filters.take(&mut slot);
+            slot.is_none()
+        }
+        assert!(!offer(&mut filters, metrics.server_layer()));
+        assert!(!offer(&mut filters, TraceLayer::server()));
+        assert!(filters.is_empty());
+        assert!(offer(&mut filters, metrics.client_layer()));
+        assert!(offer(&mut filters, TraceLayer::client()));
+        assert!(!offer(&mut filters, metrics.client_layer()));
+        assert!(!offer(&mut filters, TraceLayer::client()));
+    }
+
+    #[test]
+    fn builders_run_their_own_filters_without_a_chain_until_another_layer() {
+        let metrics = Metrics::new();
+        let inline = crate::Server::builder()
+            .layer(metrics.server_layer())
+            .layer(TraceLayer::server());
+        let shown = format!("{inline:?}");
+        assert!(shown.contains("layered: false"), "{shown}");
+        let chained = crate::Server::builder()
+            .layer(tower::layer::util::Identity::new())
+            .layer(metrics.server_layer());
+        let shown = format!("{chained:?}");
+        assert!(shown.contains("layered: true"), "{shown}");
+        assert!(shown.contains("filters: []"), "{shown}");
+    }
+}

@@ -9,6 +9,15 @@
 //! over its inner service fits, besides the filters here. A server without layers
 //! does not run a chain at all: its calls take the hand-tuned path, unchanged.
 //!
+//! The framework's own production filters need no chain either: added before any
+//! other layer, a server's [`metrics`] ([`Metrics::server_layer`](metrics::Metrics::server_layer)),
+//! [`trace`] ([`TraceLayer::server`](trace::TraceLayer::server)), static-token [`auth`]
+//! ([`TokenAuthLayer::tokens`](auth::TokenAuthLayer::tokens)) and [`limit`] layers, and a
+//! client's metrics and trace layers, run in the call's fast path (by the connection,
+//! or the call's future), in the order they were added, doing what their tower
+//! services do at a fraction of the cost. Layers after the first other layer run in
+//! the chain, inside them. See `docs/FILTERS.md`.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use rpc_core::filter::{auth::TokenAuthLayer, limit::LimitLayer};
