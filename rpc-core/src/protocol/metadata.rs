@@ -321,7 +321,8 @@ pub struct RequestMeta<'a> {
     pub trace: Option<TraceContext>,
     /// Authentication token, if any.
     pub auth_token: Option<&'a [u8]>,
-    /// The whole section, for iterating over attachments.
+    /// The whole section, for iterating over attachments; empty when it has none
+    /// (so that a request without attachments is walked once, when parsed).
     section: &'a [u8],
 }
 
@@ -340,6 +341,7 @@ impl<'a> RequestMeta<'a> {
         let mut span_id = None;
         let mut auth_token = None;
         let mut flags = 0;
+        let mut attachments = false;
         for entry in Entries::new(section) {
             let (tag, value) = entry?;
             match tag {
@@ -375,6 +377,7 @@ impl<'a> RequestMeta<'a> {
                 }
                 tag::ATTACHMENT => {
                     parse_attachment(value)?;
+                    attachments = true;
                 }
                 _ => {}
             }
@@ -393,7 +396,7 @@ impl<'a> RequestMeta<'a> {
             timeout,
             trace,
             auth_token,
-            section,
+            section: if attachments { section } else { &[] },
         })
     }
 
