@@ -525,11 +525,13 @@ async fn metrics_count_calls_by_outcome_and_are_scraped_over_http() {
     metrics_scraped(Path::Inline).await;
 }
 
+#[cfg(feature = "metrics-http")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_by_outcome_in_a_chain_too() {
     metrics_scraped(Path::Chain).await;
 }
 
+#[cfg(feature = "metrics-http")]
 async fn metrics_scraped(path: Path) {
     use rpc_core::filter::metrics::Metrics;
     bounded(async {

@@ -223,10 +223,12 @@ impl MethodLimit {
     ) -> Result<Option<Running>, &'static str> {
         if let Some(bucket) = &self.bucket {
             let mut bucket = bucket.lock();
-            let now = now.max(bucket.updated);
-            let refill = now.duration_since(bucket.updated).as_secs_f64() * bucket.rate;
-            bucket.tokens = (bucket.tokens + refill).min(bucket.burst);
-            bucket.updated = now;
+            if now > bucket.updated {
+                // Calls admitted at one reading (one batch of a connection) refill once.
+                let refill = now.duration_since(bucket.updated).as_secs_f64() * bucket.rate;
+                bucket.tokens = (bucket.tokens + refill).min(bucket.burst);
+                bucket.updated = now;
+            }
             if bucket.tokens < 1.0 {
                 return Err("the method is at its rate limit");
             }

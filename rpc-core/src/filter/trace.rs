@@ -132,6 +132,12 @@ pub(crate) fn start_span(
 ) -> (tracing::Span, TraceContext) {
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
     let mut span = parent.map_or_else(TraceContext::new_root, TraceContext::child);
+    if !tracing::dispatcher::has_been_set() {
+        // No subscriber anywhere in the process: nobody can listen to the span. (With
+        // `tracing`'s `log` feature, which a dependency may turn on, a disabled span
+        // would otherwise format its fields for `log` on every call.)
+        return (tracing::Span::none(), span);
+    }
     let empty = tracing::field::Empty;
     let traced = match side {
         Side::Server => tracing::info_span!(

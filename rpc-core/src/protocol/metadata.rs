@@ -50,12 +50,13 @@ impl TraceContext {
 
     /// A new trace: random trace and span ids, sampled.
     pub fn new_root() -> TraceContext {
-        use rand::Rng as _;
+        use rand::RngCore as _;
         with_id_rng(|rng| {
             let mut trace_id = [0u8; 16];
             // All-zero ids are invalid in W3C trace context.
             while trace_id == [0; 16] {
-                rng.fill(&mut trace_id);
+                trace_id[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+                trace_id[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
             }
             TraceContext {
                 trace_id,
@@ -135,12 +136,15 @@ fn with_id_rng<R>(f: impl FnOnce(&mut rand::rngs::SmallRng) -> R) -> R {
 }
 
 /// A random, non-zero span id.
-fn new_span_id(rng: &mut impl rand::Rng) -> [u8; 8] {
-    let mut id = [0u8; 8];
-    while id == [0; 8] {
-        rng.fill(&mut id);
+fn new_span_id(rng: &mut impl rand::RngCore) -> [u8; 8] {
+    // One word from the generator (`fill` on a byte array goes through a generic
+    // byte-filling loop).
+    loop {
+        let id = rng.next_u64();
+        if id != 0 {
+            return id.to_le_bytes();
+        }
     }
-    id
 }
 
 /// Lowercase hex of `bytes`.
@@ -196,9 +200,10 @@ impl<'a> MetadataWriter<'a> {
                 value.len()
             ))
         })?;
+        let [hi, lo] = len.to_be_bytes();
+        // Two appends, not one per field: each `put_*` checks capacity and copies.
         self.dst.reserve(3 + value.len());
-        self.dst.put_u8(tag);
-        self.dst.put_u16(len);
+        self.dst.put_slice(&[tag, hi, lo]);
         self.dst.put_slice(value);
         Ok(())
     }
@@ -216,26 +221,25 @@ impl<'a> MetadataWriter<'a> {
     /// Appends the caller's timeout, saturating at `u32::MAX` milliseconds.
     pub fn timeout(&mut self, timeout: Duration) {
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        self.dst.reserve(7);
-        self.dst.put_u8(tag::TIMEOUT);
-        self.dst.put_u16(4);
-        self.dst.put_u32(ms);
+        let [a, b, c, d] = ms.to_be_bytes();
+        self.dst.put_slice(&[tag::TIMEOUT, 0, 4, a, b, c, d]);
     }
 
     /// Appends the trace context (the flags only when not zero).
     pub fn trace(&mut self, trace: &TraceContext) {
-        self.dst.reserve(3 + 16 + 3 + 8 + 4);
-        self.dst.put_u8(tag::TRACE_ID);
-        self.dst.put_u16(16);
-        self.dst.put_slice(&trace.trace_id);
-        self.dst.put_u8(tag::SPAN_ID);
-        self.dst.put_u16(8);
-        self.dst.put_slice(&trace.span_id);
-        if trace.flags != 0 {
-            self.dst.put_u8(tag::TRACE_FLAGS);
-            self.dst.put_u16(1);
-            self.dst.put_u8(trace.flags);
-        }
+        // The three entries assembled on the stack and appended at once.
+        let mut entries = [0u8; 3 + 16 + 3 + 8 + 4];
+        entries[..3].copy_from_slice(&[tag::TRACE_ID, 0, 16]);
+        entries[3..19].copy_from_slice(&trace.trace_id);
+        entries[19..22].copy_from_slice(&[tag::SPAN_ID, 0, 8]);
+        entries[22..30].copy_from_slice(&trace.span_id);
+        let len = if trace.flags != 0 {
+            entries[30..].copy_from_slice(&[tag::TRACE_FLAGS, 0, 1, trace.flags]);
+            entries.len()
+        } else {
+            30
+        };
+        self.dst.put_slice(&entries[..len]);
     }
 
     /// Appends a user attachment.
@@ -290,22 +294,30 @@ impl<'a> Iterator for Entries<'a> {
         }
         if self.rest.len() < 3 {
             self.rest = &[];
-            return Some(Err(ProtocolError::Metadata(
-                "truncated entry header".into(),
-            )));
+            return Some(Err(truncated_header()));
         }
         let tag = self.rest[0];
         let len = usize::from(u16::from_be_bytes([self.rest[1], self.rest[2]]));
         if self.rest.len() < 3 + len {
             self.rest = &[];
-            return Some(Err(ProtocolError::Metadata(format!(
-                "entry {tag:#04x} declares {len} bytes but the section ends first"
-            ))));
+            return Some(Err(overrun(tag, len)));
         }
         let value = &self.rest[3..3 + len];
         self.rest = &self.rest[3 + len..];
         Some(Ok((tag, value)))
     }
+}
+
+/// A section that ends inside an entry's header.
+fn truncated_header() -> ProtocolError {
+    ProtocolError::Metadata("truncated entry header".into())
+}
+
+/// An entry (`tag`) whose declared length (`len`) runs past the section's end.
+fn overrun(tag: u8, len: usize) -> ProtocolError {
+    ProtocolError::Metadata(format!(
+        "entry {tag:#04x} declares {len} bytes but the section ends first"
+    ))
 }
 
 /// The metadata of a request, borrowed from the frame.
@@ -342,9 +354,16 @@ impl<'a> RequestMeta<'a> {
         let mut auth_token = None;
         let mut flags = 0;
         let mut attachments = false;
-        for entry in Entries::new(section) {
-            let (tag, value) = entry?;
-            match tag {
+        // The entries walked in place (as `Entries` does, without an `Option<Result>`
+        // per entry): this runs for every request.
+        let mut rest = section;
+        while let [tag, hi, lo, tail @ ..] = rest {
+            let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+            let Some(value) = tail.get(..len) else {
+                return Err(overrun(*tag, len));
+            };
+            rest = &tail[len..];
+            match *tag {
                 tag::SERVICE => service = Some(utf8(value, "service")?),
                 tag::METHOD => method = Some(utf8(value, "method")?),
                 tag::TIMEOUT => {
@@ -381,6 +400,9 @@ impl<'a> RequestMeta<'a> {
                 }
                 _ => {}
             }
+        }
+        if !rest.is_empty() {
+            return Err(truncated_header());
         }
         let trace = match (trace_id, span_id) {
             (Some(trace_id), Some(span_id)) => Some(TraceContext {

@@ -45,8 +45,8 @@ pub struct CallContext {
     /// ([`TraceLayer`](crate::filter::trace::TraceLayer)): the caller's trace (or a new
     /// one) with a span id of its own. Calls the handler makes are its children.
     pub span: Option<TraceContext>,
-    /// The caller's authentication token, if any.
-    pub auth_token: Option<Vec<u8>>,
+    /// The caller's authentication token, if any (its bytes: `auth_token.as_deref()`).
+    pub auth_token: Option<AuthToken>,
     /// User attachments, in the order they were sent.
     pub attachments: Vec<(String, Vec<u8>)>,
     /// Who the client is, when it presented a certificate the server verified
@@ -57,6 +57,97 @@ pub struct CallContext {
     /// handler, or the server once the call outlives its first poll), so a call that
     /// finishes at once costs no allocation for it.
     cancel: OnceLock<Arc<CancelSignal>>,
+}
+
+/// A caller's authentication token ([`CallContext::auth_token`]): its bytes, read
+/// through `Deref<Target = [u8]>`. A short token (most are) is held inline, so a
+/// call carrying one costs no allocation for it. Its `Debug` output shows its length,
+/// never its bytes, so logging a context does not leak credentials.
+///
+/// ```
+/// # use rpc_core::server::AuthToken;
+/// let token = AuthToken::from(&b"s3cr3t"[..]);
+/// assert_eq!(&*token, b"s3cr3t");
+/// assert_eq!(format!("{token:?}"), "AuthToken(6 bytes)");
+/// ```
+#[derive(Clone)]
+pub struct AuthToken(TokenBytes);
+
+/// [`AuthToken`]'s storage.
+#[derive(Clone)]
+enum TokenBytes {
+    /// Up to [`TokenBytes::INLINE`] bytes, the rest zero.
+    Inline {
+        len: u8,
+        bytes: [u8; TokenBytes::INLINE],
+    },
+    /// A longer token.
+    Heap(Box<[u8]>),
+}
+
+impl TokenBytes {
+    /// The longest token held inline.
+    const INLINE: usize = 38;
+}
+
+impl From<&[u8]> for AuthToken {
+    fn from(token: &[u8]) -> Self {
+        match u8::try_from(token.len()) {
+            Ok(len) if token.len() <= TokenBytes::INLINE => {
+                let mut bytes = [0; TokenBytes::INLINE];
+                bytes[..token.len()].copy_from_slice(token);
+                AuthToken(TokenBytes::Inline { len, bytes })
+            }
+            _ => AuthToken(TokenBytes::Heap(token.into())),
+        }
+    }
+}
+
+impl From<Vec<u8>> for AuthToken {
+    fn from(token: Vec<u8>) -> Self {
+        if token.len() <= TokenBytes::INLINE {
+            AuthToken::from(token.as_slice())
+        } else {
+            AuthToken(TokenBytes::Heap(token.into_boxed_slice()))
+        }
+    }
+}
+
+impl std::ops::Deref for AuthToken {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            TokenBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            TokenBytes::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl AsRef<[u8]> for AuthToken {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for AuthToken {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for AuthToken {}
+
+impl PartialEq<[u8]> for AuthToken {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthToken({} bytes)", self.len())
+    }
 }
 
 /// The identity of a client that presented a verified certificate (mutual TLS): what
@@ -164,7 +255,7 @@ impl CallContext {
             deadline: meta.timeout.map(|t| received + t),
             trace: meta.trace,
             span: None,
-            auth_token: meta.auth_token.map(<[u8]>::to_vec),
+            auth_token: meta.auth_token.map(AuthToken::from),
             attachments: meta
                 .attachments()
                 .map(|(k, v)| (k.to_owned(), v.to_vec()))
@@ -281,6 +372,23 @@ mod tests {
             cancel: OnceLock::new(),
             peer_identity: None,
         }
+    }
+
+    #[test]
+    fn a_token_reads_back_its_bytes_inline_or_not() {
+        for len in [0, 1, TokenBytes::INLINE, TokenBytes::INLINE + 1, 300] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            let from_slice = AuthToken::from(bytes.as_slice());
+            let from_vec = AuthToken::from(bytes.clone());
+            assert_eq!(&*from_slice, bytes.as_slice(), "{len} bytes");
+            assert_eq!(from_slice, from_vec);
+            assert_eq!(
+                matches!(from_slice.0, TokenBytes::Inline { .. }),
+                len <= TokenBytes::INLINE
+            );
+            assert_eq!(format!("{from_vec:?}"), format!("AuthToken({len} bytes)"));
+        }
+        assert_ne!(AuthToken::from(&b"ab"[..]), AuthToken::from(&b"abc"[..]));
     }
 
     #[test]

@@ -66,7 +66,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Execution, ServerBuilder, ServerConfig};
 pub(crate) use context::enter as enter_context;
-pub use context::{CallContext, Cancellation, PeerIdentity};
+pub use context::{AuthToken, CallContext, Cancellation, PeerIdentity};
 pub(crate) use service::Reply;
 pub use service::{
     dispatched, DispatchError, Dispatched, EncodeFailure, Fallible, Handler, IntoReply, Plain,
