@@ -5,7 +5,10 @@
 //!   when the call enters this filter until its reply is ready, or it is cancelled or
 //!   times out).
 //! - A **rate limit** is a token bucket: `per_second` calls a second on average, with
-//!   bursts of up to `burst` calls (default: one second's worth).
+//!   bursts of up to `burst` calls (default: one second's worth). A bucket with tokens
+//!   left is refilled at most once a millisecond, and always before it refuses a
+//!   call: it never refuses a call an exact bucket would admit, and admits at most
+//!   `per_second / 1000` more in a window.
 //!
 //! Limits are set per method, or for every method of a service with the method name
 //! `"*"` (each method then has its own counters); a method's own setting wins over the
@@ -191,10 +194,22 @@ struct Bucket {
     tokens: f64,
     /// When `tokens` was last brought up to date.
     updated: Instant,
+    /// When it is next brought up to date while it has tokens left
+    /// ([`REFILL_EVERY`] after `updated`).
+    next_refill: Instant,
 }
+
+/// How often a bucket that still has tokens is brought up to date (one that has none is
+/// brought up to date before it refuses a call): a refill is a clock difference and
+/// float arithmetic, which calls arriving microseconds apart need not each pay. A
+/// bucket so refilled admits, over any window, at most `rate × 1 ms` calls more than
+/// an exact one (its cap applied at refills only); it never refuses one that an exact
+/// bucket would admit.
+const REFILL_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl MethodLimit {
     fn new(setting: Setting) -> MethodLimit {
+        let made = Instant::now();
         MethodLimit {
             max_running: setting.concurrency,
             running: AtomicUsize::new(0),
@@ -203,7 +218,8 @@ impl MethodLimit {
                     rate,
                     burst,
                     tokens: burst,
-                    updated: Instant::now(),
+                    updated: made,
+                    next_refill: made + REFILL_EVERY,
                 })
             }),
         }
@@ -223,11 +239,11 @@ impl MethodLimit {
     ) -> Result<Option<Running>, &'static str> {
         if let Some(bucket) = &self.bucket {
             let mut bucket = bucket.lock();
-            if now > bucket.updated {
-                // Calls admitted at one reading (one batch of a connection) refill once.
+            if (bucket.tokens < 1.0 || now >= bucket.next_refill) && now > bucket.updated {
                 let refill = now.duration_since(bucket.updated).as_secs_f64() * bucket.rate;
                 bucket.tokens = (bucket.tokens + refill).min(bucket.burst);
                 bucket.updated = now;
+                bucket.next_refill = now + REFILL_EVERY;
             }
             if bucket.tokens < 1.0 {
                 return Err("the method is at its rate limit");
@@ -399,5 +415,51 @@ impl<F: Future> Future for Counted<F> {
         // The call is over: it no longer counts, even if the reply is still to go.
         this.running.take();
         Poll::Ready(output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn bucket(per_second: f64, burst: f64) -> Arc<MethodLimit> {
+        LimitLayer::builder()
+            .rate_with_burst("s", "m", per_second, burst)
+            .build()
+            .unwrap()
+            .limit_of("s", "m")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bucket_refuses_only_after_an_up_to_date_refill() {
+        let limit = bucket(1000.0, 2.0);
+        let start = limit.bucket.as_ref().unwrap().lock().updated;
+        let at = |micros| start + Duration::from_micros(micros);
+        // The burst, then a refusal: 0.5 ms has refilled half a token.
+        assert!(limit.admit_at(at(0)).is_ok());
+        assert!(limit.admit_at(at(0)).is_ok());
+        assert!(limit.admit_at(at(500)).is_err());
+        // Empty, so brought up to date at once: a whole token 1 ms in.
+        assert!(limit.admit_at(at(1000)).is_ok());
+        assert!(limit.admit_at(at(1000)).is_err());
+    }
+
+    #[test]
+    fn a_bucket_with_tokens_left_refills_at_most_once_a_millisecond() {
+        let limit = bucket(1000.0, 10.0);
+        let start = limit.bucket.as_ref().unwrap().lock().updated;
+        let at = |micros| start + Duration::from_micros(micros);
+        assert!(limit.admit_at(at(0)).is_ok());
+        // 0.9 ms later, with tokens left: not refilled yet.
+        assert!(limit.admit_at(at(900)).is_ok());
+        let tokens = limit.bucket.as_ref().unwrap().lock().tokens;
+        assert!((tokens - 8.0).abs() < 1e-9, "{tokens}");
+        // Past the millisecond: the 1.1 ms since the last refill count, capped.
+        assert!(limit.admit_at(at(1100)).is_ok());
+        let tokens = limit.bucket.as_ref().unwrap().lock().tokens;
+        assert!((tokens - 8.1).abs() < 1e-9, "{tokens}");
     }
 }
