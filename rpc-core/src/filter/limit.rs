@@ -424,20 +424,21 @@ mod tests {
 
     use super::*;
 
-    fn bucket(per_second: f64, burst: f64) -> Arc<MethodLimit> {
-        LimitLayer::builder()
+    /// A rate-limited method's counters, and the instant `micros` after they were made.
+    fn bucket(per_second: f64, burst: f64) -> (Arc<MethodLimit>, impl Fn(u64) -> Instant) {
+        let limit = LimitLayer::builder()
             .rate_with_burst("s", "m", per_second, burst)
             .build()
             .unwrap()
             .limit_of("s", "m")
-            .unwrap()
+            .unwrap();
+        let start = limit.bucket.as_ref().unwrap().lock().updated;
+        (limit, move |micros| start + Duration::from_micros(micros))
     }
 
     #[test]
     fn a_bucket_refuses_only_after_an_up_to_date_refill() {
-        let limit = bucket(1000.0, 2.0);
-        let start = limit.bucket.as_ref().unwrap().lock().updated;
-        let at = |micros| start + Duration::from_micros(micros);
+        let (limit, at) = bucket(1000.0, 2.0);
         // The burst, then a refusal: 0.5 ms has refilled half a token.
         assert!(limit.admit_at(at(0)).is_ok());
         assert!(limit.admit_at(at(0)).is_ok());
@@ -449,9 +450,7 @@ mod tests {
 
     #[test]
     fn a_bucket_with_tokens_left_refills_at_most_once_a_millisecond() {
-        let limit = bucket(1000.0, 10.0);
-        let start = limit.bucket.as_ref().unwrap().lock().updated;
-        let at = |micros| start + Duration::from_micros(micros);
+        let (limit, at) = bucket(1000.0, 10.0);
         assert!(limit.admit_at(at(0)).is_ok());
         // 0.9 ms later, with tokens left: not refilled yet.
         assert!(limit.admit_at(at(900)).is_ok());
