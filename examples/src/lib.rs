@@ -83,15 +83,18 @@ pub trait Inventory {
     /// Adds a new item and returns its id.
     async fn add_item(&self, item: NewItem) -> Result<u64, InventoryError>;
     /// Looks an item up by SKU.
+    #[idempotent]
     async fn get(&self, sku: String) -> Result<Item, InventoryError>;
     /// Takes `quantity` units out of stock and returns how many are left.
     async fn reserve(&self, sku: String, quantity: u32) -> Result<u32, InventoryError>;
     /// Every item, ordered by SKU.
+    #[idempotent]
     async fn list(&self) -> Vec<Item>;
     /// Records an audit event; no response is sent.
     #[oneway]
     async fn audit(&self, event: String);
     /// How many audit events have been recorded.
+    #[idempotent]
     async fn audit_count(&self) -> u64;
 }
 

@@ -226,6 +226,12 @@ pub use transport::tls::{ClientTls, ServerTls};
 ///   soon as the request is written, without waiting for the method to run. A oneway
 ///   method returns nothing (so it cannot report errors), and the attribute takes no
 ///   arguments. Any method can also be called one way with [`Call::oneway`].
+/// - `#[idempotent]` on a method: running it twice does no harm (a read, a write that
+///   sets rather than adds). The stub type lists such methods in
+///   `FooClient::IDEMPOTENT_METHODS`, which
+///   [`ClusterBuilder::idempotent_methods`](crate::filter::cluster::ClusterBuilder::idempotent_methods)
+///   takes, so that failover, forking and hedging may repeat their calls; reflection
+///   reports it. It takes no arguments and does not go with `#[oneway]`.
 ///
 /// # Attributes and names
 ///
@@ -278,6 +284,7 @@ pub mod __private {
         result: &str,
         error: Option<&str>,
         oneway: bool,
+        idempotent: bool,
     ) -> crate::reflection::MethodDescriptor {
         crate::reflection::MethodDescriptor {
             name: name.to_owned(),
@@ -292,6 +299,7 @@ pub mod __private {
             result: result.to_owned(),
             error: error.map(str::to_owned),
             oneway,
+            idempotent,
         }
     }
 

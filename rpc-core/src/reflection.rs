@@ -93,6 +93,7 @@ impl ServiceDescriptor {
                     result: String::new(),
                     error: None,
                     oneway: false,
+                    idempotent: false,
                 })
                 .collect(),
         }
@@ -101,7 +102,7 @@ impl ServiceDescriptor {
 
 /// One method of a service.
 ///
-/// On the wire: a map `{name, docs, args, result, error, oneway}`.
+/// On the wire: a map `{name, docs, args, result, error, oneway, idempotent}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct MethodDescriptor {
@@ -119,11 +120,16 @@ pub struct MethodDescriptor {
     pub error: Option<String>,
     /// Declared `#[oneway]`: the server sends no response.
     pub oneway: bool,
+    /// Declared `#[idempotent]`: running it twice does no harm, so clients may retry,
+    /// fork or hedge it (absent from descriptors of older servers: `false`).
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 impl MethodDescriptor {
     /// The signature, Rust-like: `reserve(sku: String, quantity: u32) -> Result<u32,
-    /// InventoryError>`, with `[oneway]` after a oneway method.
+    /// InventoryError>`, with `[oneway]` after a oneway method and `[idempotent]`
+    /// after an idempotent one.
     pub fn signature(&self) -> String {
         let args: Vec<String> = self
             .args
@@ -138,6 +144,9 @@ impl MethodDescriptor {
         }
         if self.oneway {
             text.push_str("  [oneway]");
+        }
+        if self.idempotent {
+            text.push_str("  [idempotent]");
         }
         text
     }

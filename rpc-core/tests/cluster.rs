@@ -32,7 +32,8 @@ pub struct Answer {
 /// The service every provider hosts.
 #[service(name = "test.Fleet")]
 trait Fleet {
-    /// A read (marked idempotent by the tests).
+    /// A read: safe to run twice.
+    #[idempotent]
     async fn read(&self, n: u64) -> Answer;
     /// A write (never marked idempotent).
     async fn write(&self, n: u64) -> u16;
@@ -234,8 +235,10 @@ async fn failover_retries_an_idempotent_method_on_another_provider() {
     bounded(async {
         let fleet = fleet(3).await;
         fleet[0].knobs.set_failing(true);
+        // Marked by the trait's `#[idempotent]`, through the stub's list.
+        assert_eq!(FleetClient::IDEMPOTENT_METHODS, ["read"]);
         let cluster = ClusterLayer::builder()
-            .idempotent("test.Fleet", "read")
+            .idempotent_methods(FleetClient::SERVICE_NAME, FleetClient::IDEMPOTENT_METHODS)
             .method("test.Fleet", "read", Policy::failover(2))
             .build()
             .unwrap();
@@ -307,7 +310,7 @@ async fn failover_never_retries_a_non_idempotent_call_that_reached_a_server() {
         let fleet = fleet(2).await;
         fleet[0].knobs.set_failing(true);
         let cluster = ClusterLayer::builder()
-            .idempotent("test.Fleet", "read")
+            .idempotent_methods(FleetClient::SERVICE_NAME, FleetClient::IDEMPOTENT_METHODS)
             .policy(Policy::failover(2))
             .build()
             .unwrap();
@@ -858,6 +861,15 @@ fn bad_configuration_is_refused_at_build_time() {
     );
     invalid(
         cluster(ClusterLayer::builder().method("test.Fleet", "read", Policy::hedged())),
+        "idempotent",
+    );
+    // The trait's `#[idempotent]` marks `read`, not `write`.
+    invalid(
+        cluster(
+            ClusterLayer::builder()
+                .idempotent_methods(FleetClient::SERVICE_NAME, FleetClient::IDEMPOTENT_METHODS)
+                .method("test.Fleet", "write", Policy::failover(1)),
+        ),
         "idempotent",
     );
     // ...fine when limited to calls that never reached a server.

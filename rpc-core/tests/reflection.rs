@@ -16,6 +16,7 @@ trait Odd {
     /// Names by number.
     ///
     /// Second paragraph.
+    #[idempotent]
     async fn names(&self, by_id: HashMap<u32, String>) -> Vec<(u32, String)>;
     /// A raw identifier: `type` on the wire.
     async fn r#type(&self, r#ref: Option<Vec<u8>>) -> ::std::result::Result<(), String>;
@@ -116,7 +117,15 @@ async fn every_server_lists_and_describes_its_services() {
         assert_eq!(names.args[0].name, "by_id");
         assert_eq!(names.args[0].ty, "HashMap<u32, String>");
         assert_eq!(names.result, "Vec<(u32, String)>");
+        assert!(names.idempotent, "declared #[idempotent]");
+        assert!(
+            names.signature().ends_with("  [idempotent]"),
+            "{}",
+            names.signature()
+        );
+        assert_eq!(OddClient::IDEMPOTENT_METHODS, ["names"]);
         let ty = odd.method("type").unwrap();
+        assert!(!ty.idempotent);
         assert_eq!(ty.args[0].name, "ref", "raw identifiers lose their r#");
         assert_eq!(ty.args[0].ty, "Option<Vec<u8>>");
         assert_eq!(ty.result, "()");

@@ -61,7 +61,7 @@ pub(crate) fn doc_text(attrs: &[Attribute]) -> String {
 
 /// One method of the service.
 pub(crate) struct MethodDef {
-    /// Attributes with `#[oneway]` removed, kept on the trait method.
+    /// Attributes with `#[oneway]` and `#[idempotent]` removed, kept on the trait method.
     pub(crate) attrs: Vec<Attribute>,
     /// The method's name.
     pub(crate) ident: syn::Ident,
@@ -74,6 +74,9 @@ pub(crate) struct MethodDef {
     pub(crate) output: Output,
     /// Marked `#[oneway]`: no response is sent.
     pub(crate) oneway: bool,
+    /// Marked `#[idempotent]`: running it twice does no harm, so a cluster may retry,
+    /// fork or hedge it.
+    pub(crate) idempotent: bool,
 }
 
 impl MethodDef {
@@ -213,6 +216,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
     let sig = &method.sig;
     let before = errors.is_empty();
     let mut oneway = false;
+    let mut idempotent = None;
     let mut attrs = Vec::new();
     for attr in &method.attrs {
         if attr.path().is_ident("oneway") {
@@ -220,6 +224,11 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
                 errors.push(attr.span(), "#[oneway] takes no arguments");
             }
             oneway = true;
+        } else if attr.path().is_ident("idempotent") {
+            if !matches!(attr.meta, syn::Meta::Path(_)) {
+                errors.push(attr.span(), "#[idempotent] takes no arguments");
+            }
+            idempotent = Some(attr.span());
         } else {
             attrs.push(attr.clone());
         }
@@ -313,6 +322,12 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
             "a #[oneway] method returns nothing: no response is sent",
         );
     }
+    if let (true, Some(span)) = (oneway, idempotent) {
+        errors.push(
+            span,
+            "a #[oneway] method is never retried, forked or hedged: #[idempotent] does not apply",
+        );
+    }
     if before && !errors.is_empty() {
         return None;
     }
@@ -323,6 +338,7 @@ fn parse_method(method: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> 
         args,
         output,
         oneway,
+        idempotent: idempotent.is_some(),
     })
 }
 
@@ -431,6 +447,33 @@ mod tests {
         assert_eq!(names(&mut m.docs()), ["doc"]);
         assert_eq!(names(&mut m.cfgs()), ["cfg"]);
         assert_eq!(names(&mut m.stub_attrs()), ["allow", "deprecated"]);
+    }
+
+    #[test]
+    fn idempotent_marks_a_method_and_is_refused_on_a_oneway_one() {
+        let def = parse(
+            quote!(),
+            quote!(
+                trait T {
+                    #[idempotent]
+                    async fn get(&self) -> u64;
+                    async fn put(&self, x: u64);
+                }
+            ),
+        )
+        .unwrap();
+        assert!(def.methods[0].idempotent);
+        assert!(!def.methods[1].idempotent);
+        assert!(def.methods[0].attrs.is_empty(), "the marker is not kept");
+        for (attrs, message) in [
+            (quote!(#[idempotent(yes)]), "takes no arguments"),
+            (quote!(#[oneway] #[idempotent]), "does not apply"),
+        ] {
+            let error = parse(quote!(), quote!(trait T { #attrs async fn a(&self); }))
+                .err()
+                .unwrap_or_else(|| panic!("`{attrs}` accepted"));
+            assert!(error.to_string().contains(message), "{error}");
+        }
     }
 
     #[test]

@@ -217,7 +217,10 @@ async fn describe_reads_reflection_from_a_server_or_through_the_registry() {
             "{text}"
         );
         assert!(text.contains("  audit(event: String)  [oneway]"), "{text}");
-        assert!(text.contains("  list() -> Vec<Item>"), "{text}");
+        assert!(
+            text.contains("  list() -> Vec<Item>  [idempotent]"),
+            "{text}"
+        );
     }
     let described = json_of(&ok(&rpcctl(&[
         "--json", "describe", SERVICE, "--server", &addr,

@@ -30,7 +30,8 @@ pub enum InventoryError {
 pub trait Inventory {
     /// Takes units out of stock and returns how many are left.
     async fn reserve(&self, sku: String, quantity: u32) -> Result<u32, InventoryError>;
-    /// Every SKU.
+    /// Every SKU. Safe to run twice: a cluster may retry it on another provider.
+    #[idempotent]
     async fn list(&self) -> Vec<String>;
     /// Fire-and-forget: the server sends no response.
     #[oneway]

@@ -33,6 +33,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
             }
         }
     });
+    let idempotent = super::name_list(def, |m| m.idempotent);
     quote! {
         #(#cfgs)*
         #[doc = #struct_doc]
@@ -47,6 +48,10 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
         impl #client {
             /// The service's name on the wire.
             pub const SERVICE_NAME: &'static str = #wire_name;
+
+            /// The wire names of the methods marked `#[idempotent]`, for
+            /// [`ClusterBuilder::idempotent_methods`](::rpc_core::filter::cluster::ClusterBuilder::idempotent_methods).
+            pub const IDEMPOTENT_METHODS: &'static [&'static str] = #idempotent;
 
             /// A stub making its calls through `client`.
             pub fn new(client: ::rpc_core::Client) -> Self {

@@ -1,5 +1,6 @@
 //! The service's description for reflection: its wire name, docs, and each method's
-//! arguments (names and types as written), result and error types and oneway flag.
+//! arguments (names and types as written), result and error types, and oneway and
+//! idempotent flags.
 //! The skeleton's `Service::descriptor` returns it; the server's built-in reflection
 //! service serves it.
 
@@ -34,11 +35,11 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
             Some(e) => quote!(::core::option::Option::Some(#e)),
             None => quote!(::core::option::Option::None),
         };
-        let oneway = m.oneway;
+        let (oneway, idempotent) = (m.oneway, m.idempotent);
         quote! {
             #(#cfgs)*
             __rpc_methods.push(::rpc_core::__private::method_descriptor(
-                #name, #docs, &[#(#args),*], #result, #error, #oneway,
+                #name, #docs, &[#(#args),*], #result, #error, #oneway, #idempotent,
             ));
         }
     });

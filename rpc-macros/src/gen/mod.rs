@@ -30,6 +30,35 @@ pub(crate) fn generate(def: &ServiceDef) -> TokenStream {
     }
 }
 
+/// A `'static` list of the wire names of the configured-in methods that `keep`
+/// selects: built in a constant, since `#[cfg]` can remove statements but not array
+/// elements.
+fn name_list(def: &ServiceDef, keep: impl Fn(&MethodDef) -> bool) -> TokenStream {
+    let capacity = def.methods.len();
+    let pushes = def.methods.iter().filter(|m| keep(m)).map(|m| {
+        let cfgs = m.cfgs();
+        let name = &m.wire_name;
+        quote! {
+            #(#cfgs)*
+            {
+                names[count] = #name;
+                count += 1;
+            }
+        }
+    });
+    quote! {{
+        const CONFIGURED: ([&str; #capacity], usize) = {
+            #[allow(unused_mut)]
+            let mut names = [""; #capacity];
+            #[allow(unused_mut)]
+            let mut count = 0usize;
+            #(#pushes)*
+            (names, count)
+        };
+        CONFIGURED.0.split_at(CONFIGURED.1).0
+    }}
+}
+
 /// The argument tuple type of a method as callers see it: `(A, B,)`, or `()` for no
 /// arguments (which the client sends as an empty MessagePack array).
 fn args_type(method: &MethodDef) -> TokenStream {

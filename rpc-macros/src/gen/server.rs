@@ -19,7 +19,7 @@ pub(super) fn generate(def: &ServiceDef) -> TokenStream {
          [`ServerBuilder::add_service`](::rpc_core::ServerBuilder::add_service)."
     );
     let arms = def.methods.iter().map(|m| arm(def, m));
-    let method_list = method_list(def);
+    let method_list = super::name_list(def, |_| true);
     let descriptor = super::descriptor::generate(def);
     let bounds = checks::server_bounds(def);
     let where_clause = (!bounds.is_empty()).then(|| quote!(where #(#bounds),*));
@@ -120,36 +120,5 @@ fn arm(def: &ServiceDef, m: &MethodDef) -> TokenStream {
                 #wrap(__rpc_reply)
             }))
         }
-    }
-}
-
-/// The `'static` list of the wire names of the methods that are configured in: built
-/// in a constant, since `#[cfg]` can remove statements but not array elements.
-fn method_list(def: &ServiceDef) -> TokenStream {
-    let capacity = def.methods.len();
-    let pushes = def.methods.iter().map(|m| {
-        let cfgs = m.cfgs();
-        let name = &m.wire_name;
-        quote! {
-            #(#cfgs)*
-            {
-                names[count] = #name;
-                count += 1;
-            }
-        }
-    });
-    quote! {
-        const __RPC_METHODS: &[&str] = {
-            const CONFIGURED: ([&str; #capacity], usize) = {
-                #[allow(unused_mut)]
-                let mut names = [""; #capacity];
-                #[allow(unused_mut)]
-                let mut count = 0usize;
-                #(#pushes)*
-                (names, count)
-            };
-            CONFIGURED.0.split_at(CONFIGURED.1).0
-        };
-        __RPC_METHODS
     }
 }

@@ -32,9 +32,11 @@
 //!   service's ([`ClusterBuilder::service`]), else the client's
 //!   ([`ClusterBuilder::policy`], default [`Policy::failfast`]). See [`Policy`] for
 //!   each policy and its settings.
-//! - A method is idempotent only when marked ([`ClusterBuilder::idempotent`]):
-//!   failover retries a method that is not only when its request certainly never
-//!   reached a server, and forking and hedging send it once.
+//! - A method is idempotent only when marked ([`ClusterBuilder::idempotent`], or
+//!   [`ClusterBuilder::idempotent_methods`] with a stub's `IDEMPOTENT_METHODS`: the
+//!   methods its trait declares `#[idempotent]`): failover retries a method that is
+//!   not only when its request certainly never reached a server, and forking and
+//!   hedging send it once.
 //! - The [`RetryBudget`] (default: 20 % of calls plus 10 per second, over 10 s) pays
 //!   for every retry and hedged copy of the client's calls; when it is spent, a
 //!   failed call fails (with a `tracing` debug line) instead of retrying.
@@ -168,6 +170,36 @@ impl ClusterBuilder {
     /// ```
     pub fn idempotent(mut self, service: impl Into<String>, method: impl Into<String>) -> Self {
         self.idempotent.push((service.into(), method.into()));
+        self
+    }
+
+    /// Marks each of `methods` of `service` idempotent, as
+    /// [`idempotent`](Self::idempotent) does: for the methods a service declares
+    /// `#[idempotent]`, which its generated stub lists.
+    ///
+    /// ```
+    /// use rpc_core::filter::cluster::{ClusterLayer, Policy};
+    ///
+    /// #[rpc_core::service(name = "shop.Catalog")]
+    /// trait Catalog {
+    ///     #[idempotent]
+    ///     async fn get(&self, id: u64) -> String;
+    ///     async fn add(&self, name: String) -> u64;
+    /// }
+    ///
+    /// assert_eq!(CatalogClient::IDEMPOTENT_METHODS, ["get"]);
+    /// let cluster = ClusterLayer::builder()
+    ///     .idempotent_methods(CatalogClient::SERVICE_NAME, CatalogClient::IDEMPOTENT_METHODS)
+    ///     .service("shop.Catalog", Policy::failover(2))
+    ///     .build()?;
+    /// # Ok::<(), rpc_core::RpcError>(())
+    /// ```
+    pub fn idempotent_methods(mut self, service: &str, methods: &[&str]) -> Self {
+        self.idempotent.extend(
+            methods
+                .iter()
+                .map(|m| (service.to_owned(), (*m).to_owned())),
+        );
         self
     }
 
