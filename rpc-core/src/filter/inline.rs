@@ -22,7 +22,7 @@ use bytes::BytesMut;
 
 use super::auth::TokenAuthLayer;
 use super::limit::{LimitLayer, MethodLimit, Running};
-use super::metrics::{MethodStats, MetricsLayer};
+use super::metrics::{status_index, MethodStats, MetricsLayer, STATUSES};
 use super::trace::{start_span, Side, TraceLayer};
 use crate::protocol::Status;
 use crate::server::{CallContext, Dispatched, EncodeFailure, Handler, Service};
@@ -137,6 +137,31 @@ pub(crate) struct ConnectionFilters<'a> {
     /// The method last admitted (the server's own `&str`s, compared by address for
     /// the service, by value for the method) and its state.
     last: Option<LastMethod<'a>>,
+    /// Calls that ended while the connection handled them, not yet counted in their
+    /// series.
+    ended: Option<Ended>,
+}
+
+impl Ended {
+    /// Counts them, their latency taken to now.
+    #[inline(never)]
+    fn publish(self) {
+        let elapsed = Instant::now().saturating_duration_since(self.started);
+        self.stats.record_statuses(&self.counts, elapsed);
+    }
+}
+
+/// Calls of one method dispatched at one clock reading that ended while their
+/// connection handled them (on their first poll): counted in their series together,
+/// once [published](ConnectionFilters::publish) before their replies are written,
+/// with one clock reading and one atomic addition per series for all of them.
+struct Ended {
+    /// Their method's series.
+    stats: Arc<MethodStats>,
+    /// The clock reading they were dispatched at.
+    started: Instant,
+    /// How many ended with each reply status (by [`status_index`]).
+    counts: [u32; STATUSES],
 }
 
 /// [`ConnectionFilters::last`].
@@ -172,6 +197,40 @@ impl<'a> ConnectionFilters<'a> {
         ConnectionFilters {
             filters,
             last: None,
+            ended: None,
+        }
+    }
+
+    /// The call `admitted` ended with a reply of `status` while the connection
+    /// handled it: counted when [published](Self::publish), which the connection does
+    /// before it writes the reply.
+    pub(crate) fn ended(&mut self, mut admitted: Admitted, status: Status) {
+        let Some((stats, started)) = admitted.measured.take() else {
+            return;
+        };
+        stats.stopped();
+        if let Some(ended) = &mut self.ended {
+            if ended.started == started && Arc::ptr_eq(&ended.stats, &stats) {
+                ended.counts[status_index(status)] += 1;
+                return;
+            }
+            self.publish();
+        }
+        let mut counts = [0; STATUSES];
+        counts[status_index(status)] = 1;
+        self.ended = Some(Ended {
+            stats,
+            started,
+            counts,
+        });
+    }
+
+    /// Counts the calls that [`ended`](Self::ended) in their series, their latency
+    /// taken to now (one clock reading, if there are any).
+    #[inline]
+    pub(crate) fn publish(&mut self) {
+        if let Some(ended) = self.ended.take() {
+            ended.publish();
         }
     }
 
@@ -290,11 +349,6 @@ impl Admitted {
         self.measured.is_none() && self._running.is_none() && self.span.is_none()
     }
 
-    /// Whether a filter counts the call, so its end needs a clock reading.
-    pub(crate) fn is_measured(&self) -> bool {
-        self.measured.is_some()
-    }
-
     /// The call ended with a reply of `status` at `now`.
     pub(crate) fn finish(self, status: Status, now: Instant) {
         if let Some((stats, started)) = &self.measured {
@@ -310,6 +364,12 @@ impl Admitted {
             call,
             admitted: Some(self),
         })
+    }
+}
+
+impl Drop for ConnectionFilters<'_> {
+    fn drop(&mut self) {
+        self.publish();
     }
 }
 

@@ -138,13 +138,27 @@ impl MethodStats {
     /// [`record`](Self::record) does with its label: the server's fast path, which
     /// knows the status and not a chain's result.
     pub(crate) fn record_status(&self, status: Status, elapsed: Duration) {
-        // The first entries of OUTCOMES are the statuses, in code order (checked by a
-        // test below); an unknown status is `unknown_status`.
-        let index = match status {
-            Status::Unknown(_) => 10,
-            known => usize::from(known.code()).min(9),
-        };
-        self.record_index(index, elapsed);
+        self.record_index(status_index(status), elapsed);
+    }
+
+    /// Counts calls that ended after `elapsed`: `counts[i]` of them with the reply
+    /// status whose [`status_index`] is `i`. One atomic addition per series touched,
+    /// whatever the number of calls.
+    pub(crate) fn record_statuses(&self, counts: &[u32; STATUSES], elapsed: Duration) {
+        let calls: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+        if calls == 0 {
+            return;
+        }
+        for (outcome, &count) in self.outcomes.iter().zip(counts) {
+            if count > 0 {
+                outcome.fetch_add(u64::from(count), Ordering::Relaxed);
+            }
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_MICROS.partition_point(|bound| *bound < micros);
+        self.buckets[bucket].fetch_add(calls, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(micros.saturating_mul(calls), Ordering::Relaxed);
     }
 
     /// One call counted in `in_flight` started.
@@ -163,6 +177,19 @@ impl MethodStats {
         let bucket = BUCKETS_MICROS.partition_point(|bound| *bound < micros);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+/// How many outcomes are reply statuses: the first entries of [`OUTCOMES`].
+pub(crate) const STATUSES: usize = 11;
+
+/// The index in [`OUTCOMES`] of a reply status. The first entries of OUTCOMES are the
+/// statuses, in code order (checked by a test below); an unknown status is
+/// `unknown_status`.
+pub(crate) fn status_index(status: Status) -> usize {
+    match status {
+        Status::Unknown(_) => STATUSES - 1,
+        known => usize::from(known.code()).min(STATUSES - 2),
     }
 }
 
@@ -878,5 +905,25 @@ mod tests {
                 .collect();
             assert_eq!(counted, [super::super::status_label(status)], "{status:?}");
         }
+    }
+
+    #[test]
+    fn statuses_counted_together_are_counted_as_one_by_one() {
+        let elapsed = Duration::from_micros(300);
+        let (together, apart) = (MethodStats::new(), MethodStats::new());
+        let mut counts = [0u32; STATUSES];
+        for status in [Status::Ok, Status::Ok, Status::Overloaded, Status::Ok] {
+            counts[status_index(status)] += 1;
+            apart.record_status(status, elapsed);
+        }
+        together.record_statuses(&counts, elapsed);
+        let read = |stats: &MethodStats| {
+            let all = |v: &[AtomicU64]| v.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+            let (outcomes, buckets): (Vec<u64>, Vec<u64>) =
+                (all(&stats.outcomes), all(&stats.buckets));
+            (outcomes, buckets, stats.sum_micros.load(Ordering::Relaxed))
+        };
+        assert_eq!(read(&together), read(&apart));
+        assert_eq!(read(&together).2, 1200);
     }
 }

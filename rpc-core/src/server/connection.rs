@@ -381,12 +381,15 @@ impl<S: ServerIo> Connection<'_, S> {
     fn on_batch(&mut self, batch: &[u8]) -> Result<(), End> {
         let mut since_flush = 0usize;
         for frame in BatchFrames::new(batch) {
-            self.calls
-                .on_frame(frame)
-                .map_err(|reason| End::Malformed(format!("unexpected frame: {reason}")))?;
+            if let Err(reason) = self.calls.on_frame(frame) {
+                // The replies encoded so far are still sent: their calls are counted.
+                self.calls.publish();
+                return Err(End::Malformed(format!("unexpected frame: {reason}")));
+            }
             since_flush += 1;
             if since_flush >= EARLY_FLUSH_FRAMES || self.calls.wbuf.len() >= EARLY_FLUSH_BYTES {
                 since_flush = 0;
+                self.calls.publish();
                 match self.io.try_write(&self.calls.wbuf) {
                     Ok(n) => self.calls.wbuf.advance(n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -394,6 +397,7 @@ impl<S: ServerIo> Connection<'_, S> {
                 }
             }
         }
+        self.calls.publish();
         Ok(())
     }
 

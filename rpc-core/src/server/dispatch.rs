@@ -348,13 +348,18 @@ impl<'a> Dispatch<'a> {
     /// fresh clock reading, which the next call's deadline check and start time use
     /// too (one reading per call, where the filters count calls).
     fn finish(&mut self, admitted: Admitted, status: Status) {
-        if !admitted.is_measured() {
-            return;
+        if let Some(filters) = &mut self.filters {
+            filters.ended(admitted, status);
         }
-        let now = Instant::now();
-        self.now = now;
-        self.since_clock = 0;
-        admitted.finish(status, now);
+    }
+
+    /// Counts the calls that ended since the last time in the filters' series: before
+    /// their replies are written.
+    #[inline]
+    pub(super) fn publish(&mut self) {
+        if let Some(filters) = &mut self.filters {
+            filters.publish();
+        }
     }
 
     /// [`finish`](Self::finish), for a call the filters may not have seen.
