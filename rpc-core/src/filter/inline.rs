@@ -142,15 +142,6 @@ pub(crate) struct ConnectionFilters<'a> {
     ended: Option<Ended>,
 }
 
-impl Ended {
-    /// Counts them, their latency taken to now.
-    #[inline(never)]
-    fn publish(self) {
-        let elapsed = Instant::now().saturating_duration_since(self.started);
-        self.stats.record_statuses(&self.counts, elapsed);
-    }
-}
-
 /// Calls of one method dispatched at one clock reading that ended while their
 /// connection handled them (on their first poll): counted in their series together,
 /// once [published](ConnectionFilters::publish) before their replies are written,
@@ -162,6 +153,15 @@ struct Ended {
     started: Instant,
     /// How many ended with each reply status (by [`status_index`]).
     counts: [u32; STATUSES],
+}
+
+impl Ended {
+    /// Counts them, their latency taken to now.
+    #[inline(never)]
+    fn publish(self) {
+        let elapsed = Instant::now().saturating_duration_since(self.started);
+        self.stats.record_statuses(&self.counts, elapsed);
+    }
 }
 
 /// [`ConnectionFilters::last`].

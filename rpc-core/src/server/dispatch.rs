@@ -344,9 +344,9 @@ impl<'a> Dispatch<'a> {
         }
     }
 
-    /// The filters' call `admitted` ended with a reply of `status`: counted with a
-    /// fresh clock reading, which the next call's deadline check and start time use
-    /// too (one reading per call, where the filters count calls).
+    /// The filters' call `admitted` ended with a reply of `status` while the
+    /// connection handled it: counted with the others of its batch when they are
+    /// [published](Self::publish), with no clock reading of its own.
     fn finish(&mut self, admitted: Admitted, status: Status) {
         if let Some(filters) = &mut self.filters {
             filters.ended(admitted, status);
