@@ -154,11 +154,7 @@ impl MethodStats {
                 outcome.fetch_add(u64::from(count), Ordering::Relaxed);
             }
         }
-        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let bucket = BUCKETS_MICROS.partition_point(|bound| *bound < micros);
-        self.buckets[bucket].fetch_add(calls, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(micros.saturating_mul(calls), Ordering::Relaxed);
+        self.record_latency(elapsed, calls);
     }
 
     /// One call counted in `in_flight` started.
@@ -173,10 +169,16 @@ impl MethodStats {
 
     fn record_index(&self, index: usize, elapsed: Duration) {
         self.outcomes[index].fetch_add(1, Ordering::Relaxed);
+        self.record_latency(elapsed, 1);
+    }
+
+    /// Adds `calls` calls that each took `elapsed` to the latency histogram.
+    fn record_latency(&self, elapsed: Duration, calls: u64) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = BUCKETS_MICROS.partition_point(|bound| *bound < micros);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.buckets[bucket].fetch_add(calls, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(micros.saturating_mul(calls), Ordering::Relaxed);
     }
 }
 
